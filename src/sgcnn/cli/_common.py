@@ -1,0 +1,117 @@
+"""Arguments and helpers shared by the sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from sgcnn.engine.checkpoint import atomic_write, load_model
+from sgcnn.errors import SgcnnError
+from sgcnn.models.registry import create_model, model_entry
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--checkpoint``, ``--num-classes``, ``--input-size``."""
+    parser.add_argument(
+        "--model", help="registered model name (sgcnn models); optional with an sgcnn checkpoint"
+    )
+    parser.add_argument("--checkpoint", help="sgcnn checkpoint or plain state_dict to load")
+    parser.add_argument("--num-classes", type=int, help="number of classes (model default)")
+    parser.add_argument(
+        "--input-size",
+        type=parse_input_size,
+        help="input size H, HxW or CxHxW (default: the model's own, e.g. 28 for lenet5)",
+    )
+
+
+def parse_input_size(text: str) -> tuple[int, ...]:
+    try:
+        size = tuple(int(s) for s in text.lower().replace(",", "x").split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not H, HxW or CxHxW") from None
+    if len(size) not in (1, 2, 3) or min(size) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not H, HxW or CxHxW")
+    return size * 2 if len(size) == 1 else size
+
+
+def parse_ratio(text: str) -> float:
+    """A sparsity in [0, 1); '70%' is accepted as 0.7."""
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text} is outside [0, 1): give the fraction of kernels to prune, e.g. 0.7"
+        )
+    return value
+
+
+def load_model_from_args(args: argparse.Namespace) -> tuple[nn.Module, str, dict[str, Any]]:
+    """The model the arguments name: from ``--checkpoint`` if given, else freshly built."""
+    if args.checkpoint:
+        return load_model(args.checkpoint, args.model, args.num_classes)
+    if not args.model:
+        raise SgcnnError("say which model: pass --model NAME, or --checkpoint PATH")
+    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    return create_model(args.model, **kwargs), args.model, kwargs
+
+
+def input_size_for(args: argparse.Namespace, name: str) -> tuple[int, int, int]:
+    """``--input-size`` completed with the model's channels, or the model's default size."""
+    default = model_entry(name).input_size
+    if args.input_size is None:
+        return default
+    size = tuple(args.input_size)
+    return (default[0], *size) if len(size) == 2 else size
+
+
+def write_json(path: Path, data: Any) -> None:
+    text = json.dumps(data, indent=2) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def publish_dir(staging: Path, output: Path, overwrite: bool) -> None:
+    """Move the files of ``staging`` into ``output``, all or nothing.
+
+    A new (or empty) ``output`` is created by one rename; an existing one with files is an
+    error unless ``overwrite``, in which case each file is replaced by an atomic rename.
+    """
+    if output.exists() and not output.is_dir():
+        raise SgcnnError(f"output {str(output)!r} exists and is not a folder")
+    if output.is_dir() and any(output.iterdir()):
+        if not overwrite:
+            raise SgcnnError(
+                f"output folder {str(output)!r} is not empty; choose another --output "
+                "or pass --overwrite"
+            )
+        for item in staging.iterdir():
+            os.replace(item, output / item.name)
+        shutil.rmtree(staging)
+        return
+    if output.is_dir():
+        output.rmdir()
+    os.replace(staging, output)
+
+
+def staging_dir(output: Path) -> Path:
+    """A fresh temporary folder beside ``output`` (same filesystem, so renames are atomic)."""
+    output = output.resolve()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.tmp-"))
+
+
+def check_output_free(output: Path, overwrite: bool) -> None:
+    """Fail early, before any work, if ``output`` cannot be written."""
+    if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not overwrite)):
+        raise SgcnnError(
+            f"output {str(output)!r} exists and is not an empty folder; choose another "
+            "--output or pass --overwrite"
+        )

@@ -1,0 +1,55 @@
+"""Step 2 of SG-CNN: self-grouping of filters by k-means (SPEC section 1, step 2).
+
+The N importance vectors of a layer are clustered with k-means (Euclidean distance) into
+``min(g, N)`` groups, with scikit-learn's ``KMeans(n_clusters=g, init="random", n_init=10,
+max_iter=300)`` as in the paper. Groups are data dependent and of unequal size.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+from sklearn.exceptions import ConvergenceWarning
+
+
+@dataclass(frozen=True)
+class KMeansSettings:
+    """k-means settings; the defaults are the paper's."""
+
+    init: str = "random"  # initial centroids: "random" rows (paper) or "k-means++"
+    n_init: int = 10  # restarts; the run with the lowest inertia wins
+    max_iter: int = 300  # Lloyd iterations per restart
+
+
+def cluster_filters(
+    importance: torch.Tensor, groups: int, seed: int, settings: KMeansSettings = KMeansSettings()
+) -> torch.Tensor:
+    """Group labels ``[N]`` (long, values ``0 .. g'-1``) of the rows of ``importance``.
+
+    ``g' <= min(groups, N)``: k-means may leave a cluster empty when the vectors have fewer
+    distinct values than ``groups`` (e.g. heavily pruned layers); labels are renumbered densely
+    in order of first appearance so that every label names a non-empty group.
+    """
+    n = importance.shape[0]
+    k = min(groups, n)
+    if k <= 1:
+        return torch.zeros(n, dtype=torch.long)
+    data = importance.numpy()
+    with warnings.catch_warnings():
+        # Fewer distinct points than clusters is expected after heavy pruning; handled below.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        kmeans = KMeans(
+            n_clusters=k,
+            init=settings.init,
+            n_init=settings.n_init,
+            max_iter=settings.max_iter,
+            random_state=seed,
+        ).fit(data)
+    _, dense = np.unique(kmeans.labels_, return_inverse=True)
+    first_seen = np.unique(dense, return_index=True)[1]
+    order = np.argsort(np.argsort(first_seen))
+    return torch.from_numpy(order[dense].astype(np.int64))

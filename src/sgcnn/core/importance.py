@@ -1,0 +1,35 @@
+"""Step 1 of SG-CNN: importance vectors (SPEC section 1, step 1).
+
+For filter ``n`` and input channel ``c`` of a layer with weight ``W`` and mask ``M``::
+
+    I[n, c] = sum_{i,j} |W[n, c, i, j] * M[n, c, i, j]|      (convolution)
+    I[n, c] = |W[n, c] * M[n, c]|                              (fully connected)
+
+The importance vector of filter ``n`` is the row ``V_n = I[n, :]``: raw values, not normalised.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sgcnn.errors import SgcnnError
+
+
+def importance_vectors(layer: nn.Conv2d | nn.Linear, mask: torch.Tensor | None = None):
+    """The ``[N, C]`` importance matrix ``I`` of ``layer`` (float64, on the CPU).
+
+    ``mask`` is the ``[N, C]`` boolean kernel mask (all ones when ``None``). For a grouped
+    convolution ``C`` is the weight's second dimension, the input channels of one group.
+    """
+    weight = layer.weight.detach()
+    if not torch.isfinite(weight).all():
+        raise SgcnnError(
+            "the layer's weights contain NaN or inf; self-grouping needs finite weights "
+            "(check the checkpoint or the training run that produced it)"
+        )
+    importance = weight.abs().flatten(2).sum(2) if weight.dim() > 2 else weight.abs()
+    importance = importance.to(device="cpu", dtype=torch.float64)
+    if mask is not None:
+        importance = importance * mask.to(device="cpu", dtype=torch.float64)
+    return importance

@@ -1,0 +1,67 @@
+"""``build_datasets(config)``: the registry of dataset names and the checks on a config."""
+
+from __future__ import annotations
+
+import difflib
+import numbers
+from collections.abc import Callable
+
+from sgcnn.data.builtin import build_mnist5k, build_synthetic
+from sgcnn.data.config import DataConfig, DatasetSplits
+from sgcnn.data.imagefolder import build_imagefolder
+from sgcnn.data.torchvision_sets import SOURCES, build_torchvision
+from sgcnn.errors import SgcnnError
+
+_BUILDERS: dict[str, Callable[[DataConfig], DatasetSplits]] = {
+    "mnist5k": build_mnist5k,
+    **{name: build_torchvision for name in SOURCES},
+    "imagefolder": build_imagefolder,
+    "synthetic": build_synthetic,
+}
+
+
+def list_datasets() -> list[str]:
+    """Names :func:`build_datasets` accepts, sorted."""
+    return sorted(_BUILDERS)
+
+
+def build_datasets(config: DataConfig) -> DatasetSplits:
+    """Train / validation / test splits of the dataset ``config`` describes.
+
+    Items are ``(float32 [C, H, W] normalised, int label)``; the validation split never comes
+    from the test data and is never augmented. Every user mistake (unknown name, bad fraction,
+    missing or corrupt data) raises :class:`SgcnnError` saying what to do.
+    """
+    _check(config)
+    return _BUILDERS[config.name](config)
+
+
+def _check(config: DataConfig) -> None:
+    if config.name not in _BUILDERS:
+        close = difflib.get_close_matches(str(config.name), _BUILDERS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise SgcnnError(
+            f"unknown dataset {config.name!r}.{hint} Valid datasets: {', '.join(list_datasets())}."
+        )
+    fraction = config.val_fraction
+    if not _is_real(fraction) or not 0 <= fraction < 1:
+        raise SgcnnError(
+            f"val_fraction must be a number in [0, 1), got {fraction!r} "
+            "(e.g. 0.1 holds out a tenth of the training data for validation)."
+        )
+    _check_int(config.split_seed, "split_seed", minimum=0)
+    if config.image_size is not None:
+        _check_int(config.image_size, "image_size", minimum=8)
+    if config.name == "synthetic":
+        _check_int(config.num_classes, "num_classes", minimum=2)
+        _check_int(config.channels, "channels", minimum=1)
+        _check_int(config.synthetic_size, "synthetic_size", minimum=config.num_classes)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_int(value, name: str, minimum: int) -> None:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+        raise SgcnnError(f"{name} must be an integer >= {minimum}, got {value!r}.")

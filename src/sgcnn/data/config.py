@@ -1,0 +1,51 @@
+"""Typed configuration of the data pipeline and the splits it returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch.utils.data import Dataset
+
+
+@dataclass
+class DataConfig:
+    """Which dataset to load and how.
+
+    Every dataset comes back as three splits: ``train`` (augmented when ``augment``), ``val``
+    (carved from the training data, stratified, for model selection) and ``test`` (held out,
+    evaluated and reported separately, never used to pick a checkpoint).
+    """
+
+    name: str = "mnist5k"  # mnist5k | mnist | cifar10 | cifar100 | imagefolder | synthetic
+    root: str | None = None  # data folder (torchvision sets) or ImageFolder tree / tar archive
+    download: bool = False  # torchvision sets: download only when asked (needs the internet)
+    val_fraction: float = 0.1  # fraction of the training data held out for validation, [0, 1)
+    split_seed: int = 0  # seed of the stratified validation split (and of synthetic images)
+    image_size: int | None = None  # pixels (square); None keeps the dataset's native size
+    augment: bool = True  # training augmentation (random crop / flip) on or off
+    cache_dir: str | None = None  # extracted archives, decoded images; None: $SGCNN_CACHE
+    # synthetic only:
+    num_classes: int = 10  # number of classes
+    channels: int = 3  # image channels
+    synthetic_size: int = 512  # images in the synthetic train split (val and test: a quarter)
+
+
+@dataclass
+class DatasetSplits:
+    """The three splits of a dataset and what a model needs to know about them.
+
+    Items of every split are ``(image, label)``: a float32 tensor ``[C, H, W]`` normalised with
+    ``mean`` / ``std`` (per channel), and an ``int`` class index in ``[0, num_classes)``.
+    """
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    input_size: tuple[int, int, int]  # (channels, height, width) of every image
+    classes: list[str]  # class names, index = label
+    mean: tuple[float, ...] = field(default=())  # per-channel mean used to normalise, in [0, 1]
+    std: tuple[float, ...] = field(default=())  # per-channel std used to normalise
+    # True when items are slices of an in-memory tensor: loading is cheap and DataLoader
+    # worker processes only add overhead (num_workers=0 is fastest). False: decoded per item.
+    in_memory: bool = False

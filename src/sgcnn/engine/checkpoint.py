@@ -1,0 +1,154 @@
+"""Checkpoints: atomic writes, safe loads, and a format that rebuilds the model.
+
+A model checkpoint is a plain dict (loadable with ``torch.load(weights_only=True)``)::
+
+    {"format": "sgcnn.model", "version": 1,
+     "model": {"name": "resnet50", "kwargs": {"num_classes": 1000}},
+     "masked": ["layer1.0.conv1", ...],          # self-grouped layers
+     "state_dict": {...},                        # weights, masks, labels, kept sets
+     ...}                                        # callers may add config, metrics, ...
+
+Writes go to a temporary file in the target folder, are flushed to disk, then renamed over
+the target, so a crash never leaves a half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sgcnn.errors import SgcnnError
+from sgcnn.models.registry import create_model
+from sgcnn.nn.masked import MaskedConv2d, MaskedLinear, is_masked
+from sgcnn.nn.swap import replace_modules_
+
+FORMAT = "sgcnn.model"
+VERSION = 1
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """``torch.save(payload)`` to ``path`` atomically."""
+    atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; user-facing errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise SgcnnError(f"checkpoint {str(path)!r} does not exist (or is not a file)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise SgcnnError(
+            f"cannot read checkpoint {str(path)!r}: it is corrupt, truncated or not a PyTorch "
+            f"checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+        ) from err
+    if not isinstance(payload, dict):
+        raise SgcnnError(f"checkpoint {str(path)!r} holds a {type(payload).__name__}, not a dict")
+    return payload
+
+
+def model_payload(model: nn.Module, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint dict that rebuilds ``model`` (registered as ``name`` with ``kwargs``)."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": {"name": name, "kwargs": dict(kwargs)},
+        "masked": [n for n, m in model.named_modules() if is_masked(m)],
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+
+
+def attach_masks_(model: nn.Module, names: list[str]) -> None:
+    """Swap the named Conv2d / Linear layers of ``model`` for masked ones (all-ones masks)."""
+    wanted = set(names)
+    found = replace_modules_(
+        model,
+        lambda m, n: n in wanted and isinstance(m, (nn.Conv2d, nn.Linear)) and not is_masked(m),
+        lambda m, n: (MaskedConv2d if isinstance(m, nn.Conv2d) else MaskedLinear).from_dense(m),
+    )
+    already = {n for n, m in model.named_modules() if is_masked(m)}
+    missing = wanted - set(found) - already
+    if missing:
+        raise SgcnnError(
+            f"the checkpoint names self-grouped layers the model does not have: "
+            f"{sorted(missing)[:5]}; was it made for another model?"
+        )
+
+
+def load_state_dict_(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """``model.load_state_dict(state_dict)`` with an error that explains a mismatch."""
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as err:
+        detail = str(err).split("\n\t")
+        raise SgcnnError(
+            f"checkpoint {source!r} does not fit model {type(model).__name__}: "
+            f"{'; '.join(d.strip() for d in detail[1:4]) or detail[0][:300]}. "
+            "Check --model and --num-classes match the checkpoint."
+        ) from err
+
+
+def build_model(payload: dict[str, Any], source: str = "checkpoint") -> tuple[nn.Module, str, dict]:
+    """Rebuild ``(model, name, kwargs)`` from a :func:`model_payload` dict."""
+    if payload.get("format") != FORMAT:
+        raise SgcnnError(
+            f"{source!r} is not an sgcnn model checkpoint (no 'format: {FORMAT}' entry); "
+            "a plain state_dict needs --model to say which model it belongs to"
+        )
+    spec = payload["model"]
+    model = create_model(spec["name"], **spec.get("kwargs", {}))
+    attach_masks_(model, payload.get("masked", []))
+    load_state_dict_(model, payload["state_dict"], source)
+    return model, spec["name"], dict(spec.get("kwargs", {}))
+
+
+def load_model(
+    path: str | os.PathLike, name: str | None = None, num_classes: int | None = None
+) -> tuple[nn.Module, str, dict]:
+    """Load ``(model, name, kwargs)`` from an sgcnn checkpoint or a plain state_dict.
+
+    A plain ``state_dict`` (e.g. torchvision weights saved by the user) needs ``name``; an sgcnn
+    checkpoint names its own model, and a different ``name`` is an error.
+    """
+    payload = load_checkpoint(path)
+    if payload.get("format") == FORMAT:
+        saved = payload["model"]["name"]
+        if name is not None and name != saved:
+            raise SgcnnError(
+                f"checkpoint {str(path)!r} holds a {saved!r} model, not {name!r}; "
+                f"drop --model or pass --model {saved}"
+            )
+        return build_model(payload, str(path))
+    if name is None:
+        raise SgcnnError(f"{str(path)!r} is a plain state_dict: pass --model NAME to say whose")
+    state = payload.get("state_dict", payload)
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SgcnnError(f"{str(path)!r} is neither an sgcnn checkpoint nor a state_dict")
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    model = create_model(name, **kwargs)
+    masked = sorted({k.rsplit(".", 1)[0] for k in state if k.endswith(".sg_mask")})
+    attach_masks_(model, masked)
+    load_state_dict_(model, state, str(path))
+    return model, name, kwargs
