@@ -17,9 +17,9 @@ import statistics
 import time
 
 import torch
-from _env import describe
 
 import sgcnn
+from _env import describe
 from sgcnn.core import grouper as grouper_module
 
 CASES = [("resnet50", 0.6, 0.6), ("densenet201", 0.7, 0.6)]
