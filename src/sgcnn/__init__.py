@@ -7,6 +7,7 @@ The public API::
     report = sgcnn.self_group_(model, conv_sparsity=0.6, fc_sparsity=0.6, groups=16)
     sgcnn.count(model, 224)             # {"params": ..., "flops": ..., ...}
     sgcnn.group_structure(model)        # {"layer1.0.conv1": LayerGroups(labels, keep, mask), ...}
+    fast = sgcnn.convert(model, torch.randn(16, 3, 224, 224))  # exact, fast modules
 """
 
 from sgcnn.core.grouper import (
@@ -19,6 +20,7 @@ from sgcnn.core.grouper import (
 from sgcnn.errors import SgcnnError
 from sgcnn.metrics.counting import count
 from sgcnn.models.registry import create_model, list_models
+from sgcnn.nn.convert import convert
 
 __version__ = "0.1.0"
 
@@ -27,6 +29,7 @@ __all__ = [
     "LayerGroups",
     "SelfGrouper",
     "SgcnnError",
+    "convert",
     "count",
     "create_model",
     "group_structure",

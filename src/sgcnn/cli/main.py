@@ -14,7 +14,20 @@ import sys
 from sgcnn.errors import SgcnnError
 
 # Sub-command modules, in the order `sgcnn --help` lists them.
-_COMMANDS = ["models", "count", "group"]
+_COMMANDS = [
+    "models",
+    "count",
+    "group",
+    "train",
+    "finetune",
+    "run",
+    "eval",
+    "convert",
+    "export",
+    "bench",
+    "report",
+    "demo",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

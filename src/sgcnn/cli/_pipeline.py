@@ -1,0 +1,121 @@
+"""Arguments and execution shared by the pipeline commands (train, finetune, run, demo).
+
+Each command turns its arguments into a recipe mapping plus a list of ``--set`` overrides,
+resolves them into a :class:`~sgcnn.engine.config.Config` (defaults < recipe < command
+options < ``--set``), and hands it to :class:`~sgcnn.engine.runner.Runner` in its run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sgcnn.engine.config import Config, resolve_config
+from sgcnn.engine.recipes import load_recipe
+
+
+def add_run_args(p: argparse.ArgumentParser, output_help: str = "runs/<name>") -> None:
+    """``--set``, ``--output``, ``--resume``, ``--quiet`` and the common shortcuts."""
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set optim.lr=0.05 --set grouping.conv=[0.7,0.8]",
+    )
+    p.add_argument("--output", type=Path, help=f"run folder (default: {output_help})")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (one line per epoch)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (train.device)")
+    p.add_argument("--data", help="dataset name (data.name): mnist5k, cifar10, imagefolder, ...")
+    p.add_argument("--data-root", help="data folder or archive (data.root)")
+    p.add_argument("--batch-size", type=int, help="images per process per step (train.batch_size)")
+    p.add_argument("--seed", type=int, help="training seed (train.seed)")
+
+
+def shortcut_sets(args: argparse.Namespace, mapping: dict[str, str]) -> list[str]:
+    """``KEY=VALUE`` overrides for the shortcut options that were given."""
+    common = {
+        "device": "train.device",
+        "data": "data.name",
+        "data_root": "data.root",
+        "batch_size": "train.batch_size",
+        "seed": "train.seed",
+    }
+    sets = []
+    for attr, key in {**common, **mapping}.items():
+        value = getattr(args, attr, None)
+        if value is None:
+            continue
+        if isinstance(value, list):
+            value = "[" + ", ".join(str(v) for v in value) + "]"
+        elif isinstance(value, str):
+            value = quote(value)
+        sets.append(f"{key}={value}")
+    return sets
+
+
+def quote(text: str) -> str:
+    """A string as a YAML scalar that stays a string (paths like ``1e5`` or ``null``)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def recipe_from_args(args: argparse.Namespace) -> tuple[str | None, dict[str, Any]]:
+    """The ``--recipe`` of train / finetune, if any."""
+    if getattr(args, "recipe", None):
+        return load_recipe(args.recipe)
+    return None, {}
+
+
+def configure(recipe: dict, sets: list[str]) -> Config:
+    """Resolve the config (defaults < recipe < sets)."""
+    return resolve_config(recipe, sets)
+
+
+def output_dir(args: argparse.Namespace, config: Config, default_name: str) -> Path:
+    """``--output``, else ``runs/<config name or default_name>``."""
+    if args.output is not None:
+        return args.output
+    return Path("runs") / (config.name or default_name)
+
+
+def command_line() -> str:
+    """The command as typed, for the run's provenance."""
+    return "sgcnn " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def execute(config: Config, run_dir: Path, args: argparse.Namespace) -> tuple[list[dict], float]:
+    """Run (or resume) ``config`` in ``run_dir``; returns ``(rows, seconds)``."""
+    from sgcnn.engine.runner import Runner
+
+    start = time.perf_counter()
+    runner = Runner(
+        config,
+        run_dir,
+        resume=args.resume,
+        quiet=args.quiet,
+        meta={"command": command_line()},
+    )
+    rows = runner.run()
+    return rows, time.perf_counter() - start
+
+
+def print_rows(rows: list[dict], config: Config, is_main: bool = True) -> None:
+    """The paper-style table of ``rows`` (with the paper's numbers beside them)."""
+    if not is_main:
+        return
+    from sgcnn.reports import format_table
+
+    print(format_table(rows, config.report.paper or None))
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a ``torchrun`` job, or a single process."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"

@@ -1,0 +1,176 @@
+"""``sgcnn bench``: latency of dense, self-grouped and converted models, side by side."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from pathlib import Path
+
+import torch
+
+from sgcnn.cli._common import (
+    add_model_args,
+    input_size_for,
+    load_model_from_args,
+    parse_ratio,
+    write_json,
+)
+from sgcnn.core.grouper import self_group_
+from sgcnn.engine.checkpoint import atomic_write
+from sgcnn.errors import SgcnnError
+from sgcnn.metrics.latency import benchmark
+from sgcnn.nn.convert import resolve_device
+from sgcnn.nn.masked import is_masked
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise SgcnnError(f"--batch-sizes {text!r}: give integers like 1,16") from None
+    if not sizes or min(sizes) < 1:
+        raise SgcnnError(f"--batch-sizes {text!r}: give positive integers like 1,16")
+    return sizes
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="measure latency: dense vs self-grouped vs converted (median of interleaved runs)",
+    )
+    add_model_args(p)
+    p.add_argument("--batch-sizes", default="1,16", help="comma-separated (default 1,16)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--runs", type=int, default=20, help="timed rounds (default 20, min 1)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default 3)")
+    p.add_argument(
+        "--sparsity",
+        type=parse_ratio,
+        default=0.6,
+        help="without --checkpoint: self-group the fresh model to this conv sparsity (default 0.6)",
+    )
+    p.add_argument("--fc-sparsity", type=parse_ratio, help="default: --sparsity")
+    p.add_argument("--groups", type=int, default=16, help="without --checkpoint (default 16)")
+    p.add_argument("--no-tune", action="store_true", help="pick realizations without timing")
+    p.add_argument("--breakdown", action="store_true", help="add per-layer times")
+    p.add_argument("--output", type=Path, help="write the results as JSON here")
+    p.add_argument("--csv", type=Path, help="write one row per (batch, model) as CSV here")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SgcnnError("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
+    if args.runs < 1:
+        raise SgcnnError("--runs must be >= 1")
+    batch_sizes = parse_batch_sizes(args.batch_sizes)
+    resolve_device(args.device, torch.nn.Module())  # fail before any work
+    model, name, _ = load_model_from_args(args)
+    size = input_size_for(args, name)
+    grouping = "checkpoint"
+    if not any(is_masked(m) for m in model.modules()):
+        fc = args.sparsity if args.fc_sparsity is None else args.fc_sparsity
+        self_group_(model, args.sparsity, fc, groups=args.groups, input_size=size)
+        grouping = f"fresh model self-grouped: conv {args.sparsity}, fc {fc}, g={args.groups}"
+
+    def say(msg: str) -> None:
+        print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+    result = benchmark(
+        model.eval(),
+        size,
+        batch_sizes,
+        device=args.device,
+        runs=args.runs,
+        warmup=args.warmup,
+        tune=not args.no_tune,
+        breakdown=args.breakdown,
+        progress=say,
+    )
+    result.update(model=name, grouping=grouping, command=" ".join(["sgcnn", *sys.argv[1:]]))
+    print(format_table(result))
+    if args.output:
+        write_json(args.output, result)
+    if args.csv:
+        text = to_csv(result)
+        atomic_write(args.csv, lambda f: f.write(text.encode()))
+    return 0
+
+
+def format_table(result: dict) -> str:
+    env = result["environment"]
+    lines = [
+        f"{result.get('model', '')}  input {'x'.join(map(str, result['input_size']))}  "
+        f"{env['device']} ({env['host_cpu']}), {env['threads']} threads, torch {env['torch']}",
+        f"{'batch':>5s} {'model':12s} {'median ms':>10s} {'p10-p90 ms':>15s} {'img/s':>9s} "
+        f"{'MMACs/img':>10s} {'speedup':>8s}",
+    ]
+    for entry in result["batches"]:
+        for name, row in entry["models"].items():
+            macs = row["macs_per_image"]
+            macs = f"{macs / 1e6:10.1f}" if macs is not None else f"{'?':>10s}"
+            lines.append(
+                f"{entry['batch']:5d} {name:12s} {row['median_ms']:10.2f} "
+                f"{row['p10_ms']:7.2f}-{row['p90_ms']:<7.2f} {row['images_per_s']:9.1f} "
+                f"{macs} {row['speedup_vs_dense']:7.2f}x"
+            )
+        realised = entry["realised_fraction"]
+        lines.append(
+            f"{'':5s} MACs dense/grouped {entry['macs_ratio']:.2f}x; converted realises "
+            f"{realised:.0%} of the MAC reduction; padding "
+            f"{entry['converted_padding_macs_per_image'] / 1e6:.1f} MMACs/img"
+            if realised is not None
+            else ""
+        )
+    return "\n".join(lines)
+
+
+def to_csv(result: dict) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    env = result["environment"]
+    writer.writerow(
+        [
+            "model",
+            "batch",
+            "variant",
+            "median_ms",
+            "p10_ms",
+            "p90_ms",
+            "images_per_s",
+            "macs_per_image",
+            "speedup_vs_dense",
+            "speedup_vs_dense_fused",
+            "threads",
+            "device",
+            "cpu",
+            "torch",
+            "date",
+        ]
+    )
+    for entry in result["batches"]:
+        for name, row in entry["models"].items():
+            writer.writerow(
+                [
+                    result.get("model"),
+                    entry["batch"],
+                    name,
+                    f"{row['median_ms']:.3f}",
+                    f"{row['p10_ms']:.3f}",
+                    f"{row['p90_ms']:.3f}",
+                    f"{row['images_per_s']:.2f}",
+                    row["macs_per_image"],
+                    f"{row['speedup_vs_dense']:.3f}",
+                    f"{row['speedup_vs_dense_fused']:.3f}",
+                    env["threads"],
+                    env["device"],
+                    env["host_cpu"],
+                    env["torch"],
+                    env["date"],
+                ]
+            )
+    return buf.getvalue()

@@ -1,0 +1,39 @@
+"""``sgcnn export``: write a self-grouped model as ONNX (standard operators) or ``.pt2``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sgcnn import export
+from sgcnn.cli._common import add_model_args, input_size_for, load_model_from_args
+from sgcnn.errors import SgcnnError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export", help="export a self-grouped checkpoint to ONNX or a torch.export program"
+    )
+    add_model_args(p)
+    p.add_argument("--format", required=True, help=f"one of: {', '.join(export.FORMATS)}")
+    p.add_argument("--output", type=Path, required=True, help="file to write")
+    p.add_argument("--batch-size", type=int, default=1, help="example batch (default 1)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    export.check_format(args.format)
+    if not args.checkpoint:
+        raise SgcnnError("give --checkpoint: a self-grouped model (from `sgcnn group`)")
+    if args.batch_size < 1:
+        raise SgcnnError("--batch-size must be >= 1")
+    model, name, _ = load_model_from_args(args)
+    size = input_size_for(args, name)
+    x = torch.randn(args.batch_size, *size)
+    result = export.export(model.eval(), args.output, args.format, x)
+    shape = "x".join(map(str, (args.batch_size, *size)))
+    print(f"wrote {result['path']} ({args.format}, input {shape})")
+    if result.get("max_abs_diff") is not None:
+        print(f"onnxruntime vs PyTorch: max |difference| {result['max_abs_diff']:.2e}")
+    return 0

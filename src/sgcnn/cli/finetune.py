@@ -1,0 +1,82 @@
+"""``sgcnn finetune``: self-group a trained model and fine-tune it (G, LG or L)."""
+
+from __future__ import annotations
+
+from sgcnn.cli._common import parse_ratio
+from sgcnn.cli._pipeline import (
+    add_run_args,
+    configure,
+    execute,
+    is_main_process,
+    output_dir,
+    print_rows,
+    recipe_from_args,
+    shortcut_sets,
+)
+from sgcnn.engine.checkpoint import FORMAT, load_checkpoint
+from sgcnn.engine.config import SCHEMES
+from sgcnn.errors import SgcnnError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "finetune",
+        help="self-group a trained checkpoint and fine-tune it (G / LG / L schemes)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="trained model: an sgcnn checkpoint (its dataset is the default) or a state_dict",
+    )
+    p.add_argument("--model", help="model name (needed for a plain state_dict)")
+    p.add_argument("--recipe", help="start from a recipe (its baseline training is skipped)")
+    p.add_argument("--scheme", choices=[s for s in SCHEMES if s != "baseline"], help="default G")
+    p.add_argument("--conv", type=parse_ratio, nargs="+", help="target conv sparsities")
+    p.add_argument("--fc", type=parse_ratio, nargs="+", help="FC sparsities (default: conv)")
+    p.add_argument("--fc-cap", type=parse_ratio, help="FC sparsity never above this")
+    p.add_argument("--epochs", type=int, help="global fine-tuning epochs (grouping.global_epochs)")
+    p.add_argument("--local-epochs", type=int, help="epochs after each LG / L step")
+    p.add_argument("--lr", type=float, help="fine-tuning learning rate (finetune.lr)")
+    add_run_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    name, recipe = recipe_from_args(args)
+    payload = load_checkpoint(args.checkpoint)
+    model = args.model or _checkpoint_model(args.checkpoint, payload)
+    saved = payload.get("config") if payload.get("format") == FORMAT else None
+    if saved and args.data is None and "data" not in recipe:
+        recipe = {**recipe, "data": saved["data"]}  # the dataset the checkpoint was made on
+    sets = [f"model.name={model}"]
+    sets += shortcut_sets(
+        args,
+        {
+            "checkpoint": "model.checkpoint",
+            "scheme": "grouping.scheme",
+            "conv": "grouping.conv",
+            "fc": "grouping.fc",
+            "fc_cap": "grouping.fc_cap",
+            "epochs": "grouping.global_epochs",
+            "local_epochs": "grouping.local_epochs",
+            "lr": "finetune.lr",
+        },
+    )
+    if args.scheme is None and not recipe.get("grouping", {}).get("scheme"):
+        sets.append("grouping.scheme=G")
+    sets += [*args.sets, "train.epochs=0"]
+    config = configure(recipe, sets)
+    default = f"{config.model.name}-{config.data.name}-{config.grouping.scheme}"
+    config.name = f"{name}-finetune" if name else (config.name or default)
+    rows, seconds = execute(config, output_dir(args, config, default), args)
+    if is_main_process():
+        print_rows(rows, config)
+        print(f"elapsed {seconds:.1f} s")
+    return 0
+
+
+def _checkpoint_model(path: str, payload: dict) -> str:
+    """The model an sgcnn checkpoint names."""
+    if payload.get("format") == FORMAT:
+        return payload["model"]["name"]
+    raise SgcnnError(f"{path!r} is a plain state_dict: pass --model NAME to say whose")

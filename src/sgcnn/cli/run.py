@@ -1,0 +1,38 @@
+"""``sgcnn run RECIPE``: a whole experiment from a YAML recipe (name or path)."""
+
+from __future__ import annotations
+
+from sgcnn.cli._pipeline import (
+    add_run_args,
+    configure,
+    execute,
+    is_main_process,
+    output_dir,
+    print_rows,
+    shortcut_sets,
+)
+from sgcnn.engine.recipes import list_recipes, load_recipe
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "run",
+        help="run a recipe: train, self-group, fine-tune, evaluate, report",
+        description="Run a recipe end to end in its own folder. Shipped recipes: "
+        + ", ".join(list_recipes()),
+    )
+    p.add_argument("recipe", help="shipped recipe name (e.g. lenet5_mnist_g) or a YAML file")
+    add_run_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    name, recipe = load_recipe(args.recipe)
+    config = configure(recipe, shortcut_sets(args, {}) + args.sets)
+    if config.name is None:
+        config.name = name
+    rows, seconds = execute(config, output_dir(args, config, name), args)
+    if is_main_process():
+        print_rows(rows, config)
+        print(f"elapsed {seconds:.1f} s")
+    return 0

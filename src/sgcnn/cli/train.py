@@ -1,0 +1,52 @@
+"""``sgcnn train``: train a baseline network (no self-grouping) in a run folder."""
+
+from __future__ import annotations
+
+from sgcnn.cli._pipeline import (
+    add_run_args,
+    configure,
+    execute,
+    is_main_process,
+    output_dir,
+    print_rows,
+    recipe_from_args,
+    shortcut_sets,
+)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a baseline model (best epoch on validation, evaluated on test)",
+    )
+    p.add_argument("--recipe", help="start from a recipe (its grouping part is ignored)")
+    p.add_argument("--model", help="registered model name (model.name)")
+    p.add_argument("--checkpoint", help="start from these weights (model.checkpoint)")
+    p.add_argument("--num-classes", type=int, help="model.num_classes (default: the dataset's)")
+    p.add_argument("--epochs", type=int, help="training epochs (train.epochs)")
+    p.add_argument("--lr", type=float, help="peak learning rate (optim.lr)")
+    add_run_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    name, recipe = recipe_from_args(args)
+    sets = shortcut_sets(
+        args,
+        {
+            "model": "model.name",
+            "checkpoint": "model.checkpoint",
+            "num_classes": "model.num_classes",
+            "epochs": "train.epochs",
+            "lr": "optim.lr",
+        },
+    )
+    sets += [*args.sets, "grouping.scheme=baseline", "grouping.conv=[]"]
+    config = configure(recipe, sets)
+    default = f"{config.model.name}-{config.data.name}"
+    config.name = f"{name}-baseline" if name else (config.name or default)
+    rows, seconds = execute(config, output_dir(args, config, default), args)
+    if is_main_process():
+        print_rows(rows, config)
+        print(f"elapsed {seconds:.1f} s")
+    return 0

@@ -1,0 +1,82 @@
+"""Build what a run's config names (datasets, model) and check that they fit each other.
+
+Every mismatch a user can make here gets an :class:`SgcnnError` that says what is wrong and
+how to fix it, before any run folder is created: images of the wrong size or channel count for
+the model, a model (or checkpoint) with a different number of classes than the dataset, a
+checkpoint of another model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from sgcnn.data import DatasetSplits, build_datasets
+from sgcnn.engine.checkpoint import load_model
+from sgcnn.engine.config import Config
+from sgcnn.errors import SgcnnError
+from sgcnn.models.registry import create_model, model_entry
+
+
+def build_data(config: Config) -> DatasetSplits:
+    """The train / validation / test splits of ``config.data``; an empty split is an error."""
+    splits = build_datasets(config.data)
+    if len(splits.train) == 0:
+        raise SgcnnError(f"dataset {config.data.name!r} has an empty training split")
+    if len(splits.test) == 0:
+        raise SgcnnError(f"dataset {config.data.name!r} has an empty test split")
+    return splits
+
+
+def build_model(config: Config, splits: DatasetSplits) -> tuple[nn.Module, dict[str, Any]]:
+    """``(model, kwargs)``: from ``model.checkpoint`` when given, else freshly initialised
+    (``torch``'s global generator, seeded by the caller). The number of classes defaults to
+    the dataset's."""
+    m = config.model
+    classes = m.num_classes or splits.num_classes
+    if m.checkpoint:
+        model, name, kwargs = load_model(m.checkpoint, m.name, classes)
+        if name != m.name:  # pragma: no cover - load_model already refuses this
+            raise SgcnnError(f"checkpoint {m.checkpoint!r} holds {name!r}, not {m.name!r}")
+    else:
+        kwargs = {"num_classes": classes}
+        model = create_model(m.name, **kwargs)
+    check_fits(model, config, splits)
+    return model, kwargs
+
+
+@torch.no_grad()
+def check_fits(model: nn.Module, config: Config, splits: DatasetSplits) -> None:
+    """Run two blank images of the dataset's size through ``model``: it must accept them and
+    answer one score per class of the dataset."""
+    name, data = config.model.name, config.data.name
+    size = tuple(splits.input_size)
+    expected = model_entry(name).input_size
+    was_training = model.training
+    model.eval()
+    try:
+        param = next(model.parameters())
+        out = model(torch.zeros(2, *size, dtype=param.dtype, device=param.device))
+    except RuntimeError as err:
+        hint = (
+            f"set data.image_size={expected[1]}"
+            if size[0] == expected[0]
+            else f"use a model for {size[0]}-channel images"
+        )
+        raise SgcnnError(
+            f"dataset {data!r} gives images of {'x'.join(map(str, size))} (CxHxW) but model "
+            f"{name!r} expects {'x'.join(map(str, expected))}: {hint}, or choose another model "
+            f"({str(err).splitlines()[0][:160]})"
+        ) from err
+    finally:
+        model.train(was_training)
+    if out.dim() != 2 or out.shape[1] != splits.num_classes:
+        got = out.shape[1] if out.dim() == 2 else tuple(out.shape[1:])
+        source = f"checkpoint {config.model.checkpoint!r}" if config.model.checkpoint else "model"
+        raise SgcnnError(
+            f"{source} ({name}) gives {got} class scores but dataset {data!r} has "
+            f"{splits.num_classes} classes: set model.num_classes={splits.num_classes}, or use "
+            "a checkpoint trained on this dataset"
+        )

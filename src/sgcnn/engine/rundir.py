@@ -1,0 +1,140 @@
+"""The run folder: created whole, resumed only with the config it was made with.
+
+Layout::
+
+    runs/<name>/
+        config.yaml          the resolved config (what --resume must match)
+        metrics.jsonl        one JSON line per epoch, pruning step and result row
+        state.pt             the resumable training state (sgcnn.engine.state)
+        baseline/model.pt    best baseline (on validation); loadable by `sgcnn eval`
+        conv95-fc95/model.pt best model of each result row
+        report.md, report.json, accuracy_vs_flops.png, structure/   once the run is complete
+
+The folder appears by renaming a complete staging folder (config, metrics, first state), so
+there is never a run folder without a state to resume from; afterwards every file in it is
+replaced atomically.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sgcnn.engine.config import Config, config_to_dict, config_to_yaml
+from sgcnn.engine.state import CONFIG_FILE, METRICS_FILE, STATE_FILE
+from sgcnn.errors import SgcnnError
+
+# Keys that may change between a run and its resumption: they do not change the results
+# (where the data lives, how many loader workers, how often to checkpoint).
+RESUMABLE_CHANGES = {
+    "data.root",
+    "data.cache_dir",
+    "data.download",
+    "train.workers",
+    "train.threads",
+    "train.save_every_min",
+    "train.device",
+}
+
+
+def check_new_run_dir(run_dir: Path) -> None:
+    """A new run needs an absent or empty folder."""
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        hint = (
+            "pass --resume to continue it"
+            if (run_dir / STATE_FILE).is_file()
+            else "remove it first"
+        )
+        raise SgcnnError(
+            f"run folder {str(run_dir)!r} already exists and is not empty: {hint}, or choose "
+            "another --output"
+        )
+
+
+def create_run_dir(run_dir: Path, config: Config, write_initial) -> None:
+    """Create ``run_dir`` holding ``config.yaml`` and what ``write_initial(staging)`` writes
+    (the first metrics line and state), all at once."""
+    check_new_run_dir(run_dir)
+    run_dir = run_dir.resolve()
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.tmp-"))
+    try:
+        (staging / CONFIG_FILE).write_text(config_to_yaml(config))
+        write_initial(staging)
+        if run_dir.is_dir():
+            run_dir.rmdir()  # empty (checked above)
+        os.replace(staging, run_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
+    out = {}
+    for key, value in tree.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict) and value and full != "report.paper":
+            out.update(flatten(value, full))
+        else:
+            out[full] = value
+    return out
+
+
+def config_differences(saved: dict, config: Config) -> list[str]:
+    """``"key: saved -> now"`` for each key that differs and may not (see RESUMABLE_CHANGES)."""
+    old, new = flatten(saved), flatten(config_to_dict(config))
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        if key in RESUMABLE_CHANGES or old.get(key) == new.get(key):
+            continue
+        diffs.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    return diffs
+
+
+def check_resume(run_dir: Path, saved_config: dict, config: Config) -> None:
+    """Resuming ``run_dir`` with ``config`` must not change anything that shapes the results."""
+    diffs = config_differences(saved_config, config)
+    if diffs:
+        shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+        raise SgcnnError(
+            f"cannot resume {str(run_dir)!r} with a different config ({shown}). Resume with the "
+            f"recipe and --set options the run was started with (see {run_dir / CONFIG_FILE}), "
+            "or start a new run in another --output folder."
+        )
+
+
+def require_run_dir(run_dir: Path) -> None:
+    """``run_dir`` must be a run folder (for --resume and `sgcnn report`)."""
+    if not run_dir.is_dir():
+        raise SgcnnError(f"run folder {str(run_dir)!r} does not exist")
+    missing = [f for f in (CONFIG_FILE, METRICS_FILE) if not (run_dir / f).is_file()]
+    if missing:
+        raise SgcnnError(f"{str(run_dir)!r} is not an sgcnn run folder (no {', '.join(missing)})")
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete the temporaries of writes that a killed process never finished
+    (``.<name>.<random>.tmp`` beside the file being replaced)."""
+    for tmp in [*run_dir.glob(".*.tmp"), *run_dir.glob("*/.*.tmp")]:
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+
+
+def lock_run_dir(run_dir: Path) -> int:
+    """Take an exclusive lock on ``run_dir`` for this process (released when the returned
+    descriptor is closed, or the process ends); a second process gets a clear error."""
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SgcnnError(
+            f"run folder {str(run_dir)!r} is in use by another sgcnn process; wait for it to "
+            "finish (or stop it) before resuming"
+        ) from None
+    return fd

@@ -1,0 +1,313 @@
+"""Wall-clock latency of models, measured side by side, with the machine it was measured on.
+
+:func:`compare_latency` runs several models on the same input in rounds — one forward pass of
+each model per round, in rotating order — so that a slow drift of the machine (another
+process, thermal state) reaches all of them alike; it reports the median over the rounds after
+warm-up, and the spread. :func:`layer_times` gives the per-layer breakdown of one model,
+:func:`environment` the hardware, threads and library versions that belong next to any
+published number.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from sgcnn.nn.tuning import synchronize
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device | str = "cpu") -> dict:
+    """Hardware, thread count, library versions, load and date, for provenance."""
+    import numpy
+
+    device = torch.device(device)
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host_cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+        "device": str(device),
+    }
+    try:
+        import torchvision
+
+        info["torchvision"] = torchvision.__version__
+    except ImportError:
+        pass
+    if hasattr(os, "getloadavg"):
+        info["load_average"] = [round(v, 2) for v in os.getloadavg()]
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+@torch.inference_mode()
+def compare_latency(
+    models: dict[str, Callable[[torch.Tensor], object]],
+    x: torch.Tensor,
+    runs: int = 20,
+    warmup: int = 3,
+) -> dict[str, dict[str, float]]:
+    """Median latency of each model on ``x`` over ``runs`` interleaved rounds.
+
+    Returns ``{name: {"median_ms", "min_ms", "p10_ms", "p90_ms", "images_per_s", "runs"}}``;
+    images/s is the batch size over the median latency.
+    """
+    if runs < 1:
+        raise ValueError("runs must be >= 1")
+    device = x.device
+    names = list(models)
+    for _ in range(warmup):
+        for name in names:
+            models[name](x)
+    synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(runs):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            t0 = time.perf_counter()
+            models[name](x)
+            synchronize(device)
+            times[name].append(time.perf_counter() - t0)
+    out = {}
+    for name, v in times.items():
+        v = sorted(v)
+        median = statistics.median(v)
+        out[name] = {
+            "median_ms": median * 1e3,
+            "min_ms": v[0] * 1e3,
+            "p10_ms": v[int(0.1 * (len(v) - 1))] * 1e3,
+            "p90_ms": v[int(0.9 * (len(v) - 1))] * 1e3,
+            "images_per_s": x.shape[0] / median,
+            "runs": len(v),
+        }
+    return out
+
+
+@torch.inference_mode()
+def layer_times(
+    model: nn.Module,
+    x: torch.Tensor,
+    layers: Iterable[str] | None = None,
+    runs: int = 5,
+    warmup: int = 1,
+) -> dict[str, float]:
+    """Median wall time (ms) of each named submodule's forward inside ``model(x)``.
+
+    ``layers`` defaults to every leaf that computes (convolutions, linear layers, fast
+    modules); the entry ``"(total)"`` is the whole forward pass and ``"(other)"`` the rest.
+    """
+    modules = dict(model.named_modules())
+    if layers is None:
+        layers = [
+            n
+            for n, m in modules.items()
+            if n and (isinstance(m, (nn.Conv2d, nn.Linear)) or hasattr(m, "realization"))
+        ]
+    layers = list(layers)
+    device = x.device
+    samples: dict[str, list[float]] = {n: [] for n in layers}
+    current: dict[str, float] = {}
+    handles = []
+    for name in layers:
+        m = modules[name]
+
+        def pre(mod, args, name=name):
+            synchronize(device)
+            current[name] = time.perf_counter()
+
+        def post(mod, args, out, name=name):
+            synchronize(device)
+            current[name] = time.perf_counter() - current[name]
+
+        handles.append(m.register_forward_pre_hook(pre))
+        handles.append(m.register_forward_hook(post))
+    totals = []
+    try:
+        for i in range(warmup + runs):
+            t0 = time.perf_counter()
+            model(x)
+            synchronize(device)
+            if i >= warmup:
+                totals.append(time.perf_counter() - t0)
+                for name in layers:
+                    samples[name].append(current.get(name, 0.0))
+    finally:
+        for h in handles:
+            h.remove()
+    out = {name: statistics.median(v) * 1e3 for name, v in samples.items()}
+    out["(total)"] = statistics.median(totals) * 1e3
+    out["(other)"] = out["(total)"] - sum(out[n] for n in layers)
+    return out
+
+
+def _macs_executed(model: nn.Module, x: torch.Tensor) -> int:
+    """Multiply-accumulates ``FlopCounterMode`` sees in ``model(x)`` (what really runs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() // 2
+
+
+def benchmark(
+    masked: nn.Module,
+    input_size: tuple[int, int, int],
+    batch_sizes: Iterable[int] = (1, 16),
+    device: torch.device | str = "cpu",
+    runs: int = 20,
+    warmup: int = 3,
+    tune: bool = True,
+    extra: dict[str, nn.Module | Callable[[torch.Tensor], nn.Module]] | None = None,
+    breakdown: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Latency of a self-grouped model against its dense version, side by side.
+
+    For each batch size, four models run interleaved on the same input: ``dense`` (the same
+    network with masks removed: what the user had), ``dense_fused`` (dense, compiled with the
+    same BatchNorm/ReLU/residual fusion as the converted model: the fair baseline for what
+    grouping itself buys), ``masked`` (the self-grouped model as trained) and ``converted``
+    (:func:`sgcnn.convert`, tuned at that batch size), plus any ``extra`` models (e.g. a
+    channel-pruned network; a callable instead of a module is called with the batch's input
+    and returns the module to time, for models compiled per batch size).
+
+    Per model: median / p10 / p90 / min latency over ``runs`` rounds after ``warmup``,
+    images/s, MACs per image (``sgcnn.count`` for plain models, ``FlopCounterMode`` for
+    compiled ones: what really runs, padding included), speedup over ``dense``; for
+    ``converted`` the fraction of the MAC reduction the speedup realises:
+    ``(1 - t_conv / t_dense) / (1 - macs_grouped / macs_dense)``.
+    """
+
+    import copy
+
+    from sgcnn.metrics.counting import count
+    from sgcnn.nn.convert import convert, fuse_dense, resolve_device
+    from sgcnn.nn.masked import is_masked, to_dense
+    from sgcnn.nn.swap import replace_modules_
+
+    say = progress or (lambda msg: None)
+    dev = resolve_device(device, masked)
+    masked = copy.deepcopy(masked).eval().to(dev)
+    dense = copy.deepcopy(masked)
+    replace_modules_(dense, lambda m, n: is_masked(m), lambda m, n: to_dense(m))
+    macs = {
+        "dense": count(dense, input_size)["flops"],
+        "masked_counted": count(masked, input_size)["flops"],
+    }
+    extra = dict(extra or {})
+    out = {"environment": environment(dev), "input_size": list(input_size), "batches": []}
+    for bs in batch_sizes:
+        x = torch.randn(bs, *input_size, device=dev)
+        say(f"batch {bs}: converting (tune={tune})")
+        converted = convert(masked, x, device=dev, tune=tune)
+        say(f"batch {bs}: compiling the dense baseline")
+        fused = fuse_dense(dense, x, device=dev, tune=tune)
+        extras = {
+            name: (item if isinstance(item, nn.Module) else item(x)).eval().to(dev)
+            for name, item in extra.items()
+        }
+        models = {
+            "dense": dense,
+            "dense_fused": fused,
+            "masked": masked,
+            "converted": converted,
+            **extras,
+        }
+        say(f"batch {bs}: timing {', '.join(models)} ({runs} interleaved rounds)")
+        lat = compare_latency(models, x, runs=runs, warmup=warmup)
+        executed = _macs_executed(converted, x) // bs
+        padding = sum(r["padding_macs"] for r in converted.sgcnn_conversion["layers"]) // bs
+        per_model_macs = {
+            "dense": macs["dense"],
+            "dense_fused": _macs_executed(fused, x) // bs,
+            "masked": macs["dense"],  # the masked model still runs every dense MAC
+            "converted": executed,
+            **{k: _macs_of(m, x, input_size) for k, m in extras.items()},
+        }
+        t_dense = lat["dense"]["median_ms"]
+        rows = {}
+        for name, stats in lat.items():
+            rows[name] = {
+                **stats,
+                "macs_per_image": per_model_macs[name],
+                "speedup_vs_dense": t_dense / stats["median_ms"],
+                "speedup_vs_dense_fused": lat["dense_fused"]["median_ms"] / stats["median_ms"],
+            }
+        mac_cut = 1 - macs["masked_counted"] / macs["dense"]
+        time_cut = 1 - lat["converted"]["median_ms"] / t_dense
+        entry = {
+            "batch": bs,
+            "models": rows,
+            "grouped_macs_per_image": macs["masked_counted"],
+            "converted_padding_macs_per_image": padding,
+            "macs_ratio": macs["dense"] / macs["masked_counted"],
+            "realised_fraction": time_cut / mac_cut if mac_cut > 0 else None,
+            "realizations": _realization_counts(converted),
+        }
+        if breakdown:
+            say(f"batch {bs}: per-layer breakdown")
+            conv_t = layer_times(converted, x, runs=max(3, runs // 4))
+            fused_t = layer_times(fused, x, runs=max(3, runs // 4))
+            records = {r["name"]: r for r in converted.sgcnn_conversion["layers"]}
+            entry["layers"] = [
+                {
+                    "name": name,
+                    "realization": records[name]["realization"] if name in records else None,
+                    "converted_ms": conv_t.get(name),
+                    "dense_fused_ms": fused_t.get(name),
+                    "useful_macs": records[name]["useful_macs"] if name in records else None,
+                }
+                for name in dict.fromkeys([*records, *(n for n in fused_t if n[0] != "(")])
+            ]
+            entry["layers_other_ms"] = {
+                "converted": conv_t["(other)"],
+                "dense_fused": fused_t["(other)"],
+            }
+        out["batches"].append(entry)
+    out["macs_per_image"] = macs
+    return out
+
+
+def _macs_of(model: nn.Module, x: torch.Tensor, input_size) -> int | None:
+    """MACs per image: ``FlopCounterMode`` for compiled models, ``sgcnn.count`` otherwise."""
+    from sgcnn.metrics.counting import count
+
+    if isinstance(model, torch.jit.ScriptModule):
+        return None  # its layers are opaque to both counters
+    try:
+        if any(hasattr(m, "realization") for m in model.modules()):
+            return _macs_executed(model, x) // x.shape[0]
+        return count(model, input_size)["flops"]
+    except Exception:
+        return None
+
+
+def _realization_counts(model: nn.Module) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for record in getattr(model, "sgcnn_conversion", {}).get("layers", []):
+        counts[record["realization"]] = counts.get(record["realization"], 0) + 1
+    return counts

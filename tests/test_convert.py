@@ -1,0 +1,385 @@
+"""Converted models compute exactly what the masked models compute (issue 4)."""
+
+import operator
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import sgcnn
+from sgcnn.core.clustering import KMeansSettings
+from sgcnn.models.registry import model_entry
+from sgcnn.nn import _native, fast
+from sgcnn.nn.convert import convert, fuse_dense
+
+FAST_KMEANS = KMeansSettings(n_init=1, max_iter=50)
+ATOL, RTOL = 1e-5, 1e-4
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One thread: on a shared 2-core machine, tiny parallel ops stall at OpenMP barriers."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _randomize_bn(model: nn.Module) -> None:
+    """Non-trivial BatchNorm statistics, so that folding is really exercised."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+
+
+def _grouped(name: str, size: int | None = None, sparsity: float = 0.5):
+    model = sgcnn.create_model(name)
+    c, h, w = model_entry(name).input_size
+    if size is not None:
+        h = w = size
+    sgcnn.self_group_(model, sparsity, groups=16, kmeans=FAST_KMEANS, input_size=(c, h, w))
+    _randomize_bn(model)
+    return model.eval(), torch.randn(2, c, h, w)
+
+
+def _assert_equivalent(converted, masked, x):
+    """assert_close with atol 1e-5, rtol 1e-4 on outputs of unit scale: a deep network with
+    random weights can reach logits of 1e4, where fp32 rounding alone exceeds 1e-5."""
+    with torch.no_grad():
+        want = masked(x)
+        got = converted(x)
+        again = converted(x)  # in-place tricks must not leak state between calls
+    scale = max(1.0, float(want.abs().max()))
+    torch.testing.assert_close(got / scale, want / scale, atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(again / scale, want / scale, atol=ATOL, rtol=RTOL)
+
+
+# ------------------------------------------------------------------ single layers
+
+LAYERS = [
+    # in, out, kernel, stride, padding, dilation, groups, size
+    (64, 64, 3, 1, 1, 1, 1, 14),
+    (32, 48, 1, 1, 0, 1, 1, 9),
+    (16, 32, 3, 2, 1, 1, 1, 15),
+    (16, 32, 5, 1, 2, 1, 1, 12),
+    (3, 64, 7, 2, 3, 1, 1, 20),
+    (32, 32, 3, 1, 2, 2, 1, 11),
+    (32, 64, 3, 1, 1, 1, 4, 10),
+    (8, 16, 1, 2, 0, 1, 1, 8),
+    (24, 40, (1, 3), 1, (0, 1), 1, 1, 7),
+]
+
+
+def _realizations(kind: str):
+    table = fast.CONV_REALIZATIONS if kind == "conv" else fast.LINEAR_REALIZATIONS
+    out = []
+    for name, cls in table.items():
+        if name == "native" and not _native.available():
+            continue
+        for mode in getattr(cls, "modes", [None]):
+            out.append((cls, mode))
+    return out
+
+
+@pytest.mark.parametrize("shape", LAYERS, ids=lambda s: "x".join(map(str, s[:4])))
+def test_every_conv_realization_matches_masked_layer_with_fused_epilogue(shape):
+    cin, cout, k, stride, pad, dil, groups, size = shape
+    conv = nn.Conv2d(cin, cout, k, stride, pad, dil, groups)
+    model = nn.Sequential(conv)
+    sgcnn.self_group_(model, 0.5, groups=8, kmeans=FAST_KMEANS, default_exclusions=False)
+    layer = model[0]
+    bn = nn.BatchNorm2d(cout).eval()
+    _randomize_bn(bn)
+    x = torch.randn(2, cin, size, size)
+    with torch.no_grad():
+        plain = bn(layer(x))
+        residual = torch.randn_like(plain)
+        want = torch.relu(plain + residual)
+    for cls, mode in _realizations("conv"):
+        spec = fast.spec_from_layer(layer, bn, relu=True)
+        try:
+            module = cls.from_spec(spec, mode) if mode else cls.from_spec(spec)
+        except ValueError:
+            assert mode == "matmul"  # only for unpadded, ungrouped 1x1 convolutions
+            continue
+        with torch.no_grad():
+            got = module(x, residual.clone())
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=RTOL, msg=f"{cls.__name__}/{mode}")
+        executed, padding = module.macs(x.shape)
+        assert executed - padding == fast.useful_macs(spec, x.shape)
+        assert padding >= 0
+
+
+def test_linear_realizations_match_masked_layer():
+    model = nn.Sequential(nn.Linear(40, 24))
+    sgcnn.self_group_(model, 0.6, groups=6, kmeans=FAST_KMEANS, default_exclusions=False)
+    x = torch.randn(5, 3, 40)  # leading dimensions are kept
+    with torch.no_grad():
+        want = torch.relu(model(x))
+    for cls, _ in _realizations("linear"):
+        module = cls.from_masked(model[0], relu=True)
+        with torch.no_grad():
+            torch.testing.assert_close(module(x), want, atol=ATOL, rtol=RTOL)
+
+
+def test_groups_are_exact_supports_and_merge_identical_channel_sets():
+    mask = torch.tensor([[1, 0, 1], [1, 0, 1], [0, 1, 0], [1, 1, 0]], dtype=torch.bool)
+    labels = torch.tensor([0, 1, 2, 2])  # groups 0 and 1 keep the same channels
+    groups = fast.group_supports(mask, labels)
+    as_lists = sorted((f.tolist(), c.tolist()) for f, c in groups)
+    # group 2's filters differ (progressive pruning): its support is the union
+    assert as_lists == [([0, 1], [0, 2]), ([2, 3], [0, 1])]
+
+
+def test_group_that_kept_nothing_outputs_bias_only():
+    conv = nn.Conv2d(4, 6, 3, padding=1)
+    model = nn.Sequential(conv)
+    sgcnn.self_group_(model, 0.5, groups=3, kmeans=FAST_KMEANS, default_exclusions=False)
+    layer = model[0]
+    layer.sg_mask[layer.sg_labels == 0] = False  # one group loses every input channel
+    layer.apply_mask_()
+    x = torch.randn(1, 4, 5, 5)
+    with torch.no_grad():
+        want = layer(x)
+    for cls, mode in _realizations("conv"):
+        try:
+            module = cls.from_masked(layer, mode=mode) if mode else cls.from_masked(layer)
+        except ValueError:
+            continue  # matmul mode: 1x1 convolutions only
+        with torch.no_grad():
+            torch.testing.assert_close(module(x), want, atol=ATOL, rtol=RTOL)
+
+
+# ------------------------------------------------------------------ whole models
+
+ZOO = [
+    "lenet5",
+    "resnet20",
+    "vgg16_cifar",
+    "test_convnet",
+    "test_densenet",
+    "test_resnet",
+    "test_vgg",
+]
+ZOO_SLOW = ["resnet32", "resnet56", "resnet110", "densenet121_cifar"]
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_models_convert_exactly(name):
+    masked, x = _grouped(name)
+    _assert_equivalent(convert(masked, x, tune=False), masked, x)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ZOO_SLOW)
+def test_larger_zoo_models_convert_exactly(name):
+    masked, x = _grouped(name)
+    _assert_equivalent(convert(masked, x, tune=False), masked, x)
+
+
+TORCHVISION = [
+    "resnet18",
+    "mobilenet_v3_small",
+    "squeezenet1_1",
+    "shufflenet_v2_x0_5",
+    "mnasnet0_5",
+    "regnet_x_400mf",
+]
+TORCHVISION_SLOW = [
+    ("resnet50", 64),
+    ("resnext50_32x4d", 64),
+    ("wide_resnet50_2", 64),
+    ("densenet121", 64),
+    ("vgg11_bn", 64),
+    ("alexnet", 64),
+    ("mobilenet_v2", 64),
+    ("mobilenet_v3_large", 64),
+    ("efficientnet_b0", 64),
+    ("efficientnet_v2_s", 64),
+    ("regnet_y_400mf", 64),
+    ("convnext_tiny", 64),
+    ("squeezenet1_0", 64),
+    ("mnasnet1_0", 64),
+    ("googlenet", 64),
+    ("inception_v3", 96),
+    ("shufflenet_v2_x1_0", 64),
+]
+
+
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_torchvision_models_convert_exactly(name):
+    masked, x = _grouped(name, size=48)
+    _assert_equivalent(convert(masked, x, tune=False), masked, x)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "size"), TORCHVISION_SLOW, ids=lambda v: str(v))
+def test_more_torchvision_models_convert_exactly_with_every_realization(name, size):
+    masked, x = _grouped(name, size=size)
+    for allowed in (None, ("grouped", "dense"), ("loop",)):
+        _assert_equivalent(convert(masked, x, tune=False, realizations=allowed), masked, x)
+
+
+@pytest.mark.parametrize("allowed", [("grouped", "dense"), ("loop",), ("dense",)])
+def test_restricted_realizations_are_exact_and_respected(allowed):
+    masked, x = _grouped("test_resnet")
+    converted = convert(masked, x, tune=False, realizations=allowed)
+    _assert_equivalent(converted, masked, x)
+    chosen = {r["realization"].split("/")[0] for r in converted.sgcnn_conversion["layers"]}
+    assert chosen <= set(allowed) | {"dense"}
+
+
+def test_tuning_keeps_the_fastest_measured_candidate_and_records_it():
+    masked, x = _grouped("test_resnet")
+    converted = convert(masked, x, tune=True)
+    _assert_equivalent(converted, masked, x)
+    for record in converted.sgcnn_conversion["layers"]:
+        times = record["times_ms"]
+        assert any(label.startswith("dense") for label in times)  # dense is always a candidate
+        best = min(times, key=lambda k: times[k]["min_ms"])
+        assert record["realization"] == best
+
+
+def test_fusion_folds_batchnorm_relu_and_residual_into_layers():
+    masked, x = _grouped("test_resnet")
+    converted = convert(masked, x, tune=False)
+    kinds = {type(m) for m in converted.modules()}
+    assert nn.BatchNorm2d not in kinds  # every BatchNorm followed a convolution
+    assert not any(n.target in (operator.add, operator.iadd) for n in converted.graph.nodes)
+    unfused = convert(masked, x, tune=False, fuse=False)
+    assert nn.BatchNorm2d in {type(m) for m in unfused.modules()}
+    _assert_equivalent(unfused, masked, x)
+
+
+@pytest.mark.skipif(not _native.available(), reason="native kernel unavailable")
+def test_memory_planning_between_native_layers_is_exact_and_leaves_input_alone():
+    masked, x = _grouped("resnet20")
+    converted = convert(masked, x, tune=False, realizations=("native",))
+    natives = [m for m in converted.modules() if isinstance(m, fast.NativeGroupConv2d)]
+    assert any(m.input_padded for m in natives)
+    assert any(m.accumulate for m in natives)
+    for m in natives:
+        if m.input_padded:
+            assert m.padding != (0, 0) and m.stride == (1, 1)
+    before = x.clone()
+    _assert_equivalent(converted, masked, x)
+    assert torch.equal(x, before)
+
+
+def test_flop_counter_agrees_with_count_apart_from_reported_padding():
+    for name, allowed in (("test_resnet", None), ("lenet5", ("grouped", "dense"))):
+        masked, x = _grouped(name)
+        converted = convert(masked, x, tune=False, realizations=allowed)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            converted(x)
+        executed = counter.get_total_flops() // 2
+        padding = sum(r["padding_macs"] for r in converted.sgcnn_conversion["layers"])
+        counted = sgcnn.count(masked, tuple(x.shape[1:]))["flops"] * x.shape[0]
+        assert executed - padding == counted
+
+
+def test_fused_dense_baseline_is_exact():
+    model = sgcnn.create_model("test_resnet").eval()
+    _randomize_bn(model)
+    x = torch.randn(2, 3, 16, 16)
+    fused = fuse_dense(model, x, tune=False)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), atol=ATOL, rtol=RTOL)
+    assert all(r["realization"].startswith("dense") for r in fused.sgcnn_conversion["layers"])
+
+
+class _Untraceable(nn.Module):
+    """Data-dependent control flow: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if y.sum() > 0:
+            y = y * 2
+        return self.head(y.mean((2, 3)))
+
+
+def test_untraceable_model_is_converted_layer_by_layer():
+    model = _Untraceable()
+    sgcnn.self_group_(model, 0.5, groups=4, kmeans=FAST_KMEANS, default_exclusions=False)
+    x = torch.randn(2, 3, 8, 8)
+    converted = convert(model.eval(), x, tune=False)
+    assert converted.sgcnn_conversion["fused"] is False
+    assert fast.is_fast(converted.conv) and fast.is_fast(converted.head)
+    _assert_equivalent(converted, model, x)
+
+
+def test_convert_leaves_the_callers_model_untouched():
+    masked, x = _grouped("test_resnet")
+    before = {k: v.clone() for k, v in masked.state_dict().items()}
+    convert(masked, x, tune=False)
+    after = masked.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_without_native_kernel_conversion_still_works(monkeypatch):
+    monkeypatch.setattr(_native, "available", lambda: False)
+    masked, x = _grouped("test_resnet")
+    converted = convert(masked, x, tune=False)
+    assert not any(isinstance(m, fast.NativeGroupConv2d) for m in converted.modules())
+    _assert_equivalent(converted, masked, x)
+
+
+# ------------------------------------------------------------------------ errors
+
+
+def test_model_without_self_grouped_layers_is_an_error():
+    model = sgcnn.create_model("test_resnet").eval()
+    with pytest.raises(sgcnn.SgcnnError, match=r"no self-grouped layer.*self_group_"):
+        convert(model, torch.randn(1, 3, 16, 16))
+
+
+def test_wrong_input_shape_is_an_error_that_names_the_expected_channels():
+    masked, _ = _grouped("test_resnet")
+    with pytest.raises(sgcnn.SgcnnError, match=r"shape \(1, 5, 16, 16\).*3 input channels"):
+        convert(masked, torch.randn(1, 5, 16, 16))
+    with pytest.raises(sgcnn.SgcnnError, match="example_input must be a tensor"):
+        convert(masked, "an image")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_unavailable_device_is_an_error():
+    masked, x = _grouped("test_resnet")
+    with pytest.raises(sgcnn.SgcnnError, match=r"'cuda' is not available.*device='cpu'"):
+        convert(masked, x, device="cuda")
+    with pytest.raises(sgcnn.SgcnnError, match="is not a device"):
+        convert(masked, x, device="tpu:zero")
+
+
+def test_unknown_realization_is_an_error():
+    masked, x = _grouped("test_resnet")
+    with pytest.raises(sgcnn.SgcnnError, match=r"unknown realizations.*'sparse'"):
+        convert(masked, x, realizations=("sparse",))
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "ceil"),
+    [(3, 2, 1, False), (3, 2, 0, True), (2, 2, 0, False), (3, 1, 1, False), (5, 3, 2, True)],
+)
+def test_native_max_pool_is_exact_with_nan_and_ceil_mode(kernel, stride, padding, ceil):
+    x = torch.randn(2, 5, 15, 17)
+    x[0, 1, 3, 4] = float("nan")
+    pool = fast.MaxPool2d(kernel, stride, padding, ceil)
+    want = nn.functional.max_pool2d(x, kernel, stride, padding, ceil_mode=ceil)
+    torch.testing.assert_close(pool(x), want, equal_nan=True, atol=0, rtol=0)
+
+
+def test_max_pooling_is_swapped_when_fusing():
+    masked, x = _grouped("resnet18", size=48)
+    converted = convert(masked, x, tune=False)
+    assert any(isinstance(m, fast.MaxPool2d) for m in converted.modules())
+    assert not any(type(m) is nn.MaxPool2d for m in converted.modules())
