@@ -225,28 +225,32 @@ class SelfGrouper:
         # (scikit-learn) and the small tensor ops release the GIL; one intra-op thread per layer
         # avoids OpenMP spin-waiting, which made runs 10x slower when the cores were shared.
         workers = max(1, min(len(jobs), os.cpu_count() or 1))
-        with _single_threaded_ops(), ThreadPoolExecutor(workers) as pool:
-            results = list(pool.map(group_layer, jobs))
-
-        for (name, layer, is_conv, target, _), (labels, keep, new_mask) in zip(
-            jobs, results, strict=True
-        ):
-            layer.set_groups_(labels, keep, new_mask)
-            sizes = torch.bincount(labels, minlength=keep.shape[0])
-            report.layers.append(
-                LayerReport(
-                    name=name,
-                    kind="conv" if is_conv else "fc",
-                    filters=int(new_mask.shape[0]),
-                    inputs=int(new_mask.shape[1]),
-                    groups=int(keep.shape[0]),
-                    group_sizes=sizes.tolist(),
-                    kept_inputs=keep.sum(1).tolist(),
-                    target_sparsity=float(target),
-                    sparsity=1.0 - new_mask.double().mean().item(),
+        with _single_threaded_ops():
+            with ThreadPoolExecutor(workers) as pool:
+                results = list(pool.map(group_layer, jobs))
+            for (name, layer, is_conv, target, _), (labels, keep, new_mask) in zip(
+                jobs, results, strict=True
+            ):
+                report.layers.append(
+                    self._apply(name, layer, is_conv, target, labels, keep, new_mask)
                 )
-            )
         return report
+
+    def _apply(self, name, layer, is_conv, target, labels, keep, new_mask) -> LayerReport:
+        """Store a layer's new groups and mask (zeroing pruned weights); report them."""
+        layer.set_groups_(labels, keep, new_mask)
+        sizes = torch.bincount(labels, minlength=keep.shape[0])
+        return LayerReport(
+            name=name,
+            kind="conv" if is_conv else "fc",
+            filters=int(new_mask.shape[0]),
+            inputs=int(new_mask.shape[1]),
+            groups=int(keep.shape[0]),
+            group_sizes=sizes.tolist(),
+            kept_inputs=keep.sum(1).tolist(),
+            target_sparsity=float(target),
+            sparsity=1.0 - int(new_mask.sum()) / new_mask.numel(),
+        )
 
     def _cluster(self, layer, importance: torch.Tensor, groups: int) -> torch.Tensor:
         """Group labels; an already grouped convolution is clustered per convolution group
