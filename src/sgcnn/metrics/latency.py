@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from sgcnn.nn import tuning
 from sgcnn.nn.tuning import synchronize
 
 
@@ -64,20 +65,34 @@ def environment(device: torch.device | str = "cpu") -> dict:
     return info
 
 
+def _clock(name: str):
+    if name == "wall":
+        return time.perf_counter
+    if name == "cpu":
+        if torch.get_num_threads() != 1:
+            raise ValueError("clock='cpu' measures one thread: call torch.set_num_threads(1)")
+        return time.thread_time
+    raise ValueError("clock must be 'wall' or 'cpu'")
+
+
 @torch.inference_mode()
 def compare_latency(
     models: dict[str, Callable[[torch.Tensor], object]],
     x: torch.Tensor,
     runs: int = 20,
     warmup: int = 3,
+    clock: str = "wall",
 ) -> dict[str, dict[str, float]]:
     """Median latency of each model on ``x`` over ``runs`` interleaved rounds.
 
     Returns ``{name: {"median_ms", "min_ms", "p10_ms", "p90_ms", "images_per_s", "runs"}}``;
-    images/s is the batch size over the median latency.
+    images/s is the batch size over the median latency. ``clock="cpu"`` measures the calling
+    thread's CPU time instead of wall time: with one torch thread that is the compute time
+    itself, which other processes on a shared machine cannot inflate by preempting it.
     """
     if runs < 1:
         raise ValueError("runs must be >= 1")
+    now = _clock(clock)
     device = x.device
     names = list(models)
     for _ in range(warmup):
@@ -88,10 +103,10 @@ def compare_latency(
     for r in range(runs):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
-            t0 = time.perf_counter()
+            t0 = now()
             models[name](x)
             synchronize(device)
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(now() - t0)
     out = {}
     for name, v in times.items():
         v = sorted(v)
@@ -114,12 +129,14 @@ def layer_times(
     layers: Iterable[str] | None = None,
     runs: int = 5,
     warmup: int = 1,
+    clock: str = "wall",
 ) -> dict[str, float]:
     """Median wall time (ms) of each named submodule's forward inside ``model(x)``.
 
     ``layers`` defaults to every leaf that computes (convolutions, linear layers, fast
     modules); the entry ``"(total)"`` is the whole forward pass and ``"(other)"`` the rest.
     """
+    now = _clock(clock)
     modules = dict(model.named_modules())
     if layers is None:
         layers = [
@@ -137,22 +154,22 @@ def layer_times(
 
         def pre(mod, args, name=name):
             synchronize(device)
-            current[name] = time.perf_counter()
+            current[name] = now()
 
         def post(mod, args, out, name=name):
             synchronize(device)
-            current[name] = time.perf_counter() - current[name]
+            current[name] = now() - current[name]
 
         handles.append(m.register_forward_pre_hook(pre))
         handles.append(m.register_forward_hook(post))
     totals = []
     try:
         for i in range(warmup + runs):
-            t0 = time.perf_counter()
+            t0 = now()
             model(x)
             synchronize(device)
             if i >= warmup:
-                totals.append(time.perf_counter() - t0)
+                totals.append(now() - t0)
                 for name in layers:
                     samples[name].append(current.get(name, 0.0))
     finally:
@@ -184,6 +201,7 @@ def benchmark(
     extra: dict[str, nn.Module | Callable[[torch.Tensor], nn.Module]] | None = None,
     breakdown: bool = False,
     progress: Callable[[str], None] | None = None,
+    clock: str = "wall",
 ) -> dict:
     """Latency of a self-grouped model against its dense version, side by side.
 
@@ -199,7 +217,8 @@ def benchmark(
     images/s, MACs per image (``sgcnn.count`` for plain models, ``FlopCounterMode`` for
     compiled ones: what really runs, padding included), speedup over ``dense``; for
     ``converted`` the fraction of the MAC reduction the speedup realises:
-    ``(1 - t_conv / t_dense) / (1 - macs_grouped / macs_dense)``.
+    ``(1 - t_conv / t_dense) / (1 - macs_grouped / macs_dense)``. ``clock="cpu"`` (one
+    thread) measures CPU time, for tuning and timing alike (see :func:`compare_latency`).
     """
 
     import copy
@@ -219,17 +238,24 @@ def benchmark(
         "masked_counted": count(masked, input_size)["flops"],
     }
     extra = dict(extra or {})
-    out = {"environment": environment(dev), "input_size": list(input_size), "batches": []}
+    _clock(clock)  # fail early on a bad clock / thread combination
+    out = {
+        "environment": environment(dev),
+        "clock": clock,
+        "input_size": list(input_size),
+        "batches": [],
+    }
     for bs in batch_sizes:
         x = torch.randn(bs, *input_size, device=dev)
         say(f"batch {bs}: converting (tune={tune})")
-        converted = convert(masked, x, device=dev, tune=tune)
-        say(f"batch {bs}: compiling the dense baseline")
-        fused = fuse_dense(dense, x, device=dev, tune=tune)
-        extras = {
-            name: (item if isinstance(item, nn.Module) else item(x)).eval().to(dev)
-            for name, item in extra.items()
-        }
+        with tuning.clock("cpu" if clock == "cpu" else "wall"):
+            converted = convert(masked, x, device=dev, tune=tune)
+            say(f"batch {bs}: compiling the dense baseline")
+            fused = fuse_dense(dense, x, device=dev, tune=tune)
+            extras = {
+                name: (item if isinstance(item, nn.Module) else item(x)).eval().to(dev)
+                for name, item in extra.items()
+            }
         models = {
             "dense": dense,
             "dense_fused": fused,
@@ -238,7 +264,7 @@ def benchmark(
             **extras,
         }
         say(f"batch {bs}: timing {', '.join(models)} ({runs} interleaved rounds)")
-        lat = compare_latency(models, x, runs=runs, warmup=warmup)
+        lat = compare_latency(models, x, runs=runs, warmup=warmup, clock=clock)
         executed = _macs_executed(converted, x) // bs
         padding = sum(r["padding_macs"] for r in converted.sgcnn_conversion["layers"]) // bs
         per_model_macs = {
@@ -270,8 +296,8 @@ def benchmark(
         }
         if breakdown:
             say(f"batch {bs}: per-layer breakdown")
-            conv_t = layer_times(converted, x, runs=max(3, runs // 4))
-            fused_t = layer_times(fused, x, runs=max(3, runs // 4))
+            conv_t = layer_times(converted, x, runs=max(3, runs // 4), clock=clock)
+            fused_t = layer_times(fused, x, runs=max(3, runs // 4), clock=clock)
             records = {r["name"]: r for r in converted.sgcnn_conversion["layers"]}
             entry["layers"] = [
                 {

@@ -13,12 +13,28 @@ code that leaves threads idle); it is ignored on CUDA devices.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
+
+_clock = "wall"
+
+
+@contextlib.contextmanager
+def clock(name: str):
+    """Within the block, tune with ``"wall"`` time or the process's ``"cpu"`` time."""
+    global _clock
+    if name not in ("wall", "cpu"):
+        raise ValueError("clock must be 'wall' or 'cpu'")
+    before, _clock = _clock, name
+    try:
+        yield
+    finally:
+        _clock = before
 
 
 def synchronize(device: torch.device) -> None:
@@ -41,7 +57,7 @@ def time_candidates(
     total time passes ``budget_s`` (every survivor gets at least one timed call).
     """
     clock = time.perf_counter
-    if device.type == "cpu" and os.environ.get("SGCNN_TUNE_CLOCK") == "cpu":
+    if device.type == "cpu" and os.environ.get("SGCNN_TUNE_CLOCK", _clock) == "cpu":
         clock = time.process_time
     alive: dict[str, Callable[[], object]] = {}
     for name, fn in candidates.items():
