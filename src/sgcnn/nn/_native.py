@@ -17,12 +17,13 @@ channel is one contiguous run of memory and output positions map to consecutive 
 (each output row carries ``k - 1`` junk columns that are computed and dropped). The padded copy
 is made once per call (1x the input), not once per group.
 
-Work is split into items (image, block of ``16 * block`` positions, chunk of at most 6 filters
-of one group) run by OpenMP threads (torch's pool and thread count). Each item keeps
-``filters x vectors`` accumulators in registers: per entry it loads ``vectors`` input vectors
-and broadcasts one weight per filter, so small groups still fill the 16-float lanes. The
-epilogue adds the bias, an optional residual and an optional ReLU, so a following BatchNorm
-(folded into ``w`` and ``bias``), the residual addition and the ReLU cost no memory pass.
+Work is split into items (image, block of ``16 * block`` positions, chunk of at most
+``rows <= 16`` filters of one group) run by OpenMP threads (torch's pool and thread count).
+Each item keeps ``filters x vectors`` accumulators in registers: per entry it loads
+``vectors`` input vectors and broadcasts one weight per filter, so small groups still fill the
+16-float lanes. The epilogue adds the bias, an optional residual and an optional ReLU, so a
+following BatchNorm (folded into ``w`` and ``bias``), the residual addition and the ReLU cost
+no memory pass.
 
 The C source is generated here, compiled with the system C compiler (``$CC`` or ``cc``,
 ``-O3 -march=native -fopenmp``) into ``$SGCNN_CACHE`` (default ``~/.cache/sgcnn``), and loaded
@@ -47,9 +48,13 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-RMAX = 6  # filters per chunk (register block rows)
+RMAX = 16  # filters per chunk (register block rows), at most
 VB = 12  # vectors (of 16 positions) per position block, at most
-VMAX_FOR_R = {1: 12, 2: 8, 3: 6, 4: 6, 5: 4, 6: 4}  # register budget: R*V + V <= 31
+# Vectors per kernel call for R filters: R * V accumulators + V inputs + 1 weight <= 32
+# zmm registers (capped by VB). Few filters: many positions per weight; many filters (tall
+# chunks, for layers whose input rows stream from L2): one input vector feeds R FMAs.
+VMAX_FOR_R = {r: min(VB, (31 - 1) // (r + 1)) for r in range(1, RMAX + 1)}
+VMAX_FOR_R.update({1: 12, 2: 8, 3: 6, 4: 6, 5: 4, 6: 4})
 PREFETCH = 2  # entries ahead for software prefetch
 
 

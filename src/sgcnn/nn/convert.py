@@ -259,8 +259,10 @@ def _candidates(site: _Site, device: torch.device, allowed: Sequence[str] | None
                 continue
             out[f"dense/{mode}"] = lambda mode=mode: F_.DenseConv2d.from_spec(spec, mode)
     if ok("native") and F_.NativeGroupConv2d.supports(spec, device):
-        for block in F_.NativeGroupConv2d.blocks_to_try:
-            out[f"native/{block}"] = lambda b=block: F_.NativeGroupConv2d.from_spec(spec, b)
+        for block, rows in F_.NativeGroupConv2d.settings_to_try:
+            out[f"native/b{block}r{rows}"] = lambda b=block, r=rows: F_.NativeGroupConv2d.from_spec(
+                spec, b, r
+            )
     if is_masked(site.layer):
         if ok("grouped"):
             out["grouped"] = lambda: F_.GroupedConv2d.from_spec(spec)
@@ -275,7 +277,7 @@ def _default_choice(labels: list[str], spec: F_.LayerSpec, masked: bool) -> str:
     dense."""
     native = [label for label in labels if label.startswith("native/")]
     if masked and native:
-        return "native/8" if "native/8" in native else native[0]
+        return "native/b8r6" if "native/b8r6" in native else native[0]
     if masked and "grouped" in labels:
         grouped = F_.GroupedConv2d.from_spec(spec) if spec.kind == "conv" else None
         if grouped is not None and grouped.weight.numel() < 0.7 * spec.weight.numel():
