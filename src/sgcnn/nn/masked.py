@@ -28,6 +28,18 @@ class _MaskedMixin:
     sg_labels: torch.Tensor
     sg_keep: torch.Tensor
 
+    @classmethod
+    def from_dense(cls, layer: nn.Module):
+        """A masked copy of ``layer`` (its dense base class) sharing its parameters, with an
+        all-ones mask."""
+        masked = cls.__new__(cls)
+        masked.__dict__ = layer.__dict__.copy()
+        masked._parameters = dict(layer._parameters)
+        masked._buffers = dict(layer._buffers)
+        masked._modules = dict(layer._modules)
+        masked._init_mask_buffers()
+        return masked
+
     def _init_mask_buffers(self) -> None:
         n, c = self.weight.shape[:2]
         device = self.weight.device
@@ -74,34 +86,12 @@ class _MaskedMixin:
 class MaskedConv2d(_MaskedMixin, nn.Conv2d):
     """``nn.Conv2d`` computing with ``W * M``; build one with :meth:`from_dense`."""
 
-    @classmethod
-    def from_dense(cls, conv: nn.Conv2d) -> MaskedConv2d:
-        """A masked copy of ``conv`` sharing its parameters, with an all-ones mask."""
-        masked = cls.__new__(cls)
-        masked.__dict__ = conv.__dict__.copy()
-        masked._parameters = dict(conv._parameters)
-        masked._buffers = dict(conv._buffers)
-        masked._modules = dict(conv._modules)
-        masked._init_mask_buffers()
-        return masked
-
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(input, self.masked_weight(), self.bias)
 
 
 class MaskedLinear(_MaskedMixin, nn.Linear):
     """``nn.Linear`` computing with ``W * M``; build one with :meth:`from_dense`."""
-
-    @classmethod
-    def from_dense(cls, linear: nn.Linear) -> MaskedLinear:
-        """A masked copy of ``linear`` sharing its parameters, with an all-ones mask."""
-        masked = cls.__new__(cls)
-        masked.__dict__ = linear.__dict__.copy()
-        masked._parameters = dict(linear._parameters)
-        masked._buffers = dict(linear._buffers)
-        masked._modules = dict(linear._modules)
-        masked._init_mask_buffers()
-        return masked
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.linear(input, self.masked_weight(), self.bias)
