@@ -424,9 +424,9 @@ class GroupedLinear(_Fast):
 # ----------------------------------------------------------------------- group loop
 
 
-class GroupLoopConv2d(_Fast):
-    """One convolution per group on its gathered channels; outputs concatenated, then put
-    back into filter order: ``y = cat_j conv(x[:, S_j], W_j)[:, inverse] + bias``."""
+class _GroupLoop(_Fast):
+    """Shared by the per-group realizations: group ``j``'s weight ``W_j = W[F_j][:, S_j]``, its
+    gather index ``S_j`` and the inverse permutation putting outputs back in filter order."""
 
     realization = "loop"
 
@@ -437,7 +437,7 @@ class GroupLoopConv2d(_Fast):
         order = []
         for i, (filters, channels) in enumerate(spec.groups):
             w = spec.weight[filters][:, channels % cg].clone()
-            if len(channels) == 0:  # a group that kept nothing: one zero-weight channel
+            if len(channels) == 0:  # a group that kept nothing: one zero-weight input
                 channels = torch.zeros(1, dtype=torch.long)
                 w = spec.weight.new_zeros(len(filters), 1, *spec.weight.shape[2:])
             self.register_buffer(f"in_index_{i}", channels.clone())
@@ -448,7 +448,7 @@ class GroupLoopConv2d(_Fast):
         self._spec = replace(spec, weight=spec.weight.clone())
 
     @classmethod
-    def from_spec(cls, spec: LayerSpec) -> GroupLoopConv2d:
+    def from_spec(cls, spec: LayerSpec):
         return cls(spec)
 
     def spec(self) -> LayerSpec:
@@ -456,6 +456,11 @@ class GroupLoopConv2d(_Fast):
 
     def _executed_per_position(self) -> int:
         return sum(w.numel() for w in self.weights)
+
+
+class GroupLoopConv2d(_GroupLoop):
+    """One convolution per group on its gathered channels; outputs concatenated, then put
+    back into filter order: ``y = cat_j conv(x[:, S_j], W_j)[:, inverse] + bias``."""
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         outs = []
@@ -466,36 +471,8 @@ class GroupLoopConv2d(_Fast):
         return _epilogue(y, residual, self.relu)
 
 
-class GroupLoopLinear(_Fast):
+class GroupLoopLinear(_GroupLoop):
     """One matrix product per group on its gathered inputs, outputs put back in order."""
-
-    realization = "loop"
-
-    def __init__(self, spec: LayerSpec) -> None:
-        super().__init__(spec)
-        self.weights = nn.ParameterList()
-        order = []
-        for i, (filters, channels) in enumerate(spec.groups):
-            w = spec.weight[filters][:, channels].clone()
-            if len(channels) == 0:  # a group that kept nothing: one zero-weight input
-                channels = torch.zeros(1, dtype=torch.long)
-                w = spec.weight.new_zeros(len(filters), 1)
-            self.register_buffer(f"in_index_{i}", channels.clone())
-            self.weights.append(nn.Parameter(w, requires_grad=False))
-            order.append(filters)
-        self.register_buffer("out_index", torch.argsort(torch.cat(order)))
-        self.bias = nn.Parameter(spec.bias.clone(), requires_grad=False)
-        self._spec = replace(spec, weight=spec.weight.clone())
-
-    @classmethod
-    def from_spec(cls, spec: LayerSpec) -> GroupLoopLinear:
-        return cls(spec)
-
-    def spec(self) -> LayerSpec:
-        return self._spec
-
-    def _executed_per_position(self) -> int:
-        return sum(w.numel() for w in self.weights)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         outs = [
