@@ -43,8 +43,8 @@ def register(subparsers) -> None:
 def run(args) -> int:
     if not args.checkpoint:
         raise SgcnnError("give --checkpoint: a self-grouped model (from `sgcnn group`)")
-    check_pt2_name(args.output)
     check_output_path(args.output, args.overwrite)
+    check_pt2_name(args.output)
     if args.report:
         check_output_path(args.report, args.overwrite, "--report")
     model, name, _ = load_model_from_args(args)

@@ -35,12 +35,12 @@ def run(args) -> int:
     export.check_format(args.format)
     if not args.checkpoint:
         raise SgcnnError("give --checkpoint: a self-grouped model (from `sgcnn group`)")
+    check_output_path(args.output, args.overwrite)
     if args.output.suffix != f".{args.format}":
         raise SgcnnError(
             f"--output {str(args.output)!r} does not end in .{args.format}; name the file after "
             "its format"
         )
-    check_output_path(args.output, args.overwrite)
     model, name, _ = load_model_from_args(args)
     size = input_size_for(args, name)
     check_example_size((args.batch_size, *size))
