@@ -72,7 +72,7 @@ def _cases():
         "report-readonly": ["report", "{root}/readonly"],
         "convert-readonly": ["convert", *GROUPED, "--output", ro + ".pt2"],
         "convert-report-readonly": ["convert", *GROUPED, "--output", "{root}/c.pt2",
-                                    "--report", ro + ".json"],  # fmt: skip
+                                    "--report", ro + ".json"],
         "export-readonly": ["export", *GROUPED, "--format", "pt2", "--output", ro + ".pt2"],
         "export-under-file": ["export", *GROUPED, "--format", "onnx", "--output", under + ".onnx"],
         "bench-output-readonly": ["bench", *model, "--output", ro + ".json"],
@@ -81,31 +81,31 @@ def _cases():
         # an output that is a folder, or exists already
         "convert-output-folder": ["convert", *GROUPED, "--output", "{root}/out_dir"],
         "export-output-folder": ["export", *GROUPED, "--format", "pt2", "--output",
-                                 "{root}/out_dir"],  # fmt: skip
+                                 "{root}/out_dir"],
         "bench-output-folder": ["bench", *model, "--output", "{root}/out_dir"],
         "convert-existing": ["convert", *GROUPED, "--output", "{root}/existing.pt2"],
         "export-existing": ["export", *GROUPED, "--format", "pt2", "--output",
-                            "{root}/existing.pt2"],  # fmt: skip
+                            "{root}/existing.pt2"],
         "bench-existing": ["bench", *model, "--output", "{root}/existing.json"],
         "export-wrong-suffix": ["export", *GROUPED, "--format", "pt2", "--output", "{root}/m.onnx"],
         # broken checkpoints, in every loader
         "count-empty": ["count", "--checkpoint", "{root}/empty.pt"],
         "group-empty": ["group", "--checkpoint", "{root}/empty.pt", "--conv-sparsity", "0.5",
-                        "--output", "{root}/new"],  # fmt: skip
+                        "--output", "{root}/new"],
         "eval-empty": ["eval", "{root}/empty.pt"],
         "finetune-empty": ["finetune", "--checkpoint", "{root}/empty.pt", "--conv", "0.5"],
         "convert-truncated": ["convert", "--checkpoint", "{root}/half.pt", "--output",
-                              "{root}/c.pt2"],  # fmt: skip
+                              "{root}/c.pt2"],
         "bench-empty": ["bench", "--checkpoint", "{root}/empty.pt"],
         "train-empty": ["train", "--checkpoint", "{root}/empty.pt", *model, *DATA],
         # NaN weights: refused by every command that reads weights
         "eval-nan": ["eval", "{root}/nan.pt", *DATA[:6]],
         "finetune-nan": ["finetune", "--checkpoint", "{root}/nan.pt", "--conv", "0.5", *DATA],
         "group-nan": ["group", "--checkpoint", "{root}/nan.pt", "--conv-sparsity", "0.5",
-                      "--output", "{root}/new"],  # fmt: skip
+                      "--output", "{root}/new"],
         "count-nan": ["count", "--checkpoint", "{root}/nan.pt"],
         "export-nan": ["export", "--checkpoint", "{root}/nan.pt", "--format", "pt2",
-                       "--output", "{root}/n.pt2"],  # fmt: skip
+                       "--output", "{root}/n.pt2"],
         # recipes and run folders
         "run-non-utf8-recipe": ["run", "{root}/latin1.yaml"],
         "run-recipe-folder": ["run", "{root}/recipe_dir.yaml"],
@@ -115,9 +115,9 @@ def _cases():
         "eval-batch-0": ["eval", "{ckpt}", "--batch-size", "0"],
         "convert-threads-0": ["convert", *GROUPED, "--threads", "0", "--output", "{root}/c.pt2"],
         "convert-threads-neg": ["convert", *GROUPED, "--threads", "-1", "--output",
-                                "{root}/c.pt2"],  # fmt: skip
+                                "{root}/c.pt2"],
         "convert-huge-batch": ["convert", *GROUPED, "--batch-size", "2000000", "--output",
-                               "{root}/c.pt2"],  # fmt: skip
+                               "{root}/c.pt2"],
         "bench-warmup-neg": ["bench", *model, "--warmup", "-1"],
         "bench-batch-neg": ["bench", *model, "--batch-sizes", "-1,2"],
         "bench-threads-0": ["bench", *model, "--threads", "0"],

@@ -114,9 +114,10 @@ def check_finite(state_dict: dict[str, Any], source: str) -> None:
     ]
     if bad:
         raise SgcnnError(
-            f"checkpoint {source!r} has weights that are NaN or infinite ({', '.join(bad[:3])}"
-            f"{', ...' if len(bad) > 3 else ''}); the training that wrote it diverged: use an "
-            "earlier checkpoint or train again with a lower learning rate"
+            f"checkpoint {source!r} has weights that are NaN or infinite in layer "
+            f"{bad[0].rpartition('.')[0]!r} ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})"
+            "; the training that wrote it diverged: use an earlier checkpoint or train again "
+            "with a lower learning rate"
         )
 
 

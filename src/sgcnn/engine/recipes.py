@@ -60,7 +60,9 @@ def load_recipe(name_or_path: str) -> tuple[str, dict[str, Any]]:
     try:
         data = yaml.safe_load(read_text(path, "recipe"))
     except yaml.YAMLError as err:
-        raise SgcnnError(f"recipe {str(path)!r} is not valid YAML: {yaml_problem(err)}") from err
+        raise SgcnnError(
+            f"cannot read recipe {str(path)!r}: not valid YAML: {yaml_problem(err)}"
+        ) from err
     if data is None:
         data = {}
     if not isinstance(data, dict):
