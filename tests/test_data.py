@@ -369,7 +369,7 @@ def test_tarball_member_escaping_the_folder_is_refused(tmp_path):
 
 @pytest.mark.parametrize("name", ["mnist", "cifar10", "cifar100"])
 def test_torchvision_set_missing_without_download(tmp_path, name):
-    with pytest.raises(SgcnnError, match=r"not found under .*Pass --download"):
+    with pytest.raises(SgcnnError, match=r"not found under .*--set data\.download=true"):
         build_datasets(DataConfig(name=name, root=str(tmp_path / "data")))
 
 

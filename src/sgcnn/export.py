@@ -18,6 +18,7 @@ Two formats:
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 import warnings
@@ -26,6 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sgcnn._io import atomic_write
+from sgcnn._pt2_check import check_pt2
 from sgcnn.errors import SgcnnError
 from sgcnn.nn import fast
 from sgcnn.nn.convert import convert, run_checked
@@ -76,8 +79,12 @@ def to_portable(model: nn.Module) -> nn.Module:
     return model
 
 
-def save(model: nn.Module, path: str | os.PathLike, example_input: torch.Tensor) -> Path:
-    """Write ``model`` (converted, or self-grouped: converted here) as a ``.pt2`` program."""
+def save(
+    model: nn.Module, path: str | os.PathLike, example_input: torch.Tensor, overwrite: bool = True
+) -> Path:
+    """Write ``model`` (converted, or self-grouped: converted here) as a ``.pt2`` program.
+
+    With a dynamic batch, only one image of ``example_input`` is stored in the file."""
     path = Path(path)
     x = example_input
     model = _converted(model, x, portable=False).eval()
@@ -86,6 +93,7 @@ def save(model: nn.Module, path: str | os.PathLike, example_input: torch.Tensor)
     with torch.no_grad():
         try:
             program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
+            program.example_inputs = ((x[:1].clone(),), {})  # the file need not hold a batch
         except Exception:
             program = torch.export.export(model, (x,))
     meta = {
@@ -94,11 +102,8 @@ def save(model: nn.Module, path: str | os.PathLike, example_input: torch.Tensor)
         "example_shape": list(x.shape),
         "conversion": getattr(model, "sgcnn_conversion", None),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.pt2")
-    torch.export.save(program, tmp, extra_files={META: json.dumps(meta)})
-    os.replace(tmp, path)
-    return path
+    extra = {META: json.dumps(meta)}
+    return atomic_write(path, lambda f: torch.export.save(program, f, extra_files=extra), overwrite)
 
 
 def load(path: str | os.PathLike) -> nn.Module:
@@ -106,6 +111,7 @@ def load(path: str | os.PathLike) -> nn.Module:
     path = Path(path)
     if not path.is_file():
         raise SgcnnError(f"{str(path)!r} does not exist (or is not a file)")
+    check_pt2(path)  # before PyTorch, which would unpickle and eval what the file holds
     extra = {META: ""}
     try:
         program = torch.export.load(path, extra_files=extra)
@@ -128,48 +134,58 @@ def export_onnx(
     example_input: torch.Tensor,
     opset: int = 17,
     verify: bool = True,
+    overwrite: bool = True,
 ) -> dict:
     """Write ``model`` as ONNX (standard operators only); returns ``{"path", "max_abs_diff"}``
     where the difference is onnxruntime's output against PyTorch's (``None`` without
-    onnxruntime). A difference above 1e-4 is an error."""
+    onnxruntime). A difference above 1e-4 is an error, and then nothing is written."""
     path = Path(path)
     x = example_input
     model = _converted(model, x, portable=True).eval()
     with torch.no_grad():
         expected = run_checked(model, x)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model,
             (x,),
-            str(tmp),
+            buffer,
             dynamo=False,
             opset_version=opset,
             input_names=["input"],
             output_names=["output"],
             dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
         )
-    os.replace(tmp, path)
+    data = buffer.getvalue()
     result = {"path": str(path), "max_abs_diff": None}
     if verify:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            return result
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        (got,) = session.run(None, {"input": x.cpu().numpy()})
-        diff = float((torch.from_numpy(got) - expected.cpu()).abs().max())
-        result["max_abs_diff"] = diff
-        if diff > 1e-4:
-            raise RuntimeError(f"onnxruntime disagrees with PyTorch by {diff:.2e} on {path}")
+        result["max_abs_diff"] = _onnxruntime_difference(data, x, expected)
+        if result["max_abs_diff"] is not None and result["max_abs_diff"] > 1e-4:
+            raise RuntimeError(
+                f"onnxruntime disagrees with PyTorch by {result['max_abs_diff']:.2e}; "
+                f"{path} was not written"
+            )
+    atomic_write(path, lambda f: f.write(data), overwrite)
     return result
 
 
-def export(model: nn.Module, path, fmt: str, example_input: torch.Tensor) -> dict:
+def _onnxruntime_difference(data: bytes, x: torch.Tensor, expected: torch.Tensor) -> float | None:
+    """max |onnxruntime - PyTorch| on ``x`` for the ONNX model ``data``; None without ORT."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"input": x.cpu().numpy()})
+    return float((torch.from_numpy(got) - expected.cpu()).abs().max())
+
+
+def export(
+    model: nn.Module, path, fmt: str, example_input: torch.Tensor, overwrite: bool = True
+) -> dict:
     """Export in format ``fmt`` (``"onnx"`` or ``"pt2"``)."""
     check_format(fmt)
     if fmt == "onnx":
-        return export_onnx(model, path, example_input)
-    return {"path": str(save(model, path, example_input))}
+        return export_onnx(model, path, example_input, overwrite=overwrite)
+    return {"path": str(save(model, path, example_input, overwrite))}

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import tempfile
+import math
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from sgcnn.engine.checkpoint import atomic_write, load_model
+from sgcnn._io import check_output_dir, write_text
+from sgcnn.engine.checkpoint import load_model
 from sgcnn.errors import SgcnnError
 from sgcnn.models.registry import create_model, model_entry
 
@@ -23,7 +22,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         "--model", help="registered model name (sgcnn models); optional with an sgcnn checkpoint"
     )
     parser.add_argument("--checkpoint", help="sgcnn checkpoint or plain state_dict to load")
-    parser.add_argument("--num-classes", type=int, help="number of classes (model default)")
+    parser.add_argument(
+        "--num-classes", type=positive_int, help="number of classes (model default)"
+    )
     parser.add_argument(
         "--input-size",
         type=parse_input_size,
@@ -73,45 +74,55 @@ def input_size_for(args: argparse.Namespace, name: str) -> tuple[int, int, int]:
     return (default[0], *size) if len(size) == 2 else size
 
 
-def write_json(path: Path, data: Any) -> None:
-    text = json.dumps(data, indent=2) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def publish_dir(staging: Path, output: Path, overwrite: bool) -> None:
-    """Move the files of ``staging`` into ``output``, all or nothing.
-
-    A new (or empty) ``output`` is created by one rename; an existing one with files is an
-    error unless ``overwrite``, in which case each file is replaced by an atomic rename.
-    """
-    if output.exists() and not output.is_dir():
-        raise SgcnnError(f"output {str(output)!r} exists and is not a folder")
-    if output.is_dir() and any(output.iterdir()):
-        if not overwrite:
-            raise SgcnnError(
-                f"output folder {str(output)!r} is not empty; choose another --output "
-                "or pass --overwrite"
-            )
-        for item in staging.iterdir():
-            os.replace(item, output / item.name)
-        shutil.rmtree(staging)
-        return
-    if output.is_dir():
-        output.rmdir()
-    os.replace(staging, output)
-
-
-def staging_dir(output: Path) -> Path:
-    """A fresh temporary folder beside ``output`` (same filesystem, so renames are atomic)."""
-    output = output.resolve()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.tmp-"))
+def write_json(path: Path, data: Any, overwrite: bool = True) -> None:
+    write_text(path, json.dumps(data, indent=2) + "\n", overwrite)
 
 
 def check_output_free(output: Path, overwrite: bool) -> None:
-    """Fail early, before any work, if ``output`` cannot be written."""
-    if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not overwrite)):
+    """Fail early, before any work, if the folder ``output`` cannot be written."""
+    check_output_dir(output)
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
         raise SgcnnError(
             f"output {str(output)!r} exists and is not an empty folder; choose another "
             "--output or pass --overwrite"
+        )
+
+
+def add_overwrite_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace output files that already exist"
+    )
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (argparse type)."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0 (argparse type)."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{value} is below {low}; give an integer >= {low}")
+    return value
+
+
+MAX_EXAMPLE_BYTES = 1 << 30  # 1 GiB of float32 example input
+
+
+def check_example_size(shape: tuple[int, ...]) -> None:
+    """Refuse an example batch too big to hold: conversion keeps several activations of it."""
+    nbytes = 4 * math.prod(shape)
+    if nbytes > MAX_EXAMPLE_BYTES:
+        raise SgcnnError(
+            f"an example input of {'x'.join(map(str, shape))} takes {nbytes / 2**20:,.0f} MiB "
+            f"(float32), and converting holds several activations that size; use a --batch-size "
+            f"whose input stays under {MAX_EXAMPLE_BYTES >> 20} MiB"
         )

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sgcnn._io import check_output_dir
+from sgcnn.cli._common import positive_int
 from sgcnn.engine.config import Config, resolve_config
 from sgcnn.engine.recipes import load_recipe
 
@@ -34,7 +36,9 @@ def add_run_args(p: argparse.ArgumentParser, output_help: str = "runs/<name>") -
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (train.device)")
     p.add_argument("--data", help="dataset name (data.name): mnist5k, cifar10, imagefolder, ...")
     p.add_argument("--data-root", help="data folder or archive (data.root)")
-    p.add_argument("--batch-size", type=int, help="images per process per step (train.batch_size)")
+    p.add_argument(
+        "--batch-size", type=positive_int, help="images per process per step (train.batch_size)"
+    )
     p.add_argument("--seed", type=int, help="training seed (train.seed)")
 
 
@@ -93,6 +97,8 @@ def execute(config: Config, run_dir: Path, args: argparse.Namespace) -> tuple[li
     """Run (or resume) ``config`` in ``run_dir``; returns ``(rows, seconds)``."""
     from sgcnn.engine.runner import Runner
 
+    if not args.resume:
+        check_output_dir(run_dir)  # before any data or model is built
     start = time.perf_counter()
     runner = Runner(
         config,

@@ -9,15 +9,19 @@ from pathlib import Path
 
 import torch
 
+from sgcnn._io import check_output_path, write_text
 from sgcnn.cli._common import (
     add_model_args,
+    add_overwrite_arg,
+    check_example_size,
     input_size_for,
     load_model_from_args,
+    non_negative_int,
     parse_ratio,
+    positive_int,
     write_json,
 )
 from sgcnn.core.grouper import self_group_
-from sgcnn.engine.checkpoint import atomic_write
 from sgcnn.errors import SgcnnError
 from sgcnn.metrics.latency import benchmark
 from sgcnn.nn.convert import resolve_device
@@ -41,10 +45,14 @@ def register(subparsers) -> None:
     )
     add_model_args(p)
     p.add_argument("--batch-sizes", default="1,16", help="comma-separated (default 1,16)")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    p.add_argument(
+        "--threads", type=positive_int, help="torch threads (default: torch's own choice)"
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--runs", type=int, default=20, help="timed rounds (default 20, min 1)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default 3)")
+    p.add_argument("--runs", type=positive_int, default=20, help="timed rounds (default 20)")
+    p.add_argument(
+        "--warmup", type=non_negative_int, default=3, help="untimed rounds first (default 3)"
+    )
     p.add_argument(
         "--sparsity",
         type=parse_ratio,
@@ -52,25 +60,28 @@ def register(subparsers) -> None:
         help="without --checkpoint: self-group the fresh model to this conv sparsity (default 0.6)",
     )
     p.add_argument("--fc-sparsity", type=parse_ratio, help="default: --sparsity")
-    p.add_argument("--groups", type=int, default=16, help="without --checkpoint (default 16)")
+    p.add_argument(
+        "--groups", type=positive_int, default=16, help="without --checkpoint (default 16)"
+    )
     p.add_argument("--no-tune", action="store_true", help="pick realizations without timing")
     p.add_argument("--breakdown", action="store_true", help="add per-layer times")
     p.add_argument("--output", type=Path, help="write the results as JSON here")
     p.add_argument("--csv", type=Path, help="write one row per (batch, model) as CSV here")
+    add_overwrite_arg(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    if args.threads is not None:
-        if args.threads < 1:
-            raise SgcnnError("--threads must be >= 1")
-        torch.set_num_threads(args.threads)
-    if args.runs < 1:
-        raise SgcnnError("--runs must be >= 1")
     batch_sizes = parse_batch_sizes(args.batch_sizes)
+    for path, flag in ((args.output, "--output"), (args.csv, "--csv")):
+        if path is not None:
+            check_output_path(path, args.overwrite, flag)
     resolve_device(args.device, torch.nn.Module())  # fail before any work
     model, name, _ = load_model_from_args(args)
     size = input_size_for(args, name)
+    check_example_size((max(batch_sizes), *size))
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     grouping = "checkpoint"
     if not any(is_masked(m) for m in model.modules()):
         fc = args.sparsity if args.fc_sparsity is None else args.fc_sparsity
@@ -94,10 +105,9 @@ def run(args) -> int:
     result.update(model=name, grouping=grouping, command=" ".join(["sgcnn", *sys.argv[1:]]))
     print(format_table(result))
     if args.output:
-        write_json(args.output, result)
+        write_json(args.output, result, args.overwrite)
     if args.csv:
-        text = to_csv(result)
-        atomic_write(args.csv, lambda f: f.write(text.encode()))
+        write_text(args.csv, to_csv(result), args.overwrite)
     return 0
 
 

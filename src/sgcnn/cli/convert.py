@@ -8,7 +8,16 @@ from pathlib import Path
 import torch
 
 from sgcnn import export
-from sgcnn.cli._common import add_model_args, input_size_for, load_model_from_args, write_json
+from sgcnn._io import check_output_path
+from sgcnn.cli._common import (
+    add_model_args,
+    add_overwrite_arg,
+    check_example_size,
+    input_size_for,
+    load_model_from_args,
+    positive_int,
+    write_json,
+)
 from sgcnn.errors import SgcnnError
 from sgcnn.nn.convert import convert
 
@@ -19,27 +28,33 @@ def register(subparsers) -> None:
         help="compile a self-grouped model into exact, fast diverse-group modules (.pt2)",
     )
     add_model_args(p)
-    p.add_argument("--batch-size", type=int, default=1, help="batch size to tune for (default 1)")
-    p.add_argument("--threads", type=int, help="torch threads to tune with")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=1, help="batch size to tune for (default 1)"
+    )
+    p.add_argument("--threads", type=positive_int, help="torch threads to tune with (>= 1)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--no-tune", action="store_true", help="pick realizations without timing")
     p.add_argument("--output", type=Path, required=True, help="file to write (.pt2)")
     p.add_argument("--report", type=Path, help="also write the per-layer choices as JSON")
+    add_overwrite_arg(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     if not args.checkpoint:
         raise SgcnnError("give --checkpoint: a self-grouped model (from `sgcnn group`)")
-    if args.batch_size < 1:
-        raise SgcnnError("--batch-size must be >= 1")
-    if args.threads is not None:
-        torch.set_num_threads(max(1, args.threads))
+    check_output_path(args.output, args.overwrite)
+    check_pt2_name(args.output)
+    if args.report:
+        check_output_path(args.report, args.overwrite, "--report")
     model, name, _ = load_model_from_args(args)
     size = input_size_for(args, name)
+    check_example_size((args.batch_size, *size))
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     x = torch.randn(args.batch_size, *size)
     converted = convert(model.eval(), x, device=args.device, tune=not args.no_tune)
-    export.save(converted, args.output, x.to(args.device))
+    export.save(converted, args.output, x.to(args.device), overwrite=args.overwrite)
     layers = converted.sgcnn_conversion["layers"]
     counts = Counter(r["realization"] for r in layers)
     print(
@@ -48,5 +63,11 @@ def run(args) -> int:
     )
     print(f"wrote {args.output}")
     if args.report:
-        write_json(args.report, converted.sgcnn_conversion)
+        write_json(args.report, converted.sgcnn_conversion, args.overwrite)
     return 0
+
+
+def check_pt2_name(path: Path) -> None:
+    """A ``.pt2`` program must carry that suffix (an ``.onnx`` name would mislead)."""
+    if path.suffix != ".pt2":
+        raise SgcnnError(f"--output {str(path)!r} must end in .pt2 (a torch.export program)")

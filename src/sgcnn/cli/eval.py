@@ -10,6 +10,7 @@ import json
 
 import torch
 
+from sgcnn.cli._common import positive_int
 from sgcnn.cli._pipeline import quote
 from sgcnn.engine.build import build_data, check_fits
 from sgcnn.engine.checkpoint import FORMAT, load_checkpoint, load_model
@@ -25,11 +26,11 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="evaluate a checkpoint: Top-1 / Top-5, Params, FLOPs")
     p.add_argument("checkpoint", help="sgcnn checkpoint (e.g. runs/demo/conv95-fc95/model.pt)")
     p.add_argument("--model", help="model name (needed for a plain state_dict)")
-    p.add_argument("--num-classes", type=int, help="classes of a plain state_dict's model")
+    p.add_argument("--num-classes", type=positive_int, help="classes of a plain state_dict's model")
     p.add_argument("--data", help="dataset name (default: the checkpoint's run's)")
     p.add_argument("--data-root", help="data folder or archive (data.root)")
     p.add_argument("--split", choices=["test", "val", "train"], default="test")
-    p.add_argument("--batch-size", type=int, default=256, help="images per batch (256)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per batch (256)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument(
         "--set",
@@ -45,6 +46,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     payload = load_checkpoint(args.checkpoint)
+    model, name, _ = load_model(args.checkpoint, args.model, args.num_classes)
     saved = payload.get("config") if payload.get("format") == FORMAT else None
     if args.data is None and not saved:
         raise SgcnnError(
@@ -53,7 +55,6 @@ def run(args) -> int:
     for item in args.sets:
         if not item.startswith("data."):
             raise SgcnnError(f"sgcnn eval only takes --set data.KEY=VALUE, got {item!r}")
-    model, name, _ = load_model(args.checkpoint, args.model, args.num_classes)
     recipe = {
         "model": {"name": name, "checkpoint": str(args.checkpoint)},
         "data": dict(saved["data"]) if saved and args.data is None else {},

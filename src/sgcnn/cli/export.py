@@ -7,7 +7,15 @@ from pathlib import Path
 import torch
 
 from sgcnn import export
-from sgcnn.cli._common import add_model_args, input_size_for, load_model_from_args
+from sgcnn._io import check_output_path
+from sgcnn.cli._common import (
+    add_model_args,
+    add_overwrite_arg,
+    check_example_size,
+    input_size_for,
+    load_model_from_args,
+    positive_int,
+)
 from sgcnn.errors import SgcnnError
 
 
@@ -18,7 +26,8 @@ def register(subparsers) -> None:
     add_model_args(p)
     p.add_argument("--format", required=True, help=f"one of: {', '.join(export.FORMATS)}")
     p.add_argument("--output", type=Path, required=True, help="file to write")
-    p.add_argument("--batch-size", type=int, default=1, help="example batch (default 1)")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="example batch (default 1)")
+    add_overwrite_arg(p)
     p.set_defaults(func=run)
 
 
@@ -26,12 +35,17 @@ def run(args) -> int:
     export.check_format(args.format)
     if not args.checkpoint:
         raise SgcnnError("give --checkpoint: a self-grouped model (from `sgcnn group`)")
-    if args.batch_size < 1:
-        raise SgcnnError("--batch-size must be >= 1")
+    check_output_path(args.output, args.overwrite)
+    if args.output.suffix != f".{args.format}":
+        raise SgcnnError(
+            f"--output {str(args.output)!r} does not end in .{args.format}; name the file after "
+            "its format"
+        )
     model, name, _ = load_model_from_args(args)
     size = input_size_for(args, name)
+    check_example_size((args.batch_size, *size))
     x = torch.randn(args.batch_size, *size)
-    result = export.export(model.eval(), args.output, args.format, x)
+    result = export.export(model.eval(), args.output, args.format, x, overwrite=args.overwrite)
     shape = "x".join(map(str, (args.batch_size, *size)))
     print(f"wrote {result['path']} ({args.format}, input {shape})")
     if result.get("max_abs_diff") is not None:

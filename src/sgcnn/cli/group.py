@@ -6,14 +6,13 @@ import shutil
 import time
 from pathlib import Path
 
+from sgcnn._io import publish_dir, staging_dir
 from sgcnn.cli._common import (
     add_model_args,
     check_output_free,
     input_size_for,
     load_model_from_args,
     parse_ratio,
-    publish_dir,
-    staging_dir,
     write_json,
 )
 from sgcnn.core.grouper import SelfGrouper

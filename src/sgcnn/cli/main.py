@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from sgcnn.errors import SgcnnError
@@ -30,8 +31,20 @@ _COMMANDS = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a mistake reported on one line (exit status 2), and values such as
+    ``-1,2`` read as values (so they reach the option's own check) rather than options."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\d[\d,.]*$")
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sgcnn",
         description="Self-grouping convolutional neural networks: self-group, fine-tune, "
         "convert, benchmark.",
@@ -48,7 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except SgcnnError as err:
-        print(f"sgcnn {args.command}: error: {err}", file=sys.stderr)
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        print(f"sgcnn {args.command}: error: {' / '.join(lines)}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the file system refused: not a bug, say what and where
+        where = f" {err.filename!r}" if err.filename else ""
+        print(f"sgcnn {args.command}: error:{where} {err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"sgcnn {args.command}: interrupted", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sgcnn.cli._common import positive_int
 from sgcnn.cli._pipeline import (
     add_run_args,
     configure,
@@ -22,7 +23,9 @@ def register(subparsers) -> None:
     p.add_argument("--recipe", help="start from a recipe (its grouping part is ignored)")
     p.add_argument("--model", help="registered model name (model.name)")
     p.add_argument("--checkpoint", help="start from these weights (model.checkpoint)")
-    p.add_argument("--num-classes", type=int, help="model.num_classes (default: the dataset's)")
+    p.add_argument(
+        "--num-classes", type=positive_int, help="model.num_classes (default: the dataset's)"
+    )
     p.add_argument("--epochs", type=int, help="training epochs (train.epochs)")
     p.add_argument("--lr", type=float, help="peak learning rate (optim.lr)")
     add_run_args(p)

@@ -29,6 +29,7 @@ try:
 except ImportError:  # Windows: no lock; concurrent builders just duplicate work
     fcntl = None
 
+from sgcnn._io import atomic_write
 from sgcnn.errors import SgcnnError
 
 _TMP_TAG = ".tmp-"
@@ -52,6 +53,11 @@ def cache_root(override: str | None = None) -> Path:
             f"cannot create the sgcnn cache folder {root}: {err}. Point the SGCNN_CACHE "
             "environment variable (or data.cache_dir) at a writable folder."
         ) from err
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise SgcnnError(
+            f"the sgcnn cache folder {root} is not writable. Point the SGCNN_CACHE environment "
+            "variable (or data.cache_dir) at a writable folder."
+        )
     return root
 
 
@@ -78,9 +84,13 @@ def extract_archive(archive: Path, cache: Path) -> Path:
     if final.is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    with locked(final):
+    with locked(final) as lock:
         if not final.is_dir():  # another process may have finished while we waited
-            _extract_into(archive, final, cache)
+            try:
+                _extract_into(archive, final, cache)
+            except BaseException:
+                lock.unlink(missing_ok=True)  # leave nothing behind; a waiter just retries
+                raise
     return final
 
 
@@ -110,16 +120,17 @@ def _extract_into(archive: Path, final: Path, cache: Path) -> None:
 
 
 @contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[Path]:
     """Hold an exclusive lock on ``.<name>.lock`` beside ``path`` (released on exit, or by the
-    operating system if the process dies)."""
+    operating system if the process dies); yields the lock file's path."""
+    lock = path.parent / f".{path.name}.lock"
     if fcntl is None:
-        yield
+        yield lock
         return
-    with open(path.parent / f".{path.name}.lock", "a") as handle:
+    with open(lock, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            yield lock
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
@@ -163,14 +174,7 @@ def save_tensors(obj: dict[str, torch.Tensor], path: Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_orphans(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{_TMP_TAG}{os.getpid()}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f))  # temporary named .<name>.tmp-<pid>-...
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor] | None:

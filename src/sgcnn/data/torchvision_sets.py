@@ -91,10 +91,16 @@ def _open(source: _Source, config: DataConfig, root: Path, train: bool):
                 f"connection, or fetch it elsewhere and point root at the folder holding "
                 f"{source.folder}."
             ) from err
+        if (root / source.folder).is_dir():
+            raise SgcnnError(
+                f"dataset {config.name} under {root / source.folder} fails torchvision's checksum "
+                "(a file is corrupt, incomplete or missing); delete that folder and fetch it "
+                "again (--set data.download=true), or point data.root at a good copy."
+            ) from err
         raise SgcnnError(
             f"dataset {config.name} not found under {root} (torchvision looks for "
-            f"{source.folder} there). Pass --download to fetch it (needs the internet), or "
-            "point root at the folder that holds it."
+            f"{source.folder} there). Fetch it with --set data.download=true (needs the "
+            "internet), or point data.root at the folder that holds it (--set data.root=PATH)."
         ) from err
 
 

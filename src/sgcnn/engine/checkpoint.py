@@ -8,20 +8,21 @@ A model checkpoint is a plain dict (loadable with ``torch.load(weights_only=True
      "state_dict": {...},                        # weights, masks, labels, kept sets
      ...}                                        # callers may add config, metrics, ...
 
-Writes go to a temporary file in the target folder, are flushed to disk, then renamed over
-the target, so a crash never leaves a half-written checkpoint behind.
+Writes go through :func:`sgcnn._io.atomic_write` (temporary file in the target folder, fsync,
+rename), so a crash never leaves a half-written checkpoint behind. Loading refuses empty,
+truncated and non-PyTorch files, and weights that are not finite (NaN or infinity).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from sgcnn._io import atomic_write
 from sgcnn.errors import SgcnnError
 from sgcnn.models.registry import create_model
 from sgcnn.nn.masked import MaskedConv2d, MaskedLinear, is_masked
@@ -31,28 +32,14 @@ FORMAT = "sgcnn.model"
 VERSION = 1
 
 
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes owner-only files; give the usual mode
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """``torch.save(payload)`` to ``path`` atomically."""
     atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -60,12 +47,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise SgcnnError(f"checkpoint {str(path)!r} does not exist (or is not a file)")
+    if path.stat().st_size == 0:
+        raise SgcnnError(f"checkpoint {str(path)!r} is empty (0 bytes); write it again")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise SgcnnError(
             f"cannot read checkpoint {str(path)!r}: it is corrupt, truncated or not a PyTorch "
-            f"checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+            f"checkpoint ({_first_line(err)})"
         ) from err
     if not isinstance(payload, dict):
         raise SgcnnError(f"checkpoint {str(path)!r} holds a {type(payload).__name__}, not a dict")
@@ -101,7 +90,10 @@ def attach_masks_(model: nn.Module, names: list[str]) -> None:
 
 
 def load_state_dict_(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """``model.load_state_dict(state_dict)`` with an error that explains a mismatch."""
+    """``model.load_state_dict(state_dict)`` with an error that explains a mismatch; weights
+    that are not finite (NaN, infinity) are refused: nothing trained or grouped from them means
+    anything."""
+    check_finite(state_dict, source)
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as err:
@@ -113,6 +105,22 @@ def load_state_dict_(model: nn.Module, state_dict: dict[str, torch.Tensor], sour
         ) from err
 
 
+def check_finite(state_dict: dict[str, Any], source: str) -> None:
+    """Raise unless every floating-point tensor of ``state_dict`` is finite."""
+    bad = [
+        k
+        for k, v in state_dict.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()
+    ]
+    if bad:
+        raise SgcnnError(
+            f"checkpoint {source!r} has weights that are NaN or infinite in layer "
+            f"{bad[0].rpartition('.')[0]!r} ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})"
+            "; the training that wrote it diverged: use an earlier checkpoint or train again "
+            "with a lower learning rate"
+        )
+
+
 def build_model(payload: dict[str, Any], source: str = "checkpoint") -> tuple[nn.Module, str, dict]:
     """Rebuild ``(model, name, kwargs)`` from a :func:`model_payload` dict."""
     if payload.get("format") != FORMAT:
@@ -120,7 +128,17 @@ def build_model(payload: dict[str, Any], source: str = "checkpoint") -> tuple[nn
             f"{source!r} is not an sgcnn model checkpoint (no 'format: {FORMAT}' entry); "
             "a plain state_dict needs --model to say which model it belongs to"
         )
-    spec = payload["model"]
+    spec = payload.get("model")
+    if not (
+        isinstance(spec, dict)
+        and isinstance(spec.get("name"), str)
+        and isinstance(spec.get("kwargs", {}), dict)
+        and isinstance(payload.get("state_dict"), dict)
+    ):
+        raise SgcnnError(
+            f"{source!r} is a damaged sgcnn checkpoint (no model name or state_dict); "
+            "write it again"
+        )
     model = create_model(spec["name"], **spec.get("kwargs", {}))
     attach_masks_(model, payload.get("masked", []))
     load_state_dict_(model, payload["state_dict"], source)
@@ -137,17 +155,17 @@ def load_model(
     """
     payload = load_checkpoint(path)
     if payload.get("format") == FORMAT:
-        saved = payload["model"]["name"]
+        model, saved, kwargs = build_model(payload, str(path))
         if name is not None and name != saved:
             raise SgcnnError(
                 f"checkpoint {str(path)!r} holds a {saved!r} model, not {name!r}; "
                 f"drop --model or pass --model {saved}"
             )
-        return build_model(payload, str(path))
+        return model, saved, kwargs
     if name is None:
         raise SgcnnError(f"{str(path)!r} is a plain state_dict: pass --model NAME to say whose")
     state = payload.get("state_dict", payload)
-    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise SgcnnError(f"{str(path)!r} is neither an sgcnn checkpoint nor a state_dict")
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     model = create_model(name, **kwargs)

@@ -300,5 +300,17 @@ def config_from_yaml(text: str, source: str = "config") -> Config:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise SgcnnError(f"{source} is not valid YAML: {err}") from err
-    return resolve_config(data or {})
+        raise SgcnnError(f"{source} is not valid YAML: {yaml_problem(err)}") from err
+    if data is not None and not isinstance(data, dict):
+        raise SgcnnError(f"{source} is not a config (a YAML mapping); the file is damaged")
+    try:
+        return resolve_config(data or {})
+    except SgcnnError as err:
+        raise SgcnnError(f"{source}: {err}") from err
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML parse error on one line: what and where (line, column)."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"{getattr(err, 'problem', None) or type(err).__name__}{where}"

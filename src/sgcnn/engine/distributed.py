@@ -52,7 +52,8 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
             raise SgcnnError(
-                f"train.device is {spec!r} but CUDA is not available here; use --device cpu"
+                f"device {spec!r} asked for (--device, or train.device in a recipe) but CUDA is "
+                "not available here; use --device cpu"
             )
         if spec == "cuda":
             return torch.device("cuda", local_rank)

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from sgcnn._io import read_text
+from sgcnn.engine.config import yaml_problem
 from sgcnn.errors import SgcnnError
 
 
@@ -30,6 +32,8 @@ def list_recipes() -> list[str]:
 def find_recipe(name_or_path: str) -> Path:
     """The file of a shipped recipe name, or ``name_or_path`` itself if it is a file."""
     path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        raise SgcnnError(f"recipe {str(path)!r} is a folder; give a YAML file or a recipe name")
     if path.suffix in (".yaml", ".yml") or path.parent != Path("."):
         if not path.is_file():
             raise SgcnnError(f"recipe file {str(path)!r} does not exist")
@@ -54,9 +58,11 @@ def load_recipe(name_or_path: str) -> tuple[str, dict[str, Any]]:
     """``(name, mapping)`` of a recipe; the name is its ``name:`` entry or its file stem."""
     path = find_recipe(name_or_path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise SgcnnError(f"cannot read recipe {str(path)!r}: {err}") from err
+        data = yaml.safe_load(read_text(path, "recipe"))
+    except yaml.YAMLError as err:
+        raise SgcnnError(
+            f"cannot read recipe {str(path)!r}: not valid YAML: {yaml_problem(err)}"
+        ) from err
     if data is None:
         data = {}
     if not isinstance(data, dict):

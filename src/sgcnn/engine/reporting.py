@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from sgcnn._io import read_text
 from sgcnn.engine import checkpoint as ckpt
 from sgcnn.engine.config import config_from_yaml
 from sgcnn.engine.rundir import require_run_dir
@@ -63,7 +64,8 @@ def write_run_report(run_dir: str | os.PathLike, meta: dict[str, Any] | None = N
 
     run_dir = Path(run_dir)
     require_run_dir(run_dir)
-    config = config_from_yaml((run_dir / CONFIG_FILE).read_text(), str(run_dir / CONFIG_FILE))
+    config_file = run_dir / CONFIG_FILE
+    config = config_from_yaml(read_text(config_file, "run config"), str(config_file))
     rows, info = run_rows(run_dir)
     structures = {}
     grouped = [r for r in rows if r["name"] != "baseline"]

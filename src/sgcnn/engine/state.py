@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sgcnn._io import read_text
 from sgcnn.engine.checkpoint import load_checkpoint, save_checkpoint
 from sgcnn.errors import SgcnnError
 
@@ -118,7 +119,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise SgcnnError(f"{path} does not exist: is this a run folder?")
     records = []
-    lines = path.read_text().splitlines()
+    lines = read_text(path, "metrics file").splitlines()
     for i, line in enumerate(lines):
         if not line.strip():
             continue
@@ -128,4 +129,6 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
             if i == len(lines) - 1:
                 break
             raise SgcnnError(f"{path} line {i + 1} is not JSON: {err}") from err
+        if not isinstance(records[-1], dict):
+            raise SgcnnError(f"{path} line {i + 1} is not a JSON object; the file is damaged")
     return records

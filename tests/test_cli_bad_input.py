@@ -1,0 +1,223 @@
+"""Every sub-command on bad input: exit status 2, one line on stderr, no traceback, and no file
+created or changed anywhere under the test folder."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import sgcnn
+from sgcnn.cli.main import main
+from sgcnn.core.clustering import KMeansSettings
+from sgcnn.engine.checkpoint import model_payload, save_checkpoint
+
+DATA = ["--data", "synthetic", "--set", "data.synthetic_size=64", "--set", "data.image_size=16",
+        "--device", "cpu", "--quiet"]  # fmt: skip
+GROUPED = ["--checkpoint", "{ckpt}"]
+ROOT_CAN_WRITE_ANYWHERE = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A self-grouped checkpoint, a NaN one, an empty one, files of the wrong kind, a
+    read-only folder, and a run folder (with a damaged copy)."""
+    root = tmp_path_factory.mktemp("inputs")
+    model = sgcnn.create_model("test_convnet")
+    sgcnn.self_group_(model, 0.5, groups=2, kmeans=KMeansSettings(n_init=1, max_iter=20))
+    save_checkpoint(root / "g.pt", model_payload(model, "test_convnet", {}))
+    with torch.no_grad():
+        model.fc2.weight[0, 0] = float("nan")
+    save_checkpoint(root / "nan.pt", model_payload(model, "test_convnet", {}))
+    (root / "empty.pt").write_bytes(b"")
+    (root / "half.pt").write_bytes((root / "g.pt").read_bytes()[:300])
+    (root / "latin1.yaml").write_bytes("model:\n  name: caf\xe9\n".encode("latin-1"))
+    (root / "a_file").write_text("I am a file")
+    (root / "existing.pt2").write_text("keep me")
+    (root / "existing.json").write_text("keep me")
+    (root / "recipe_dir.yaml").mkdir()
+    (root / "out_dir").mkdir()
+    run = root / "run"
+    args = ["train", "--model", "test_convnet", "--epochs", "1", "--output", str(run), *DATA]
+    assert main([*args, "--set", "train.threads=1"]) == 0
+    damaged = root / "damaged"
+    damaged.mkdir()
+    for name in ("config.yaml", "metrics.jsonl"):
+        (damaged / name).write_bytes((run / name).read_bytes())
+    with open(damaged / "metrics.jsonl", "a") as f:
+        f.write('[1, 2]\n{"event": "end"}\n')
+    broken = root / "broken"
+    broken.mkdir()
+    (broken / "config.yaml").write_text(":: : [\n")
+    (broken / "metrics.jsonl").write_text("")
+    readonly = root / "readonly"
+    readonly.mkdir()
+    readonly.chmod(0o555)
+    yield root
+    readonly.chmod(0o755)
+
+
+def _cases():
+    ro, under = "{root}/readonly/x", "{root}/a_file/x"
+    model = ["--model", "test_convnet"]
+    cases = {
+        # unwritable output location: read-only folder, or a path under a file
+        "train-readonly": ["train", *model, "--epochs", "1", *DATA, "--output", ro],
+        "train-under-file": ["train", *model, "--epochs", "1", *DATA, "--output", under],
+        "run-readonly": ["run", "lenet5_mnist5k_demo", "--output", ro],
+        "finetune-readonly": ["finetune", *GROUPED, "--conv", "0.5", *DATA, "--output", ro],
+        "demo-readonly": ["demo", "--output", ro],
+        "demo-under-file": ["demo", "--output", under],
+        "report-readonly": ["report", "{root}/readonly"],
+        "convert-readonly": ["convert", *GROUPED, "--output", ro + ".pt2"],
+        "convert-report-readonly": ["convert", *GROUPED, "--output", "{root}/c.pt2",
+                                    "--report", ro + ".json"],
+        "export-readonly": ["export", *GROUPED, "--format", "pt2", "--output", ro + ".pt2"],
+        "export-under-file": ["export", *GROUPED, "--format", "onnx", "--output", under + ".onnx"],
+        "bench-output-readonly": ["bench", *model, "--output", ro + ".json"],
+        "bench-csv-under-file": ["bench", *model, "--csv", under + ".csv"],
+        "group-readonly": ["group", *model, "--conv-sparsity", "0.5", "--output", ro],
+        # an output that is a folder, or exists already
+        "convert-output-folder": ["convert", *GROUPED, "--output", "{root}/out_dir"],
+        "export-output-folder": ["export", *GROUPED, "--format", "pt2", "--output",
+                                 "{root}/out_dir"],
+        "bench-output-folder": ["bench", *model, "--output", "{root}/out_dir"],
+        "convert-existing": ["convert", *GROUPED, "--output", "{root}/existing.pt2"],
+        "export-existing": ["export", *GROUPED, "--format", "pt2", "--output",
+                            "{root}/existing.pt2"],
+        "bench-existing": ["bench", *model, "--output", "{root}/existing.json"],
+        "export-wrong-suffix": ["export", *GROUPED, "--format", "pt2", "--output", "{root}/m.onnx"],
+        # broken checkpoints, in every loader
+        "count-empty": ["count", "--checkpoint", "{root}/empty.pt"],
+        "group-empty": ["group", "--checkpoint", "{root}/empty.pt", "--conv-sparsity", "0.5",
+                        "--output", "{root}/new"],
+        "eval-empty": ["eval", "{root}/empty.pt"],
+        "finetune-empty": ["finetune", "--checkpoint", "{root}/empty.pt", "--conv", "0.5"],
+        "convert-truncated": ["convert", "--checkpoint", "{root}/half.pt", "--output",
+                              "{root}/c.pt2"],
+        "bench-empty": ["bench", "--checkpoint", "{root}/empty.pt"],
+        "train-empty": ["train", "--checkpoint", "{root}/empty.pt", *model, *DATA],
+        # NaN weights: refused by every command that reads weights
+        "eval-nan": ["eval", "{root}/nan.pt", *DATA[:6]],
+        "finetune-nan": ["finetune", "--checkpoint", "{root}/nan.pt", "--conv", "0.5", *DATA],
+        "group-nan": ["group", "--checkpoint", "{root}/nan.pt", "--conv-sparsity", "0.5",
+                      "--output", "{root}/new"],
+        "count-nan": ["count", "--checkpoint", "{root}/nan.pt"],
+        "export-nan": ["export", "--checkpoint", "{root}/nan.pt", "--format", "pt2",
+                       "--output", "{root}/n.pt2"],
+        # recipes and run folders
+        "run-non-utf8-recipe": ["run", "{root}/latin1.yaml"],
+        "run-recipe-folder": ["run", "{root}/recipe_dir.yaml"],
+        "report-damaged-metrics": ["report", "{root}/damaged"],
+        "report-corrupt-config": ["report", "{root}/broken"],
+        # ranges
+        "eval-batch-0": ["eval", "{ckpt}", "--batch-size", "0"],
+        "convert-threads-0": ["convert", *GROUPED, "--threads", "0", "--output", "{root}/c.pt2"],
+        "convert-threads-neg": ["convert", *GROUPED, "--threads", "-1", "--output",
+                                "{root}/c.pt2"],
+        "convert-huge-batch": ["convert", *GROUPED, "--batch-size", "2000000", "--output",
+                               "{root}/c.pt2"],
+        "bench-warmup-neg": ["bench", *model, "--warmup", "-1"],
+        "bench-batch-neg": ["bench", *model, "--batch-sizes", "-1,2"],
+        "bench-threads-0": ["bench", *model, "--threads", "0"],
+        "count-classes-0": ["count", *model, "--num-classes", "0"],
+        "train-classes-0": ["train", *model, "--num-classes", "0", *DATA],
+        "models-bad-source": ["models", "--source", "nowhere"],
+    }
+    return list(cases.items())
+
+
+def _snapshot(root):
+    return {
+        p: (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else None
+        for p in root.rglob("*")
+    }
+
+
+@pytest.mark.parametrize(("case", "argv"), _cases(), ids=[c for c, _ in _cases()])
+def test_bad_input_is_one_line_and_changes_nothing(case, argv, files, tmp_path, capsys,
+                                                   monkeypatch):  # fmt: skip
+    if "readonly" in case and ROOT_CAN_WRITE_ANYWHERE:
+        pytest.skip("root writes into read-only folders")
+    monkeypatch.setenv("SGCNN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    argv = [a.format(root=files, ckpt=files / "g.pt") for a in argv]
+    before = _snapshot(files)
+    try:
+        rc = main(argv)
+    except SystemExit as exit_:  # argparse
+        rc = exit_.code
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert _snapshot(files) == before, "a file was created or changed"
+    assert not list(tmp_path.glob("runs")), "a run folder was created"
+
+
+def test_read_only_cache_is_one_line(tmp_path, capsys, monkeypatch):
+    if ROOT_CAN_WRITE_ANYWHERE:
+        pytest.skip("root writes into read-only folders")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o555)
+    monkeypatch.setenv("SGCNN_CACHE", str(cache))
+    try:
+        rc = main(["train", "--model", "test_convnet", "--epochs", "1", *DATA,
+                   "--output", str(tmp_path / "run")])  # fmt: skip
+    finally:
+        cache.chmod(0o755)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "cache folder" in err, err
+    assert not (tmp_path / "run").exists() and not list(cache.iterdir())
+
+
+def test_messages_name_the_file_and_the_fix(files, tmp_path, capsys):
+    def error(argv):
+        assert main(argv) == 2
+        return capsys.readouterr().err
+
+    assert "is empty (0 bytes)" in error(["count", "--checkpoint", str(files / "empty.pt")])
+    assert "NaN or infinite" in error(["eval", str(files / "nan.pt")])
+    assert "config.yaml" in error(["report", str(files / "broken")])
+    assert "is a folder" in error(["run", str(files / "recipe_dir.yaml")])
+    assert "not UTF-8" in error(["run", str(files / "latin1.yaml")])
+    assert "pass --overwrite" in error(["bench", "--model", "test_convnet",
+                                        "--output", str(files / "existing.json")])  # fmt: skip
+    assert "is a folder" in error(["convert", "--checkpoint", str(files / "g.pt"),
+                                   "--output", str(files / "out_dir")])  # fmt: skip
+    assert "MiB" in error(["convert", "--checkpoint", str(files / "g.pt"), "--batch-size",
+                           "2000000", "--output", str(tmp_path / "c.pt2")])  # fmt: skip
+    msg = error(["bench", "--model", "test_convnet", "--batch-sizes", "-1,2"])
+    assert "give positive integers" in msg
+    msg = error(["demo", "--set", "data.name=cifar10", "--set", f"data.root={tmp_path}",
+                 "--output", str(tmp_path / "d")])  # fmt: skip
+    assert "--download" not in msg and "data.download=true" in msg
+
+
+def test_overwrite_replaces_and_a_failed_step_keeps_the_old_file(files, tmp_path, capsys):
+    out = tmp_path / "m.pt2"
+    ckpt = str(files / "g.pt")
+    base = ["export", "--checkpoint", ckpt, "--format", "pt2", "--output", str(out)]
+    assert main(base) == 0
+    first = out.read_bytes()
+    assert main(base) == 2 and out.read_bytes() == first
+    assert main([*base, "--overwrite"]) == 0
+    sgcnn.export.load(out)
+    assert main(["export", "--checkpoint", str(files / "nan.pt"), "--format", "pt2",
+                 "--output", str(out), "--overwrite"]) == 2  # fmt: skip
+    sgcnn.export.load(out)  # still the good one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt2"]  # no temporary left
+
+
+def test_two_writers_of_one_output_end_with_a_valid_file(files, tmp_path):
+    out = tmp_path / "cc.pt2"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "sgcnn.cli.main", "export", "--checkpoint", str(files / "g.pt"),
+           "--format", "pt2", "--output", str(out), "--overwrite"]  # fmt: skip
+    procs = [subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    assert all(rc == 0 for rc, _ in results), results
+    module = sgcnn.export.load(out)
+    assert module(torch.randn(1, 3, 16, 16)).shape == (1, 10)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cc.pt2"]
