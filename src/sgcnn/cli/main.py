@@ -50,8 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     except SgcnnError as err:
         print(f"sgcnn {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"sgcnn {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        # A run stopped by Ctrl-C says where its state is and how to continue (--resume).
+        print(f"sgcnn {args.command}: {err or 'interrupted'}", file=sys.stderr)
         return 130
 
 
