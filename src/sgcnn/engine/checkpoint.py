@@ -31,14 +31,20 @@ FORMAT = "sgcnn.model"
 VERSION = 1
 
 
+def usual_mode(base: int = 0o666) -> int:
+    """``base`` less the user's umask: the mode ``open`` / ``mkdir`` would give (``tempfile``
+    makes owner-only files and folders, which others of the user's group cannot read)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return base & ~umask
+
+
 def atomic_write(path: str | os.PathLike, write) -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, then rename it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes owner-only files; give the usual mode
+    os.fchmod(fd, usual_mode())
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

@@ -592,7 +592,7 @@ class Runner:
     def _diverged(self, stage: Stage, epoch: int, what: str) -> None:
         """Record the failure, write the report, raise :class:`TrainingDiverged`; nothing of
         the diverged model is saved."""
-        lr = self.optimizer.param_groups[0]["lr"]
+        _, lr = self._optim(stage)  # the peak rate: the one to lower
         saved_stage, saved_epoch, saved_batch = self._saved_at
         kept = f"{self.plan[saved_stage].describe()}, " + (
             f"after epoch {saved_epoch}"
@@ -612,6 +612,7 @@ class Runner:
                 "epoch": epoch + 1,
                 "batch": self.batch,
                 "lr": lr,
+                "lr_at_step": self.optimizer.param_groups[0]["lr"],
                 "reason": what,
                 "message": message,
                 "elapsed_s": self._elapsed(),
