@@ -92,10 +92,12 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _umask() -> int:
+def usual_mode(base: int = 0o666) -> int:
+    """``base`` less the user's umask: the mode ``open`` / ``mkdir`` would give (``tempfile``
+    makes owner-only files and folders, which others of the user's group cannot read)."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return base & ~mask
 
 
 def atomic_write(
@@ -116,7 +118,7 @@ def atomic_write(
     except OSError as err:
         raise SgcnnError(f"cannot write {str(path)!r}: {_why(err)}") from err
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, usual_mode())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -161,7 +163,9 @@ def staging_dir(output: str | os.PathLike) -> Path:
     output = Path(output).resolve()
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.tmp-"))
+        staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.tmp-"))
+        staging.chmod(usual_mode(0o777))  # mkdtemp's folder is owner-only
+        return staging
     except OSError as err:
         raise SgcnnError(f"cannot create a folder beside {str(output)!r}: {_why(err)}") from err
 

@@ -68,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         where = f" {err.filename!r}" if err.filename else ""
         print(f"sgcnn {args.command}: error:{where} {err.strerror or err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"sgcnn {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        # A run stopped by Ctrl-C says where its state is and how to continue (--resume).
+        print(f"sgcnn {args.command}: {err or 'interrupted'}", file=sys.stderr)
         return 130
 
 

@@ -6,8 +6,13 @@ dense by default, both found from the model's structure (:mod:`sgcnn.core.graph`
 attribute names:
 
 - **stems**: convolutions that read the network input with no other layer in between;
-- **shortcut projections**: a convolution alone on one branch of a residual addition, i.e.
-  whose input also feeds the other operand of the addition (ResNet's 1x1 ``downsample``).
+- **shortcut projections**: a convolution alone on one branch of a residual addition. The
+  branch is followed through the data path in both directions: from the convolution forward
+  through parameter-free ops and BatchNorm to the addition, and backward through them (average
+  pooling, padding, BatchNorm: ResNet-D's ``AvgPool -> 1x1 conv``, timm's ``downsample``
+  variants) to the point where it splits from the other operand. If no other Conv2d / Linear
+  sits on the branch, the convolution is a shortcut projection (ResNet's 1x1 ``downsample``).
+  Concatenations are not additions, so DenseNet's transitions stay self-grouped.
 
 Users then narrow the set with ``include`` / ``exclude`` patterns (``fnmatch`` on qualified
 names, e.g. ``"layer4.*"``).
@@ -40,6 +45,10 @@ def _has_nothing_to_group(layer: nn.Module) -> bool:
     return layer.weight.shape[1] == 1
 
 
+# Parameter-free ops (and BatchNorm) followed along a branch, in each direction.
+_MAX_HOPS = 4
+
+
 def find_stems_and_shortcuts(graph: Graph) -> tuple[set[str], set[str]]:
     """Names of stem layers and of residual shortcut projections in ``graph``."""
     nodes = graph.nodes
@@ -54,17 +63,31 @@ def find_stems_and_shortcuts(graph: Graph) -> tuple[set[str], set[str]]:
     for i in layer_nodes:
         # Follow the layer's output through pass-through ops to the first addition.
         j, hops = i, 0
-        while hops < 4 and len(users[j]) == 1 and nodes[users[j][0]].kind == "op":
+        while hops < _MAX_HOPS and len(users[j]) == 1 and nodes[users[j][0]].kind == "op":
             j, hops = users[j][0], hops + 1
         # The branch must end in the addition without feeding anything else.
         if len(users[j]) != 1 or nodes[users[j][0]].kind != "add" or not nodes[i].inputs:
             continue
         add = users[j][0]
         others = [k for k in nodes[add].inputs if k != j]
-        source = nodes[i].inputs[0]
-        if any(k == source or source in graph.ancestors(k) for k in others):
+        if _branches_from(graph, users, nodes[i].inputs[0], others):
             shortcuts.add(nodes[i].target)
     return stems, shortcuts
+
+
+def _branches_from(graph: Graph, users: dict[int, list[int]], source: int, others) -> bool:
+    """Whether the data reaching a layer through ``source`` splits from the other operands
+    ``others`` of an addition with no weighted layer in between: walk back from ``source``
+    through ops that only feed this branch (pooling, padding, BatchNorm) until a node that is
+    an ``other`` operand or one of its ancestors."""
+    node, hops = source, 0
+    while True:
+        if any(k == node or node in graph.ancestors(k) for k in others):
+            return True
+        n = graph.nodes[node]
+        if hops >= _MAX_HOPS or n.kind != "op" or len(n.inputs) != 1 or len(users[node]) != 1:
+            return False
+        node, hops = n.inputs[0], hops + 1
 
 
 def select_layers(

@@ -10,6 +10,10 @@ overrides any subset of it, and ``--set key.sub=value`` overrides the recipe::
     finetune: {lr: 0.01, schedule: cosine}                            # global fine-tune
     grouping: {scheme: G, conv: [0.95, 0.97], global_epochs: 10}
 
+Between the library defaults and the recipe sit the model's own training defaults (its
+dataset, learning rate and schedule; :mod:`sgcnn.models.registry`), so that naming a model is
+enough to train it.
+
 :func:`resolve_config` merges those layers onto the defaults and checks every key, type and
 value: unknown keys are an error listing the valid ones, wrong types name the key and the
 expected type. :func:`config_to_yaml` gives the resolved config written into every run folder.
@@ -17,6 +21,7 @@ expected type. :func:`config_to_yaml` gives the resolved config written into eve
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
@@ -183,21 +188,41 @@ def deep_merge(base: dict, override: dict) -> dict:
 
 
 def resolve_config(recipe: dict | None = None, sets: list[str] | None = None) -> Config:
-    """Defaults, overridden by ``recipe`` (a dict read from YAML), then by ``sets``."""
-    tree = to_dict(Config())
+    """Defaults, overridden by the model's own training defaults (its registry entry's
+    ``defaults``: dataset, learning rate, schedule), then by ``recipe`` (a dict read from
+    YAML), then by ``sets``. What the user writes always wins."""
+    defaults = to_dict(Config())
     if recipe is not None:
         if not isinstance(recipe, dict):
             raise SgcnnError(f"a recipe must be a mapping of sections, got {recipe!r}")
         for key in recipe:
-            if key not in tree:
-                raise unknown_key_error(str(key), "", list(tree))
-        tree = deep_merge(tree, recipe)
-    for text in sets or []:
-        key, value = parse_set(text)
-        apply_set_(tree, key, value)
+            if key not in defaults:
+                raise unknown_key_error(str(key), "", list(defaults))
+    overrides = [parse_set(text) for text in sets or []]
+
+    def layered(base: dict) -> dict:
+        tree = deep_merge(base, recipe or {})
+        for key, value in overrides:
+            apply_set_(tree, key, value)
+        return tree
+
+    tree = layered(defaults)
+    model_defaults = _model_defaults(tree["model"].get("name"))
+    if model_defaults:
+        tree = layered(deep_merge(defaults, model_defaults))
     config = from_dict(Config, tree)
     validate(config)
     return config
+
+
+def _model_defaults(name: Any) -> dict:
+    """The registered training defaults of model ``name`` (none for unknown names: building
+    the model reports those)."""
+    from sgcnn.models.registry import list_models, model_entry
+
+    if not isinstance(name, str) or name not in list_models():
+        return {}
+    return copy.deepcopy(dict(model_entry(name).defaults))
 
 
 def validate(config: Config) -> None:

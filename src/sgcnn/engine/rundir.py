@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from sgcnn._io import usual_mode
 from sgcnn.engine.config import Config, config_to_dict, config_to_yaml
 from sgcnn.engine.state import CONFIG_FILE, METRICS_FILE, STATE_FILE
 from sgcnn.errors import SgcnnError
@@ -63,6 +64,7 @@ def create_run_dir(run_dir: Path, config: Config, write_initial) -> None:
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.tmp-"))
     try:
+        staging.chmod(usual_mode(0o777))  # mkdtemp's folder is owner-only
         (staging / CONFIG_FILE).write_text(config_to_yaml(config))
         write_initial(staging)
         if run_dir.is_dir():

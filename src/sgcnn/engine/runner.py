@@ -11,6 +11,9 @@ validation split (never on the test split). It saves the
 state (:mod:`sgcnn.engine.state`) after every stage and epoch, and every
 ``train.save_every_min`` minutes inside an epoch. Ctrl-C (SIGINT) or SIGTERM saves the state at
 the next step and raises :class:`RunInterrupted`; a second Ctrl-C aborts at once.
+A non-finite loss or weight stops the run before anything is saved
+(:mod:`sgcnn.engine.health`): it raises :class:`TrainingDiverged`, records a ``failed`` line
+and writes the report, and the run folder keeps its last good state.
 
 Under ``torchrun`` every rank runs the same plan on its shard of the data, wrapped in
 DistributedDataParallel (re-wrapped after each pruning step, since masks are buffers that DDP
@@ -47,10 +50,18 @@ from sgcnn.engine.distributed import (
     sync_buffers_,
     teardown,
 )
+from sgcnn.engine.health import (
+    FAILED,
+    TrainingDiverged,
+    failure_message,
+    finite,
+    finite_weights,
+)
 from sgcnn.engine.interrupt import RunInterrupted, StopRequest
 from sgcnn.engine.loaders import TrainLoader, eval_loader
 from sgcnn.engine.loop import Precision, evaluate, masked_layers, train_step
 from sgcnn.engine.optim import build_optimizer, build_scheduler, constant
+from sgcnn.engine.reporting import provenance, run_facts, write_run_report
 from sgcnn.engine.rundir import (
     check_new_run_dir,
     check_resume,
@@ -64,6 +75,7 @@ from sgcnn.engine.state import (
     METRICS_FILE,
     MetricsLog,
     load_state,
+    read_metrics,
     rng_state,
     save_state,
     set_rng_state,
@@ -120,6 +132,13 @@ class Runner:
             with StopRequest(on_first=self._stopping) as self._stop_request:
                 self._execute()
             return self.rows
+        except KeyboardInterrupt as err:
+            if isinstance(err, RunInterrupted) or getattr(self, "_lock", None) is None:
+                raise
+            raise RunInterrupted(  # a second Ctrl-C: no state saved now, the last one stays
+                f"aborted: {self.run_dir} keeps the state saved last; continue with the same "
+                "command and --resume"
+            ) from None
         finally:
             if getattr(self, "log", None) is not None:
                 self.log.close()
@@ -172,19 +191,37 @@ class Runner:
             self._main_only(lambda: self._create(rng))
         else:
             self._restore(state)
+        self._saved_at = (self.stage, self.epoch, self.batch)  # where the state on disk is
         self.log = MetricsLog(self.run_dir / METRICS_FILE, self._offset) if self.d.is_main else None
 
     def _read_state(self) -> dict:
         require_run_dir(self.run_dir)
         self._lock = lock_run_dir(self.run_dir)
         state = load_state(self.run_dir)
+        records = read_metrics(self.run_dir / METRICS_FILE)
+        failure = next((r for r in records if r.get("event") == FAILED), None)
+        if failure is not None:
+            raise SgcnnError(
+                f"cannot resume {str(self.run_dir)!r}: it failed, and resuming would replay the "
+                f"same steps into the same failure. {failure.get('message', '')}"
+            )
         check_resume(self.run_dir, state["config"], self.config)
         remove_stale_temporaries(self.run_dir)
         return state
 
     def _create(self, rng: list) -> None:
         def write_initial(staging: Path) -> None:
-            start = {"event": "start", "time": _now(), "world_size": self.d.world, **self.meta}
+            start = {
+                "event": "start",
+                "time": _now(),
+                "world_size": self.d.world,
+                **self.meta,
+                "run": str(self.run_dir.resolve()),
+                **run_facts(
+                    self.config, self.splits, self.train_loader.steps_per_epoch, self.d.world
+                ),
+                "machine": provenance(),
+            }
             line = (json.dumps(start) + "\n").encode()
             (staging / METRICS_FILE).write_bytes(line)
             self._offset = len(line)
@@ -213,11 +250,13 @@ class Runner:
                 "epoch": self.epoch,
                 "batch": self.batch,
                 **self.meta,
+                "machine": provenance(),
             }
 
     def _execute(self) -> None:
         if self.log is not None and getattr(self, "_resumed", None):
             self.log.append(self._resumed)
+        ran = self.stage < len(self.plan)
         while self.stage < len(self.plan):
             stage = self.plan[self.stage]
             if self.batch == 0 and self.epoch == 0:
@@ -232,11 +271,11 @@ class Runner:
             self._pending = None
             self._save()
             self._check_stop()
+        if ran:  # recorded once, and covered by the last state (a resume keeps the line)
+            self._record({"event": "end", "time": _now(), "elapsed_s": self._elapsed()})
+            self._save()
         if self.d.is_main:
-            from sgcnn.engine.reporting import write_run_report
-
-            elapsed = self.elapsed_before + time.monotonic() - self.started
-            write_run_report(self.run_dir, {**self.meta, "elapsed_s": round(elapsed, 1)})
+            write_run_report(self.run_dir)
             self._say(f"report: {self.run_dir / 'report.md'}")
 
     # ----------------------------------------------------------------------------- stages
@@ -280,7 +319,10 @@ class Runner:
             loss, correct, n = self._train_epoch(net, stage, epoch, steps, sums)
             sums = None
             sync_buffers_(self.d, self.model)
+            self._check_weights(stage, epoch)
             val = self._eval(self.val_loader)
+            if not finite(val["loss"]):
+                self._diverged(stage, epoch, f"the validation loss became {val['loss']}")
             best = self._select(stage, epoch + 1, val) if stage.selects else False
             record = {
                 "event": "epoch",
@@ -321,20 +363,32 @@ class Runner:
         net.train()
         loader = self.train_loader.epoch(self.stage * 10_000 + epoch, self.batch)
         bar = self._bar(steps, self.batch, f"{stage.row} {stage.kind} {epoch + 1}")
+        nonfinite = torch.zeros((), device=device)  # 1 once a step's loss was not finite
         with bar:
             for batch in loader:
                 if self.batch >= steps:  # train.limit_batches reached
                     break
-                total += train_step(
+                step = train_step(
                     net, batch, self.optimizer, self.scheduler, self.precision, masked
                 )
+                total += step
                 self.batch += 1
                 bar.update(1)
                 if self.batch % 10 == 0 and not bar.disable:
                     s = total.tolist()
                     bar.set_postfix(loss=f"{s[0] / s[2]:.3f}", acc=f"{100 * s[1] / s[2]:.1f}")
-                stop, due = self._poll()
+                # The loss check reads a device flag: on CUDA only every 16 steps (and at the
+                # epoch's end), since each read waits for the GPU; the weights are checked
+                # again before every save, so nothing non-finite is ever saved.
+                nonfinite = torch.maximum(nonfinite, (~torch.isfinite(step[0])).to(nonfinite))
+                if device.type == "cuda" and self.batch % 16 and self.batch < steps:
+                    continue
+                stop, due, bad = self._poll(nonfinite)
+                if bad:
+                    loss = (step[0] / step[2]).item()
+                    self._diverged(stage, epoch, f"the training loss became {loss}")
                 if stop or due:
+                    self._check_weights(stage, epoch)
                     self._save(sums=total.tolist())
                 if stop:
                     self._interrupted()
@@ -506,31 +560,75 @@ class Runner:
         if self.d.is_main:
             save_state(self.run_dir, self._state_dict(rng, sums))
         self.last_save = time.monotonic()
+        self._saved_at = (self.stage, self.epoch, self.batch)
 
-    def _poll(self) -> tuple[bool, bool]:
-        """``(stop, checkpoint due)``, the same on every rank."""
+    def _poll(self, nonfinite: torch.Tensor | None = None) -> tuple[bool, bool, bool]:
+        """``(stop, checkpoint due, loss not finite)``, the same on every rank (``nonfinite``:
+        a device flag, 1 when a loss on this rank was not finite since the last poll)."""
         every = self.config.train.save_every_min * 60
         due = every > 0 and time.monotonic() - self.last_save >= every
         stop = self._stop_request is not None and self._stop_request.requested
+        bad = torch.zeros((), device=self.precision.device)
+        if nonfinite is not None:
+            bad = nonfinite.to(bad.dtype)
         if not self.d.enabled:
-            return stop, due
-        t = torch.tensor([float(stop), float(due and self.d.is_main)], device=self.precision.device)
+            return stop, due, bool(bad)
+        flags = torch.tensor([float(stop), float(due and self.d.is_main)], device=bad.device)
+        t = torch.cat([flags, bad[None]])
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-        return bool(t[0]), bool(t[1])
+        return bool(t[0]), bool(t[1]), bool(t[2])
 
     def _check_stop(self) -> None:
-        stop, _ = self._poll()
+        stop, _, _ = self._poll()
         if stop:
             self._interrupted()
 
     def _interrupted(self):
         where = self.plan[self.stage].describe() if self.stage < len(self.plan) else "the end"
-        message = (
+        raise RunInterrupted(
             f"interrupted: state saved in {self.run_dir} ({where}, epoch {self.epoch}, batch "
             f"{self.batch}); continue with the same command and --resume"
         )
-        self._say(message)
-        raise RunInterrupted(message)
+
+    def _check_weights(self, stage: Stage, epoch: int) -> None:
+        """Stop before saving weights that are not all finite (every rank agrees)."""
+        bad = 0.0 if finite_weights(self.model) else 1.0
+        if all_reduce_sums(self.d, [bad], self.precision.device)[0] > 0:
+            self._diverged(stage, epoch, "a weight became non-finite")
+
+    def _diverged(self, stage: Stage, epoch: int, what: str) -> None:
+        """Record the failure, write the report, raise :class:`TrainingDiverged`; nothing of
+        the diverged model is saved."""
+        _, lr = self._optim(stage)  # the peak rate: the one to lower
+        saved_stage, saved_epoch, saved_batch = self._saved_at
+        kept = f"{self.plan[saved_stage].describe()}, " + (
+            f"after epoch {saved_epoch}"
+            if saved_batch == 0
+            else f"epoch {saved_epoch + 1}, step {saved_batch}"
+        )
+        if (saved_stage, saved_epoch, saved_batch) == (0, 0, 0):
+            kept = "the initial weights"
+        where = f"{stage.describe()}, epoch {epoch + 1}, step {self.batch}"
+        message = failure_message(what, where, lr, stage.kind, kept)
+        self._record(
+            {
+                "event": FAILED,
+                "stage": self.stage,
+                "kind": stage.kind,
+                "row": stage.row,
+                "epoch": epoch + 1,
+                "batch": self.batch,
+                "lr": lr,
+                "lr_at_step": self.optimizer.param_groups[0]["lr"],
+                "reason": what,
+                "message": message,
+                "elapsed_s": self._elapsed(),
+                "time": _now(),
+            }
+        )
+        if self.d.is_main:
+            write_run_report(self.run_dir)
+        raise TrainingDiverged(message)
 
     def _stopping(self) -> None:
         self._say("stopping: saving the state after this step (Ctrl-C again to abort)")
@@ -549,6 +647,10 @@ class Runner:
             dynamic_ncols=True,
             disable=self.quiet or not self.d.is_main,
         )
+
+    def _elapsed(self) -> float:
+        """Seconds the run has been running, over all its processes so far."""
+        return round(self.elapsed_before + time.monotonic() - self.started, 1)
 
     def _say(self, message: str) -> None:
         if self.d.is_main:

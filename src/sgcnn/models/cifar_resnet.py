@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from sgcnn.errors import SgcnnError
+from sgcnn.models._defaults import CIFAR
 from sgcnn.models.registry import register_model
 
 
@@ -116,25 +117,25 @@ def cifar_resnet(depth: int, num_classes: int = 10, shortcut: str = "A", **kwarg
     return CifarResNet((n, n, n), num_classes=num_classes, shortcut=shortcut, **kwargs)
 
 
-@register_model("resnet20", num_classes=10, input_size=(3, 32, 32))
+@register_model("resnet20", num_classes=10, input_size=(3, 32, 32), defaults=CIFAR)
 def resnet20(num_classes: int = 10, **kwargs) -> CifarResNet:
     """ResNet-20 for CIFAR: 3 x 3 basic blocks, 0.27M parameters."""
     return cifar_resnet(20, num_classes=num_classes, **kwargs)
 
 
-@register_model("resnet32", num_classes=10, input_size=(3, 32, 32))
+@register_model("resnet32", num_classes=10, input_size=(3, 32, 32), defaults=CIFAR)
 def resnet32(num_classes: int = 10, **kwargs) -> CifarResNet:
     """ResNet-32 for CIFAR: 3 x 5 basic blocks, 0.46M parameters."""
     return cifar_resnet(32, num_classes=num_classes, **kwargs)
 
 
-@register_model("resnet56", num_classes=10, input_size=(3, 32, 32))
+@register_model("resnet56", num_classes=10, input_size=(3, 32, 32), defaults=CIFAR)
 def resnet56(num_classes: int = 10, **kwargs) -> CifarResNet:
     """ResNet-56 for CIFAR: 3 x 9 basic blocks, 0.85M parameters."""
     return cifar_resnet(56, num_classes=num_classes, **kwargs)
 
 
-@register_model("resnet110", num_classes=10, input_size=(3, 32, 32))
+@register_model("resnet110", num_classes=10, input_size=(3, 32, 32), defaults=CIFAR)
 def resnet110(num_classes: int = 10, **kwargs) -> CifarResNet:
     """ResNet-110 for CIFAR: 3 x 18 basic blocks, 1.7M parameters."""
     return cifar_resnet(110, num_classes=num_classes, **kwargs)

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from sgcnn.models._defaults import CIFAR
 from sgcnn.models.registry import register_model
 
 
@@ -108,7 +109,7 @@ class CifarDenseNet(nn.Module):
         return self.classifier(self.flatten(self.pool(self.features(x))))
 
 
-@register_model("densenet121_cifar", num_classes=10, input_size=(3, 32, 32))
+@register_model("densenet121_cifar", num_classes=10, input_size=(3, 32, 32), defaults=CIFAR)
 def densenet121_cifar(num_classes: int = 10, **kwargs) -> CifarDenseNet:
     """DenseNet-BC-121 for CIFAR: growth 32, blocks (6, 12, 24, 16), 3x3 stem of 64."""
     return CifarDenseNet(32, (6, 12, 24, 16), num_classes=num_classes, **kwargs)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sgcnn.models._defaults import MNIST
 from sgcnn.models.registry import register_model
 
 
@@ -39,7 +40,7 @@ class LeNet5(nn.Module):
         return self.fc2(x)
 
 
-@register_model("lenet5", num_classes=10, input_size=(1, 28, 28))
+@register_model("lenet5", num_classes=10, input_size=(1, 28, 28), defaults=MNIST)
 def lenet5(num_classes: int = 10, **kwargs) -> LeNet5:
     """LeNet-5 (Caffe variant) for MNIST."""
     return LeNet5(num_classes=num_classes, **kwargs)

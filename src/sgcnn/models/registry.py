@@ -2,14 +2,19 @@
 
 Each entry records how to build the model and what it expects: its default number of classes
 and its default input size ``(channels, height, width)``, which ``sgcnn count`` and the
-pipeline use when the user gives none.
+pipeline use when the user gives none, and the training settings it needs (``defaults``, a
+partial recipe such as ``{"data": {"name": "cifar10"}, "optim": {"lr": 0.1}}``): a run
+config takes them over the library defaults, and below its recipe and ``--set`` options, so
+that ``sgcnn train --model NAME`` with no other option trains on the model's own dataset at a
+learning rate it converges with.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
@@ -23,20 +28,28 @@ class ModelEntry:
     num_classes: int  # default number of classes
     input_size: tuple[int, int, int]  # default input (channels, height, width)
     source: str  # "sgcnn" for the zoo, "torchvision" for torchvision's models
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # partial recipe (run config)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register_model(
-    name: str, *, num_classes: int, input_size: tuple[int, int, int], source: str = "sgcnn"
+    name: str,
+    *,
+    num_classes: int,
+    input_size: tuple[int, int, int],
+    source: str = "sgcnn",
+    defaults: Mapping[str, Any] | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator registering ``builder(num_classes=..., **kwargs)`` under ``name``."""
+    """Decorator registering ``builder(num_classes=..., **kwargs)`` under ``name``, with the
+    run-config ``defaults`` that train it (see the module docstring)."""
 
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = ModelEntry(name, builder, num_classes, tuple(input_size), source)
+        entry = ModelEntry(name, builder, num_classes, tuple(input_size), source, defaults or {})
+        _REGISTRY[name] = entry
         return builder
 
     return decorator

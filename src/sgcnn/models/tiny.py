@@ -16,25 +16,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sgcnn.models._defaults import SYNTHETIC
 from sgcnn.models.cifar_resnet import CifarResNet
 from sgcnn.models.densenet_cifar import CifarDenseNet
 from sgcnn.models.registry import register_model
 from sgcnn.models.vgg_cifar import CifarVGG
 
 
-@register_model("test_resnet", num_classes=10, input_size=(3, 16, 16))
+@register_model("test_resnet", num_classes=10, input_size=(3, 16, 16), defaults=SYNTHETIC)
 def test_resnet(num_classes: int = 10, **kwargs) -> CifarResNet:
     """Two-stage CIFAR ResNet (8, 16 channels), identity and 1x1-projection shortcuts."""
     return CifarResNet((1, 1), (8, 16), num_classes=num_classes, shortcut="B", **kwargs)
 
 
-@register_model("test_densenet", num_classes=10, input_size=(3, 16, 16))
+@register_model("test_densenet", num_classes=10, input_size=(3, 16, 16), defaults=SYNTHETIC)
 def test_densenet(num_classes: int = 10, **kwargs) -> CifarDenseNet:
     """DenseNet-BC, growth 4, blocks (2, 2), stem of 8 channels."""
     return CifarDenseNet(4, (2, 2), stem_channels=8, num_classes=num_classes, **kwargs)
 
 
-@register_model("test_vgg", num_classes=10, input_size=(3, 16, 16))
+@register_model("test_vgg", num_classes=10, input_size=(3, 16, 16), defaults=SYNTHETIC)
 def test_vgg(num_classes: int = 10, **kwargs) -> CifarVGG:
     """VGG-style: 8, 8, M, 16, 16, M, 32, M, single linear classifier."""
     return CifarVGG((8, 8, "M", 16, 16, "M", 32, "M"), num_classes=num_classes, **kwargs)
@@ -70,7 +71,7 @@ class TestConvNet(nn.Module):
         return self.fc2(self.relu(self.fc1(x)))
 
 
-@register_model("test_convnet", num_classes=10, input_size=(3, 16, 16))
+@register_model("test_convnet", num_classes=10, input_size=(3, 16, 16), defaults=SYNTHETIC)
 def test_convnet(num_classes: int = 10, **kwargs) -> TestConvNet:
     """Plain conv net with a grouped (groups=2) and a depthwise conv."""
     return TestConvNet(num_classes=num_classes, **kwargs)

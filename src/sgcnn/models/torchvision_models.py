@@ -15,6 +15,7 @@ from __future__ import annotations
 import torchvision
 from torch import nn
 
+from sgcnn.models._defaults import NO_BATCHNORM
 from sgcnn.models.registry import register_model
 
 # Keyword defaults for models whose torchvision defaults do not give a tensor-valued forward.
@@ -23,6 +24,7 @@ _DEFAULT_KWARGS: dict[str, dict[str, bool]] = {
     "inception_v3": {"aux_logits": False, "init_weights": True},
 }
 _INPUT_SIZE: dict[str, tuple[int, int, int]] = {"inception_v3": (3, 299, 299)}
+_NO_BATCHNORM = {"alexnet", "vgg11", "vgg13", "vgg16", "vgg19"}  # trained at a lower rate
 
 
 def _register(name: str) -> None:
@@ -33,7 +35,10 @@ def _register(name: str) -> None:
     builder.__name__ = builder.__qualname__ = name
     builder.__doc__ = f"torchvision's {name} with random weights."
     input_size = _INPUT_SIZE.get(name, (3, 224, 224))
-    register_model(name, num_classes=1000, input_size=input_size, source="torchvision")(builder)
+    defaults = NO_BATCHNORM if name in _NO_BATCHNORM else None
+    register_model(
+        name, num_classes=1000, input_size=input_size, source="torchvision", defaults=defaults
+    )(builder)
 
 
 for _name in torchvision.models.list_models(module=torchvision.models):

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from sgcnn.models._defaults import CIFAR
 from sgcnn.models.registry import register_model
 
 # Output channels of each 3x3 conv; "M" is a 2x2 max pool.
@@ -57,7 +58,7 @@ class CifarVGG(nn.Module):
         return self.classifier(self.flatten(self.pool(self.features(x))))
 
 
-@register_model("vgg16_cifar", num_classes=10, input_size=(3, 32, 32))
+@register_model("vgg16_cifar", num_classes=10, input_size=(3, 32, 32), defaults=CIFAR)
 def vgg16_cifar(num_classes: int = 10, **kwargs) -> CifarVGG:
     """VGG-16 with BatchNorm for CIFAR, single linear classifier."""
     return CifarVGG(VGG16_CONFIG, num_classes=num_classes, **kwargs)

@@ -19,6 +19,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from sgcnn.engine.checkpoint import atomic_write
 
@@ -89,15 +91,17 @@ def plot_accuracy_vs_flops(
     ax.set_ylabel("Top-1 accuracy (%)")
     ax.set_title(title or "Accuracy against FLOPs")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # nothing to label before the first result row
+        ax.legend()
     _save_png(fig, path)
 
 
 def plot_group_structure(name: str, labels, mask, path: Path) -> None:
     """Filters sorted by self-group (rows) against input channels (columns): kept / pruned.
 
-    ``labels`` [N] and ``mask`` [N, C] as in :class:`sgcnn.LayerGroups`; white lines separate
-    the groups, whose unequal sizes and overlapping channel sets are the point of SG-CNN.
+    ``labels`` [N] and ``mask`` [N, C] as in :class:`sgcnn.LayerGroups`; kept kernels are dark
+    blue, pruned ones white, and lines separate the groups, whose unequal sizes and
+    overlapping channel sets are the point of SG-CNN. A legend says so on the picture.
     """
     labels = np.asarray(labels)
     mask = np.asarray(mask, dtype=bool)
@@ -107,8 +111,16 @@ def plot_group_structure(name: str, labels, mask, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(min(12, 2 + c / 24), min(10, 2 + n / 24)))
     ax.imshow(image, aspect="auto", interpolation="nearest", cmap="Blues", vmin=0, vmax=1)
     bounds = np.flatnonzero(np.diff(labels[order])) + 0.5
+    line = "white" if image.mean() > 0.5 else "red"
     for b in bounds:
-        ax.axhline(b, color="white" if image.mean() > 0.5 else "red", linewidth=0.8)
+        ax.axhline(b, color=line, linewidth=0.8)
+    cmap = plt.get_cmap("Blues")
+    legend = [
+        Patch(facecolor=cmap(1.0), edgecolor="grey", label="kept kernel"),
+        Patch(facecolor=cmap(0.0), edgecolor="grey", label="pruned kernel"),
+        Line2D([], [], color=line, linewidth=0.8, label="group boundary"),
+    ]
+    ax.legend(handles=legend, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     kept = image.mean()
     ax.set_title(f"{name}: {len(bounds) + 1} groups, {kept:.1%} of kernels kept", fontsize=9)
     ax.set_xlabel(f"input channel ({c})")
