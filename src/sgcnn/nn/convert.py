@@ -28,6 +28,7 @@ Models ``torch.fx`` cannot trace are converted layer by layer without fusion.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import operator
 from collections.abc import Sequence
@@ -121,6 +122,18 @@ def run_checked(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
             f"{_first_layer_hint(model)}: {str(err).splitlines()[0][:200]}. "
             "Give an example input of the shape the model is used with."
         ) from err
+
+
+@contextlib.contextmanager
+def _full_fp32():
+    """No TF32 inside the block (cuDNN enables it for fp32 convolutions by default): the
+    equivalence check compares fp32 results, not 10-bit-mantissa ones."""
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
 
 
 # ------------------------------------------------------------------ graph fusion
@@ -497,7 +510,8 @@ def _convert(model, example_input, device, tune, fuse, realizations, check) -> n
             raise SgcnnError(f"unknown realizations {sorted(unknown)}; choose from {sorted(known)}")
     work = copy.deepcopy(model).eval().to(dev)
     x = _example(example_input, dev)
-    reference = run_checked(work, x)
+    with _full_fp32():
+        reference = run_checked(work, x)
     dtype = x.dtype if x.is_floating_point() else torch.float32
 
     try:
@@ -543,7 +557,8 @@ def _convert(model, example_input, device, tune, fuse, realizations, check) -> n
         "layers": records,
     }
     if check:
-        check_equivalent(result, reference, x)
+        with _full_fp32():
+            check_equivalent(result, reference, x)
     return result
 
 
