@@ -156,7 +156,7 @@ def converted_half(grouped, x32, dtype, device, tune, fp32_converted):
         model = copy.deepcopy(grouped).to(device=device, dtype=dtype)
         conv = sgcnn.convert(model, x32.to(dtype), device=device, tune=tune, check=False)
         return conv, f"converted in {dtype}"
-    except Exception as err:  # noqa: BLE001 - fall back to casting, and say why
+    except Exception as err:  # fall back to casting, and say why
         if fp32_converted is None:
             raise
         reason = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
@@ -188,7 +188,7 @@ def run_batch(args, dense, grouped, device, batch: int) -> dict:
             row.update(time_model(fn, x, args.runs, args.warmup))
             rows[label] = row
             return out
-        except Exception as err:  # noqa: BLE001 - record, keep going with the other sections
+        except Exception as err:  # record it, keep going with the others
             row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
             if args.verbose:
                 traceback.print_exc()

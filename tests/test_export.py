@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import sgcnn
-from sgcnn import export
+from sgcnn import exporting
 from sgcnn.cli.main import main
 from sgcnn.core.clustering import KMeansSettings
 from sgcnn.engine.checkpoint import model_payload, save_checkpoint
@@ -57,15 +57,15 @@ def _grouped_local():
 def test_saved_converted_model_loads_and_runs_without_its_class(tmp_path):
     model, x = _grouped_local()
     converted = sgcnn.convert(model, x, tune=False)
-    path = export.save(converted, tmp_path / "local.pt2", x)
+    path = exporting.save(converted, tmp_path / "local.pt2", x)["path"]
     x3 = torch.randn(3, 3, 12, 12)  # another batch size: the batch dimension stays dynamic
     torch.save(x3, tmp_path / "x.pt")
     with torch.no_grad():
         torch.save(model(x3), tmp_path / "want.pt")
     # A fresh interpreter that never sees LocalNet (nor this test module).
     code = (
-        "import torch, sgcnn.export as e\n"
-        f"m = e.load({str(path)!r})\n"
+        "import torch, sgcnn\n"
+        f"m = sgcnn.load({path!r})\n"
         f"x = torch.load({str(tmp_path / 'x.pt')!r})\n"
         f"want = torch.load({str(tmp_path / 'want.pt')!r})\n"
         "torch.testing.assert_close(m(x), want, atol=1e-5, rtol=1e-4)\n"
@@ -81,7 +81,7 @@ def test_saved_converted_model_loads_and_runs_without_its_class(tmp_path):
 def test_onnx_export_matches_pytorch_in_onnxruntime(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     model, x = _grouped_local()
-    result = export.export_onnx(model, tmp_path / "local.onnx", x)
+    result = sgcnn.export(model, tmp_path / "local.onnx", x, format="onnx")
     assert result["max_abs_diff"] is not None and result["max_abs_diff"] <= 1e-4
     # the file runs at another batch size too, and only standard operators are in it
     session = ort.InferenceSession(str(tmp_path / "local.onnx"), providers=["CPUExecutionProvider"])
@@ -98,7 +98,7 @@ def test_onnx_export_of_a_converted_model_keeps_it_usable(tmp_path):
     pytest.importorskip("onnxruntime")
     model, x = _grouped_local()
     converted = sgcnn.convert(model, x, tune=False)
-    result = export.export_onnx(converted, tmp_path / "c.onnx", x)
+    result = exporting.export_onnx(converted, tmp_path / "c.onnx", x)
     assert result["max_abs_diff"] <= 1e-4
     with torch.no_grad():  # exporting worked on a copy: the converted model is unchanged
         torch.testing.assert_close(converted(x), model(x), atol=1e-5, rtol=1e-4)
@@ -107,15 +107,15 @@ def test_onnx_export_of_a_converted_model_keeps_it_usable(tmp_path):
 def test_export_errors_are_clear(tmp_path):
     model, x = _grouped_local()
     with pytest.raises(sgcnn.SgcnnError, match=r"unsupported export format 'tflite'.*onnx"):
-        export.export(model, tmp_path / "m.tflite", "tflite", x)
+        sgcnn.export(model, tmp_path / "m.tflite", x, format="tflite")
     with pytest.raises(sgcnn.SgcnnError, match="neither self-grouped nor converted"):
-        export.export_onnx(LocalNet().eval(), tmp_path / "m.onnx", x)
+        sgcnn.export(LocalNet().eval(), tmp_path / "m.onnx", x)
     with pytest.raises(sgcnn.SgcnnError, match="does not exist"):
-        export.load(tmp_path / "missing.pt2")
+        sgcnn.load(tmp_path / "missing.pt2")
     garbage = tmp_path / "garbage.pt2"
     garbage.write_bytes(b"not a program")
     with pytest.raises(sgcnn.SgcnnError, match="cannot read"):
-        export.load(garbage)
+        sgcnn.load(garbage)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -176,7 +176,7 @@ def test_cli_convert_writes_a_loadable_program(tmp_path, checkpoint):
         )
         == 0
     )
-    loaded = export.load(out)
+    loaded = sgcnn.load(out)
     x = torch.randn(2, 3, 16, 16)
     masked = sgcnn.engine.checkpoint.load_model(checkpoint)[0].eval()
     with torch.no_grad():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from sgcnn import export
+from sgcnn import exporting
 from sgcnn.cli._common import add_model_args, input_size_for, load_model_from_args, write_json
 from sgcnn.errors import SgcnnError
 from sgcnn.nn.convert import convert
@@ -25,6 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("--no-tune", action="store_true", help="pick realizations without timing")
     p.add_argument("--output", type=Path, required=True, help="file to write (.pt2)")
     p.add_argument("--report", type=Path, help="also write the per-layer choices as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=run)
 
 
@@ -38,8 +39,10 @@ def run(args) -> int:
     model, name, _ = load_model_from_args(args)
     size = input_size_for(args, name)
     x = torch.randn(args.batch_size, *size)
-    converted = convert(model.eval(), x, device=args.device, tune=not args.no_tune)
-    export.save(converted, args.output, x.to(args.device))
+    converted = convert(
+        model.eval(), x, device=args.device, tune=not args.no_tune, progress=not args.quiet
+    )
+    exporting.save(converted, args.output, x.to(args.device), progress=not args.quiet)
     layers = converted.sgcnn_conversion["layers"]
     counts = Counter(r["realization"] for r in layers)
     print(
