@@ -1,6 +1,7 @@
-"""Issue 4's speed table: dense vs channel-pruned vs self-grouped + converted, side by side.
+"""Speed table: dense (deployed every standard way) vs channel-pruned vs self-grouped + converted.
 
     python benchmarks/bench_convert.py --threads 2 --runs 30 --out results/bench_convert
+    python benchmarks/bench_convert.py --quick --out /tmp/bench_quick   # smoke test, < 2 min
 
 For each network (random weights: speed does not depend on training, only on shapes and
 masks), self-grouped with g = 16 at the paper's ratios, and each batch size, every variant
@@ -11,12 +12,17 @@ runs interleaved on the same input in one process (:func:`sgcnn.metrics.latency.
 - ``dense_channels_last``: the same in channels-last memory (a one-line user optimization);
 - ``dense_jit``: ``torch.jit.optimize_for_inference`` on the traced model (PyTorch's own CPU
   inference pass: BatchNorm folding, oneDNN layouts, fused ReLU);
+- ``dense_onnxruntime``: the dense model exported to ONNX and run by onnxruntime (CPU
+  provider, intra-op threads = ``--threads``); the *best dense* is the fastest of these four,
+  and every speedup is also given against it;
 - ``dense_fused``: dense through sgcnn's own compiler (BatchNorm / ReLU / residual fusion, no
   grouping) — what grouping itself adds is ``converted`` over this;
 - ``masked``: the self-grouped model as trained (weights times masks: no faster);
 - ``converted``: :func:`sgcnn.convert`, tuned at that batch size;
-- ``channel_pruned`` / ``channel_pruned_fused`` (ResNet-50 only): L1 channel pruning to the
-  MAC budget of issue 4 (1.76 GMACs), see ``channel_pruning.py``, eager and fused.
+- ``channel_pruned`` (ResNet-50 only): L1 channel pruning to 1.76 GMACs at 224 px (the budget
+  scales with the input area), see ``channel_pruning.py``, deployed the same ways (eager,
+  ``_channels_last``, ``_jit``, ``_onnxruntime``, and ``_fused`` through sgcnn's fusion); the
+  table names its best.
 
 Writes ``<out>.json`` (everything, with provenance) and ``<out>.md`` (the tables).
 """
@@ -28,16 +34,14 @@ import json
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import sgcnn
-from sgcnn.metrics.latency import benchmark, environment
+from sgcnn.metrics.latency import DEPLOYMENTS, benchmark, deploy, environment
 from sgcnn.nn import _native
 from sgcnn.nn.convert import fuse_dense
 
@@ -47,30 +51,15 @@ CONFIGS = {
     "lenet5": (0.95, 0.95, (1, 28, 28)),
     "resnet56": (0.75, 0.75, (3, 32, 32)),
 }
-CHANNEL_PRUNED_MACS = 1_760_000_000  # issue 4: Torch-Pruning's L1 ResNet-50 at 1.76 GMACs
+CHANNEL_PRUNED_MACS = 1_760_000_000  # Torch-Pruning's L1 ResNet-50 at 1.76 GMACs (224 px)
 
 
-class ChannelsLast(nn.Module):
-    """Runs ``model`` on a channels-last copy of the input (weights converted once)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model.to(memory_format=torch.channels_last)
-
-    def forward(self, x):
-        return self.model(x.contiguous(memory_format=torch.channels_last))
-
-
-def jit_optimized(model: nn.Module, x: torch.Tensor) -> nn.Module:
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        scripted = torch.jit.optimize_for_inference(torch.jit.trace(model.eval(), x))
-        scripted(x)
-    return scripted
-
-
-def run_model(name: str, batch_sizes, runs: int, warmup: int, breakdown: bool, clock: str) -> dict:
-    conv_p, fc_p, size = CONFIGS[name]
+def run_model(
+    name: str, batch_sizes, runs: int, warmup: int, breakdown: bool, clock: str, tune: bool,
+    size=None,
+) -> dict:
+    conv_p, fc_p, default_size = CONFIGS[name]
+    size = size or default_size
     torch.manual_seed(0)
     model = sgcnn.create_model(name).eval()
     dense_copy = sgcnn.create_model(name).eval()
@@ -78,17 +67,17 @@ def run_model(name: str, batch_sizes, runs: int, warmup: int, breakdown: bool, c
     t0 = time.perf_counter()
     sgcnn.self_group_(model, conv_p, fc_p, groups=16, seed=0, input_size=size)
     grouping_s = time.perf_counter() - t0
-    extra = {
-        "dense_channels_last": ChannelsLast(dense_copy),
-        "dense_jit": lambda x, m=dense_copy: jit_optimized(m, x),
-    }
+    extra = {}
     info = {"conv_sparsity": conv_p, "fc_sparsity": fc_p, "groups": 16, "grouping_s": grouping_s}
     if name == "resnet50":
         from channel_pruning import prune_to_macs
 
-        pruned, ratio = prune_to_macs(dense_copy, CHANNEL_PRUNED_MACS, size)
+        budget = int(CHANNEL_PRUNED_MACS * size[1] * size[2] / 224**2)
+        pruned, ratio = prune_to_macs(dense_copy, budget, size)
         extra["channel_pruned"] = pruned
-        extra["channel_pruned_fused"] = lambda x, p=pruned: fuse_dense(p, x)
+        for how in DEPLOYMENTS:
+            extra[f"channel_pruned_{how}"] = lambda x, p=pruned, how=how: deploy(p, x, how)
+        extra["channel_pruned_fused"] = lambda x, p=pruned: fuse_dense(p, x, tune=tune)
         info["channel_pruning"] = {
             "method": "own L1 channel pruning, uniform ratio over coupled groups "
             "(benchmarks/channel_pruning.py; equivalent to Torch-Pruning MagnitudePruner L1)",
@@ -102,6 +91,7 @@ def run_model(name: str, batch_sizes, runs: int, warmup: int, breakdown: bool, c
         batch_sizes,
         runs=runs,
         warmup=warmup,
+        tune=tune,
         extra=extra,
         breakdown=breakdown,
         progress=lambda msg: print(f"[{name}] {msg}", flush=True),
@@ -113,7 +103,7 @@ def run_model(name: str, batch_sizes, runs: int, warmup: int, breakdown: bool, c
 
 def markdown(results: list[dict], command: str, env: dict, native: str, clock: str) -> str:
     lines = [
-        "# Converted self-grouped models: latency (issue 4)",
+        "# Converted self-grouped models: latency against every dense deployment",
         "",
         f"- command: `{command}`",
         f"- date: {env['date']}; CPU: {env['host_cpu']} ({env['cpu_count']} cores); "
@@ -123,7 +113,9 @@ def markdown(results: list[dict], command: str, env: dict, native: str, clock: s
         f"- load average at start: {env.get('load_average')}; at end: "
         f"{[round(v, 2) for v in os.getloadavg()]}",
         "- fp32, random weights, self-grouped with g = 16; median over interleaved runs after "
-        "warm-up; speedup = dense median / model median",
+        "warm-up; speedup = dense median / model median; *vs best dense* = the fastest of dense "
+        "eager, channels-last, torch.jit.optimize_for_inference and onnxruntime (named below "
+        "each table) / model median",
         "- clock: "
         + (
             "CPU time of the single compute thread (immune to preemption by other processes)"
@@ -147,9 +139,9 @@ def markdown(results: list[dict], command: str, env: dict, native: str, clock: s
                 "",
             ]
         lines += [
-            "| batch | model | MMACs/img | median ms | p10-p90 ms | img/s | speedup vs dense |"
-            " vs dense_fused |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|",
+            "| batch | model | MMACs/img | median ms | p10-p90 ms | img/s | vs dense |"
+            " vs best dense | vs dense_fused |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for entry in res["batches"]:
             for name, row in entry["models"].items():
@@ -158,8 +150,24 @@ def markdown(results: list[dict], command: str, env: dict, native: str, clock: s
                 lines.append(
                     f"| {entry['batch']} | {name} | {macs} | {row['median_ms']:.2f} | "
                     f"{row['p10_ms']:.2f}-{row['p90_ms']:.2f} | {row['images_per_s']:.1f} | "
-                    f"{row['speedup_vs_dense']:.2f}x | {row['speedup_vs_dense_fused']:.2f}x |"
+                    f"{row['speedup_vs_dense']:.2f}x | {row['speedup_vs_best_dense']:.2f}x | "
+                    f"{row['speedup_vs_dense_fused']:.2f}x |"
                 )
+        lines.append("")
+        for entry in res["batches"]:
+            models = entry["models"]
+            pruned = [k for k in models if k.startswith("channel_pruned")]
+            best_pruned = min(pruned, key=lambda k: models[k]["median_ms"]) if pruned else None
+            line = f"- batch {entry['batch']}: best dense = `{entry['best_dense']}`"
+            if best_pruned:
+                line += f"; best channel-pruned = `{best_pruned}`"
+                line += (
+                    f"; converted / best channel-pruned: "
+                    f"{models[best_pruned]['median_ms'] / models['converted']['median_ms']:.2f}x"
+                )
+            lines.append(line)
+            for name, why in entry.get("skipped", {}).items():
+                lines.append(f"  - {name} not measured: {why}")
         lines.append("")
         for entry in res["batches"]:
             lines.append(
@@ -212,8 +220,20 @@ def main() -> int:
     parser.add_argument("--models", default="resnet50,resnet56,lenet5")
     parser.add_argument("--batch-sizes", default="1,16")
     parser.add_argument("--no-breakdown", action="store_true")
+    parser.add_argument("--no-tune", action="store_true", help="convert without timing")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test of every code path: resnet50 at 64 px and lenet5, batches 1 and 2, "
+        "3 runs, no tuning (the numbers mean nothing)",
+    )
     parser.add_argument("--out", type=Path, default=Path("results/bench_convert"))
     args = parser.parse_args()
+    size = None
+    if args.quick:
+        args.models, args.batch_sizes, args.runs, args.warmup = "resnet50,lenet5", "1,2", 3, 1
+        args.no_breakdown = args.no_tune = True
+        size = (3, 64, 64)
     if args.clock == "cpu" and args.threads != 1:
         parser.error("--clock cpu measures one thread: use --threads 1")
     torch.set_num_threads(args.threads)
@@ -231,6 +251,8 @@ def main() -> int:
                 args.warmup,
                 breakdown=not args.no_breakdown and name == "resnet50",
                 clock=args.clock,
+                tune=not args.no_tune,
+                size=size if name == "resnet50" else None,
             )
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -203,10 +203,10 @@ def test_overwrite_replaces_and_a_failed_step_keeps_the_old_file(files, tmp_path
     first = out.read_bytes()
     assert main(base) == 2 and out.read_bytes() == first
     assert main([*base, "--overwrite"]) == 0
-    sgcnn.export.load(out)
+    sgcnn.load(out)
     assert main(["export", "--checkpoint", str(files / "nan.pt"), "--format", "pt2",
                  "--output", str(out), "--overwrite"]) == 2  # fmt: skip
-    sgcnn.export.load(out)  # still the good one
+    sgcnn.load(out)  # still the good one
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt2"]  # no temporary left
 
 
@@ -218,6 +218,6 @@ def test_two_writers_of_one_output_end_with_a_valid_file(files, tmp_path):
     procs = [subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
     assert all(rc == 0 for rc, _ in results), results
-    module = sgcnn.export.load(out)
+    module = sgcnn.load(out)
     assert module(torch.randn(1, 3, 16, 16)).shape == (1, 10)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cc.pt2"]

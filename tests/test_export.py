@@ -10,10 +10,11 @@ import torch
 from torch import nn
 
 import sgcnn
-from sgcnn import export
+from sgcnn import exporting
 from sgcnn.cli.main import main
 from sgcnn.core.clustering import KMeansSettings
 from sgcnn.engine.checkpoint import model_payload, save_checkpoint
+from sgcnn.nn import fast
 
 FAST_KMEANS = KMeansSettings(n_init=1, max_iter=50)
 
@@ -57,15 +58,15 @@ def _grouped_local():
 def test_saved_converted_model_loads_and_runs_without_its_class(tmp_path):
     model, x = _grouped_local()
     converted = sgcnn.convert(model, x, tune=False)
-    path = export.save(converted, tmp_path / "local.pt2", x)
+    path = exporting.save(converted, tmp_path / "local.pt2", x)["path"]
     x3 = torch.randn(3, 3, 12, 12)  # another batch size: the batch dimension stays dynamic
     torch.save(x3, tmp_path / "x.pt")
     with torch.no_grad():
         torch.save(model(x3), tmp_path / "want.pt")
     # A fresh interpreter that never sees LocalNet (nor this test module).
     code = (
-        "import torch, sgcnn.export as e\n"
-        f"m = e.load({str(path)!r})\n"
+        "import torch, sgcnn\n"
+        f"m = sgcnn.load({path!r})\n"
         f"x = torch.load({str(tmp_path / 'x.pt')!r})\n"
         f"want = torch.load({str(tmp_path / 'want.pt')!r})\n"
         "torch.testing.assert_close(m(x), want, atol=1e-5, rtol=1e-4)\n"
@@ -81,7 +82,7 @@ def test_saved_converted_model_loads_and_runs_without_its_class(tmp_path):
 def test_onnx_export_matches_pytorch_in_onnxruntime(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     model, x = _grouped_local()
-    result = export.export_onnx(model, tmp_path / "local.onnx", x)
+    result = sgcnn.export(model, tmp_path / "local.onnx", x, format="onnx")
     assert result["max_abs_diff"] is not None and result["max_abs_diff"] <= 1e-4
     # the file runs at another batch size too, and only standard operators are in it
     session = ort.InferenceSession(str(tmp_path / "local.onnx"), providers=["CPUExecutionProvider"])
@@ -98,7 +99,7 @@ def test_onnx_export_of_a_converted_model_keeps_it_usable(tmp_path):
     pytest.importorskip("onnxruntime")
     model, x = _grouped_local()
     converted = sgcnn.convert(model, x, tune=False)
-    result = export.export_onnx(converted, tmp_path / "c.onnx", x)
+    result = exporting.export_onnx(converted, tmp_path / "c.onnx", x)
     assert result["max_abs_diff"] <= 1e-4
     with torch.no_grad():  # exporting worked on a copy: the converted model is unchanged
         torch.testing.assert_close(converted(x), model(x), atol=1e-5, rtol=1e-4)
@@ -107,15 +108,173 @@ def test_onnx_export_of_a_converted_model_keeps_it_usable(tmp_path):
 def test_export_errors_are_clear(tmp_path):
     model, x = _grouped_local()
     with pytest.raises(sgcnn.SgcnnError, match=r"unsupported export format 'tflite'.*onnx"):
-        export.export(model, tmp_path / "m.tflite", "tflite", x)
+        sgcnn.export(model, tmp_path / "m.tflite", x, format="tflite")
     with pytest.raises(sgcnn.SgcnnError, match="neither self-grouped nor converted"):
-        export.export_onnx(LocalNet().eval(), tmp_path / "m.onnx", x)
+        sgcnn.export(LocalNet().eval(), tmp_path / "m.onnx", x)
     with pytest.raises(sgcnn.SgcnnError, match="does not exist"):
-        export.load(tmp_path / "missing.pt2")
+        sgcnn.load(tmp_path / "missing.pt2")
     garbage = tmp_path / "garbage.pt2"
     garbage.write_bytes(b"not a program")
     with pytest.raises(sgcnn.SgcnnError, match="cannot read"):
-        export.load(garbage)
+        sgcnn.load(garbage)
+
+
+class ReadsValues(nn.Module):
+    """Self-grouped LocalNet whose head goes through Python floats: a tracer records the
+    values of the example as constants, so the exported program ignores its input."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return torch.tensor(self.net(x).tolist())
+
+
+class UsesFFT(nn.Module):
+    """Self-grouped LocalNet followed by an operator ONNX opset 17 does not have."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return torch.fft.rfft(self.net(x)).abs()
+
+
+def test_pt2_of_a_batch_one_example_runs_any_batch_and_refuses_other_shapes(tmp_path):
+    model, _ = _grouped_local()
+    x1 = torch.randn(1, 3, 12, 12)
+    result = sgcnn.export(model, tmp_path / "m.pt2", x1, format="pt2")
+    assert result["dynamic_batch"] and result["max_abs_diff"] <= 1e-4
+    loaded = sgcnn.load(tmp_path / "m.pt2")
+    for batch in (1, 3, 7):
+        x = torch.randn(batch, 3, 12, 12)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), model(x), atol=1e-5, rtol=1e-4)
+    with pytest.raises(sgcnn.SgcnnError, match=r"exported for inputs of shape Nx3x12x12"):
+        loaded(torch.randn(2, 3, 16, 16))
+    with pytest.raises(sgcnn.SgcnnError, match="inference only"):
+        loaded.train()
+
+
+def test_pt2_with_a_fixed_batch_says_so(tmp_path):
+    model, x = _grouped_local()
+    result = sgcnn.export(model, tmp_path / "m.pt2", x, format="pt2", dynamic_batch=False)
+    assert not result["dynamic_batch"]
+    loaded = sgcnn.load(tmp_path / "m.pt2")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), atol=1e-5, rtol=1e-4)
+    with pytest.raises(sgcnn.SgcnnError, match=r"inputs of shape 2x3x12x12"):
+        loaded(torch.randn(3, 3, 12, 12))
+
+
+def test_plain_torch_export_load_reads_a_standard_operator_program(tmp_path):
+    """A program of ATen operators only (what ``realizations=("grouped", "dense")`` gives)
+    loads with ``torch.export.load`` in an interpreter that never imports sgcnn."""
+    model, x = _grouped_local()
+    portable = sgcnn.convert(model, x, tune=False, realizations=exporting.PORTABLE)
+    path = exporting.save(portable, tmp_path / "p.pt2", x)["path"]
+    x3 = torch.randn(3, 3, 12, 12)
+    torch.save(x3, tmp_path / "x.pt")
+    with torch.no_grad():
+        torch.save(model(x3), tmp_path / "want.pt")
+    code = (
+        "import sys, torch\n"
+        f"m = torch.export.load({path!r}).module()\n"
+        f"got = m(torch.load({str(tmp_path / 'x.pt')!r}))\n"
+        f"want = torch.load({str(tmp_path / 'want.pt')!r})\n"
+        "torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)\n"
+        "assert 'sgcnn' not in sys.modules\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("ok")
+
+
+def test_onnx_of_a_max_pooling_network_runs_in_onnxruntime_on_a_new_batch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    model = sgcnn.create_model("resnet18")
+    sgcnn.self_group_(model, 0.5, groups=4, kmeans=FAST_KMEANS, input_size=(3, 48, 48))
+    model.eval()
+    path = tmp_path / "r18.onnx"
+    result = sgcnn.export(model, path, torch.randn(1, 3, 48, 48), format="onnx")
+    assert result["max_abs_diff"] <= 1e-4
+    x3 = torch.randn(3, 3, 48, 48)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"input": x3.numpy()})
+    with torch.no_grad():
+        want = model(x3)
+    torch.testing.assert_close(torch.from_numpy(got), want, atol=1e-3, rtol=1e-3)
+    # not a constant: two different inputs give two different outputs
+    assert not torch.allclose(torch.from_numpy(got[0]), torch.from_numpy(got[1]))
+
+
+def test_to_portable_replaces_every_native_module():
+    model, x = _grouped_local()
+    converted = sgcnn.convert(model, x, tune=False)
+    converted.pool = fast.MaxPool2d(3, 2, 1)
+    portable = exporting.to_portable(converted)
+    kinds = {type(m) for m in portable.modules()}
+    assert fast.MaxPool2d not in kinds and fast.NativeGroupConv2d not in kinds
+    assert nn.MaxPool2d in kinds
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+def test_a_program_that_ignores_its_input_is_refused_and_not_written(tmp_path, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    net, x = _grouped_local()
+    path = tmp_path / f"m.{fmt}"
+    with pytest.raises(sgcnn.SgcnnError, match=r"disagrees|cannot"):
+        sgcnn.export(ReadsValues(net).eval(), path, x, format=fmt)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_operator_onnx_lacks_is_one_clear_error_and_no_file(tmp_path):
+    net, x = _grouped_local()
+    with pytest.raises(sgcnn.SgcnnError, match="ONNX exporter cannot export") as info:
+        sgcnn.export(UsesFFT(net).eval(), tmp_path / "m.onnx", x, format="onnx")
+    assert "\n" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_example_of_the_wrong_shape_is_an_error_before_anything_is_written(tmp_path):
+    model, _ = _grouped_local()
+    with pytest.raises(sgcnn.SgcnnError, match="expects 3 input channels"):
+        sgcnn.export(model, tmp_path / "m.onnx", torch.randn(1, 4, 12, 12), format="onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_progress_names_the_layers_on_stderr_only_when_asked(capsys):
+    model, x = _grouped_local()
+    sgcnn.convert(model, x, tune=False, progress=True)
+    err = capsys.readouterr().err
+    assert "convert: layer 1/" in err and "stem" in err
+    sgcnn.convert(model, x, tune=False, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "densenet121"])
+def test_onnx_and_pt2_of_torchvision_networks_agree_on_a_new_batch(tmp_path, name):
+    ort = pytest.importorskip("onnxruntime")
+    model = sgcnn.create_model(name)
+    sgcnn.self_group_(model, 0.6, groups=16, kmeans=FAST_KMEANS, input_size=(3, 64, 64))
+    model.eval()
+    x1, x3 = torch.randn(1, 3, 64, 64), torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        want = model(x3)
+    sgcnn.export(model, tmp_path / "m.onnx", x1, format="onnx")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"input": x3.numpy()})
+    torch.testing.assert_close(torch.from_numpy(got), want, atol=1e-3, rtol=1e-3)
+    sgcnn.export(model, tmp_path / "m.pt2", x1, format="pt2")
+    with torch.no_grad():
+        got = sgcnn.load(tmp_path / "m.pt2")(x3)
+    torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -156,6 +315,21 @@ def test_cli_export_onnx_and_unsupported_format(tmp_path, checkpoint, capsys):
     assert "unsupported export format 'coreml'" in capsys.readouterr().err
 
 
+def test_cli_export_failure_is_one_line_status_2_and_no_file(
+    tmp_path, checkpoint, capsys, monkeypatch
+):
+    def broken(*args, **kwargs):
+        raise RuntimeError("Exporting the operator 'aten::thing' is not supported\nmore")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    out = tmp_path / "m.onnx"
+    argv = ["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--output", str(out)]
+    assert main([*argv, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "aten::thing" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
 def test_cli_convert_writes_a_loadable_program(tmp_path, checkpoint):
     out = tmp_path / "m.pt2"
     report = tmp_path / "choices.json"
@@ -176,7 +350,7 @@ def test_cli_convert_writes_a_loadable_program(tmp_path, checkpoint):
         )
         == 0
     )
-    loaded = export.load(out)
+    loaded = sgcnn.load(out)
     x = torch.randn(2, 3, 16, 16)
     masked = sgcnn.engine.checkpoint.load_model(checkpoint)[0].eval()
     with torch.no_grad():
@@ -215,14 +389,30 @@ def test_cli_bench_writes_json_and_csv_with_provenance(tmp_path, capsys):
     assert [b["batch"] for b in result["batches"]] == [1, 2]
     for entry in result["batches"]:
         models = entry["models"]
-        assert set(models) >= {"dense", "dense_fused", "masked", "converted"}
+        assert set(models) >= {
+            "dense",
+            "dense_channels_last",
+            "dense_jit",
+            "dense_fused",
+            "masked",
+            "converted",
+        }
         assert models["converted"]["runs"] == 2
-        assert models["converted"]["macs_per_image"] < models["dense"]["macs_per_image"]
+        assert models["converted"]["macs_per_image"] <= models["dense"]["macs_per_image"]
         assert models["dense"]["speedup_vs_dense"] == pytest.approx(1.0)
+        # every ratio is also given against the fastest dense deployment, which it names
+        best = entry["best_dense"]
+        assert best.startswith("dense") and best != "dense_fused"
+        assert models[best]["speedup_vs_best_dense"] == pytest.approx(1.0)
+        assert all(
+            models[k]["speedup_vs_best_dense"] <= 1.0 + 1e-9
+            for k in models
+            if k == "dense" or k in ("dense_channels_last", "dense_jit", "dense_onnxruntime")
+        )
         assert entry["realised_fraction"] is not None
     rows = table.read_text().strip().splitlines()
     assert rows[0].startswith("model,batch,variant,median_ms")
-    assert len(rows) == 1 + 2 * 4
+    assert len(rows) == 1 + sum(len(b["models"]) for b in result["batches"])
     assert "converted" in capsys.readouterr().out
 
 

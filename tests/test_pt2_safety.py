@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import sgcnn
-from sgcnn import export
+from sgcnn import exporting as export
 from sgcnn.cli.main import main
 from sgcnn.core.clustering import KMeansSettings
 from sgcnn.engine.checkpoint import model_payload, save_checkpoint

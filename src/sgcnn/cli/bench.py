@@ -116,18 +116,21 @@ def format_table(result: dict) -> str:
     lines = [
         f"{result.get('model', '')}  input {'x'.join(map(str, result['input_size']))}  "
         f"{env['device']} ({env['host_cpu']}), {env['threads']} threads, torch {env['torch']}",
-        f"{'batch':>5s} {'model':12s} {'median ms':>10s} {'p10-p90 ms':>15s} {'img/s':>9s} "
-        f"{'MMACs/img':>10s} {'speedup':>8s}",
+        f"{'batch':>5s} {'model':20s} {'median ms':>10s} {'p10-p90 ms':>15s} {'img/s':>9s} "
+        f"{'MMACs/img':>10s} {'vs dense':>9s} {'vs best dense':>14s}",
     ]
     for entry in result["batches"]:
         for name, row in entry["models"].items():
             macs = row["macs_per_image"]
             macs = f"{macs / 1e6:10.1f}" if macs is not None else f"{'?':>10s}"
             lines.append(
-                f"{entry['batch']:5d} {name:12s} {row['median_ms']:10.2f} "
+                f"{entry['batch']:5d} {name:20s} {row['median_ms']:10.2f} "
                 f"{row['p10_ms']:7.2f}-{row['p90_ms']:<7.2f} {row['images_per_s']:9.1f} "
-                f"{macs} {row['speedup_vs_dense']:7.2f}x"
+                f"{macs} {row['speedup_vs_dense']:8.2f}x {row['speedup_vs_best_dense']:13.2f}x"
             )
+        lines.append(f"{'':5s} best dense deployment: {entry['best_dense']}")
+        for name, why in entry.get("skipped", {}).items():
+            lines.append(f"{'':5s} {name} not measured: {why}")
         realised = entry["realised_fraction"]
         lines.append(
             f"{'':5s} MACs dense/grouped {entry['macs_ratio']:.2f}x; converted realises "
@@ -154,6 +157,7 @@ def to_csv(result: dict) -> str:
             "images_per_s",
             "macs_per_image",
             "speedup_vs_dense",
+            "speedup_vs_best_dense",
             "speedup_vs_dense_fused",
             "threads",
             "device",
@@ -175,6 +179,7 @@ def to_csv(result: dict) -> str:
                     f"{row['images_per_s']:.2f}",
                     row["macs_per_image"],
                     f"{row['speedup_vs_dense']:.3f}",
+                    f"{row['speedup_vs_best_dense']:.3f}",
                     f"{row['speedup_vs_dense_fused']:.3f}",
                     env["threads"],
                     env["device"],

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from sgcnn import export
+from sgcnn import exporting
 from sgcnn._io import check_output_path
 from sgcnn.cli._common import (
     add_model_args,
@@ -37,6 +37,7 @@ def register(subparsers) -> None:
     p.add_argument("--output", type=Path, required=True, help="file to write (.pt2)")
     p.add_argument("--report", type=Path, help="also write the per-layer choices as JSON")
     add_overwrite_arg(p)
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=run)
 
 
@@ -53,8 +54,13 @@ def run(args) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     x = torch.randn(args.batch_size, *size)
-    converted = convert(model.eval(), x, device=args.device, tune=not args.no_tune)
-    export.save(converted, args.output, x.to(args.device), overwrite=args.overwrite)
+    converted = convert(
+        model.eval(), x, device=args.device, tune=not args.no_tune, progress=not args.quiet
+    )
+    exporting.save(
+        converted, args.output, x.to(args.device), progress=not args.quiet,
+        overwrite=args.overwrite,
+    )
     layers = converted.sgcnn_conversion["layers"]
     counts = Counter(r["realization"] for r in layers)
     print(

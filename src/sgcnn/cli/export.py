@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from sgcnn import export
+from sgcnn import exporting
 from sgcnn._io import check_output_path
 from sgcnn.cli._common import (
     add_model_args,
@@ -24,15 +24,19 @@ def register(subparsers) -> None:
         "export", help="export a self-grouped checkpoint to ONNX or a torch.export program"
     )
     add_model_args(p)
-    p.add_argument("--format", required=True, help=f"one of: {', '.join(export.FORMATS)}")
+    p.add_argument("--format", required=True, help=f"one of: {', '.join(exporting.FORMATS)}")
     p.add_argument("--output", type=Path, required=True, help="file to write")
-    p.add_argument("--batch-size", type=positive_int, default=1, help="example batch (default 1)")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=1,
+        help="example batch (default 1; any batch runs)",
+    )
     add_overwrite_arg(p)
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    export.check_format(args.format)
+    exporting.check_format(args.format)
     if not args.checkpoint:
         raise SgcnnError("give --checkpoint: a self-grouped model (from `sgcnn group`)")
     check_output_path(args.output, args.overwrite)
@@ -45,9 +49,13 @@ def run(args) -> int:
     size = input_size_for(args, name)
     check_example_size((args.batch_size, *size))
     x = torch.randn(args.batch_size, *size)
-    result = export.export(model.eval(), args.output, args.format, x, overwrite=args.overwrite)
+    result = exporting.export(
+        model.eval(), args.output, x, format=args.format, progress=not args.quiet,
+        overwrite=args.overwrite,
+    )
     shape = "x".join(map(str, (args.batch_size, *size)))
-    print(f"wrote {result['path']} ({args.format}, input {shape})")
+    print(f"wrote {result['path']} ({args.format}, input {shape}, any batch size)")
     if result.get("max_abs_diff") is not None:
-        print(f"onnxruntime vs PyTorch: max |difference| {result['max_abs_diff']:.2e}")
+        checker = "onnxruntime" if args.format == "onnx" else "reloaded program"
+        print(f"{checker} vs PyTorch on a new input: max |difference| {result['max_abs_diff']:.2e}")
     return 0

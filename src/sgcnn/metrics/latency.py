@@ -3,9 +3,10 @@
 :func:`compare_latency` runs several models on the same input in rounds — one forward pass of
 each model per round, in rotating order — so that a slow drift of the machine (another
 process, thermal state) reaches all of them alike; it reports the median over the rounds after
-warm-up, and the spread. :func:`layer_times` gives the per-layer breakdown of one model,
-:func:`environment` the hardware, threads and library versions that belong next to any
-published number.
+warm-up, and the spread. :func:`deploy` gives the standard ways to run a plain model that a
+fair comparison takes the best of (channels-last, ``torch.jit.optimize_for_inference``,
+onnxruntime), :func:`layer_times` the per-layer breakdown of one model, :func:`environment`
+the hardware, threads and library versions that belong next to any published number.
 """
 
 from __future__ import annotations
@@ -63,6 +64,76 @@ def environment(device: torch.device | str = "cpu") -> dict:
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
     return info
+
+
+# The ways to deploy a plain model besides eager NCHW PyTorch; the fair dense baseline is the
+# fastest of all of them on the same machine and threads.
+DEPLOYMENTS = ("channels_last", "jit", "onnxruntime")
+
+
+class _ChannelsLast(nn.Module):
+    """``model`` in channels-last memory, fed a channels-last copy of the input."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model.to(memory_format=torch.channels_last)
+
+    def forward(self, x):
+        return self.model(x.contiguous(memory_format=torch.channels_last))
+
+
+class _OnnxRuntime:
+    """A model exported to ONNX (fixed shape) run by onnxruntime's CPU provider with as many
+    intra-op threads as torch uses."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor) -> None:
+        import io
+        import warnings
+
+        import onnxruntime as ort
+
+        buffer = io.BytesIO()
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (x,), buffer, dynamo=False, input_names=["input"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(
+            buffer.getvalue(), options, providers=["CPUExecutionProvider"]
+        )
+
+    def __call__(self, x: torch.Tensor):
+        return self.session.run(None, {"input": x.numpy()})[0]
+
+
+def deploy(model: nn.Module, x: torch.Tensor, how: str):
+    """``model`` (plain PyTorch, eval mode) prepared to run on inputs shaped like ``x`` in one
+    of the :data:`DEPLOYMENTS`: ``"channels_last"`` (eager, channels-last memory), ``"jit"``
+    (``torch.jit.optimize_for_inference`` of the traced, frozen model: BatchNorm folding and
+    oneDNN layouts on the CPU) or ``"onnxruntime"`` (CPU only). Returns a callable; raises
+    ``RuntimeError`` where that way is unavailable (no onnxruntime, a GPU for onnxruntime)."""
+    import copy
+    import warnings
+
+    model = copy.deepcopy(model).eval()
+    if how == "channels_last":
+        return _ChannelsLast(model)
+    if how == "jit":
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            scripted = torch.jit.optimize_for_inference(torch.jit.trace(model, x))
+            scripted(x)
+        return scripted
+    if how == "onnxruntime":
+        if x.device.type != "cpu":
+            raise RuntimeError("onnxruntime is measured on the CPU only")
+        try:
+            return _OnnxRuntime(model, x)
+        except ImportError as err:
+            raise RuntimeError("onnxruntime is not installed") from err
+    raise ValueError(f"unknown deployment {how!r}; choose from {DEPLOYMENTS}")
 
 
 def _clock(name: str):
@@ -202,20 +273,25 @@ def benchmark(
     breakdown: bool = False,
     progress: Callable[[str], None] | None = None,
     clock: str = "wall",
+    deployments: Iterable[str] = DEPLOYMENTS,
 ) -> dict:
     """Latency of a self-grouped model against its dense version, side by side.
 
-    For each batch size, four models run interleaved on the same input: ``dense`` (the same
-    network with masks removed: what the user had), ``dense_fused`` (dense, compiled with the
-    same BatchNorm/ReLU/residual fusion as the converted model: the fair baseline for what
-    grouping itself buys), ``masked`` (the self-grouped model as trained) and ``converted``
-    (:func:`sgcnn.convert`, tuned at that batch size), plus any ``extra`` models (e.g. a
-    channel-pruned network; a callable instead of a module is called with the batch's input
-    and returns the module to time, for models compiled per batch size).
+    For each batch size these models run interleaved on the same input: ``dense`` (the same
+    network with masks removed: what the user had, eager NCHW), ``dense_<way>`` for each of
+    ``deployments`` (:func:`deploy`: channels-last, ``torch.jit.optimize_for_inference``,
+    onnxruntime; a way that is unavailable is listed under ``skipped``), ``dense_fused``
+    (dense, compiled with the same BatchNorm/ReLU/residual fusion as the converted model: what
+    grouping itself buys is measured against it), ``masked`` (the self-grouped model as
+    trained) and ``converted`` (:func:`sgcnn.convert`, tuned at that batch size), plus any
+    ``extra`` models (e.g. a channel-pruned network; a callable instead of a module is called
+    with the batch's input and returns the model to time, for models compiled per batch size).
+    ``best_dense`` names the fastest of ``dense`` and ``dense_<way>``: the fair baseline.
 
     Per model: median / p10 / p90 / min latency over ``runs`` rounds after ``warmup``,
     images/s, MACs per image (``sgcnn.count`` for plain models, ``FlopCounterMode`` for
-    compiled ones: what really runs, padding included), speedup over ``dense``; for
+    compiled ones: what really runs, padding included), speedup over ``dense`` and over the
+    best dense deployment; for
     ``converted`` the fraction of the MAC reduction the speedup realises:
     ``(1 - t_conv / t_dense) / (1 - macs_grouped / macs_dense)``. ``clock="cpu"`` (one
     thread) measures CPU time, for tuning and timing alike (see :func:`compare_latency`).
@@ -252,16 +328,25 @@ def benchmark(
             converted = convert(masked, x, device=dev, tune=tune)
             say(f"batch {bs}: compiling the dense baseline")
             fused = fuse_dense(dense, x, device=dev, tune=tune)
-            extras = {
-                name: (item if isinstance(item, nn.Module) else item(x)).eval().to(dev)
-                for name, item in extra.items()
+            makers = {
+                f"dense_{how}": (lambda x, how=how: deploy(dense, x, how)) for how in deployments
             }
+            extras, skipped = {}, {}
+            for name, item in {**makers, **extra}.items():
+                try:
+                    made = item if isinstance(item, nn.Module) else item(x)
+                except Exception as err:  # an unavailable way is reported, not fatal
+                    skipped[name] = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
+                    say(f"batch {bs}: {name} skipped ({skipped[name]})")
+                    continue
+                extras[name] = made.eval().to(dev) if isinstance(made, nn.Module) else made
         models = {
             "dense": dense,
+            **{k: v for k, v in extras.items() if k in makers},
             "dense_fused": fused,
             "masked": masked,
             "converted": converted,
-            **extras,
+            **{k: v for k, v in extras.items() if k not in makers},
         }
         say(f"batch {bs}: timing {', '.join(models)} ({runs} interleaved rounds)")
         lat = compare_latency(models, x, runs=runs, warmup=warmup, clock=clock)
@@ -273,14 +358,19 @@ def benchmark(
             "masked": macs["dense"],  # the masked model still runs every dense MAC
             "converted": executed,
             **{k: _macs_of(m, x, input_size) for k, m in extras.items()},
+            **{k: macs["dense"] for k in extras if k in makers},
         }
         t_dense = lat["dense"]["median_ms"]
+        best_dense = min(
+            ["dense", *(k for k in makers if k in lat)], key=lambda k: lat[k]["median_ms"]
+        )
         rows = {}
         for name, stats in lat.items():
             rows[name] = {
                 **stats,
                 "macs_per_image": per_model_macs[name],
                 "speedup_vs_dense": t_dense / stats["median_ms"],
+                "speedup_vs_best_dense": lat[best_dense]["median_ms"] / stats["median_ms"],
                 "speedup_vs_dense_fused": lat["dense_fused"]["median_ms"] / stats["median_ms"],
             }
         mac_cut = 1 - macs["masked_counted"] / macs["dense"]
@@ -288,6 +378,8 @@ def benchmark(
         entry = {
             "batch": bs,
             "models": rows,
+            "best_dense": best_dense,
+            "skipped": skipped,
             "grouped_macs_per_image": macs["masked_counted"],
             "converted_padding_macs_per_image": padding,
             "macs_ratio": macs["dense"] / macs["masked_counted"],
@@ -322,8 +414,10 @@ def _macs_of(model: nn.Module, x: torch.Tensor, input_size) -> int | None:
     """MACs per image: ``FlopCounterMode`` for compiled models, ``sgcnn.count`` otherwise."""
     from sgcnn.metrics.counting import count
 
-    if isinstance(model, torch.jit.ScriptModule):
-        return None  # its layers are opaque to both counters
+    if not isinstance(model, nn.Module) or isinstance(model, torch.jit.ScriptModule):
+        return None  # onnxruntime sessions, scripted modules: opaque to both counters
+    if isinstance(model, _ChannelsLast):
+        model = model.model
     try:
         if any(hasattr(m, "realization") for m in model.modules()):
             return _macs_executed(model, x) // x.shape[0]

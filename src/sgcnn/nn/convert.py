@@ -11,25 +11,33 @@ What happens, in order:
    residual addition ``y + other`` (same shape) and the ReLU after it, move into the layer's
    epilogue. This is exact up to fp32 rounding and saves whole passes over memory. Plain
    (not self-grouped) convolutions are fused too: the comparison "dense + the same fusion" is
-   what :mod:`sgcnn.metrics.latency` reports next to the plain dense model. 2-D max pooling
-   is swapped for an exact native kernel (PyTorch's NCHW max pooling is ~8x slower than one
-   pass over memory).
+   what :mod:`sgcnn.metrics.latency` reports next to the plain dense model. Only modules of
+   exactly these classes are folded or realized (``nn.Conv2d``, ``nn.Linear``, their masked
+   versions, ``nn.BatchNorm2d``, ``nn.ReLU``): a subclass may compute something else in its
+   forward and is left to run as it is. timm's ``BatchNormAct2d`` (BatchNorm, dropout and an
+   activation in one module) is split into its three steps first, so its BatchNorm folds and
+   its activation stays. Where the native kernels may be used, 2-D max pooling is swapped for
+   an exact native kernel (PyTorch's NCHW max pooling is ~8x slower than one pass over
+   memory).
 4. **Realization**: every self-grouped layer (and every fused plain layer) becomes a fast
    module of :mod:`sgcnn.nn.fast`. With ``tune=True`` each candidate realization is timed on
    the target device at the example's shape (:mod:`sgcnn.nn.tuning`) and the fastest kept; the
    measurements are stored on the result as ``model.sgcnn_conversion`` (and in files written
-   by :mod:`sgcnn.export`), so they need not be measured again. A dense candidate is always
+   by :mod:`sgcnn.exporting`), so they need not be measured again. A dense candidate is always
    among them, so no layer ends up slower than its dense version beyond measurement noise.
 5. The result is checked against the masked model on the example input
-   (``torch.testing.assert_close``, atol 1e-5, rtol 1e-4 scaled to the output's magnitude).
+   (``torch.testing.assert_close``, atol 1e-5, rtol 1e-4 scaled to the output's magnitude;
+   TF32 off during the check).
 
 Models ``torch.fx`` cannot trace are converted layer by layer without fusion.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import operator
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,9 +46,9 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from sgcnn.errors import SgcnnError
+from sgcnn.nn import _native, tuning
 from sgcnn.nn import fast as F_
-from sgcnn.nn import tuning
-from sgcnn.nn.masked import is_masked
+from sgcnn.nn.masked import MaskedConv2d, MaskedLinear, is_masked
 from sgcnn.nn.swap import replace_modules_
 
 _RELUS = {torch.relu, torch.relu_, nn.functional.relu, nn.functional.relu_}
@@ -90,7 +98,8 @@ def resolve_device(device, model: nn.Module) -> torch.device:
     return dev
 
 
-def _example(example_input, device: torch.device) -> torch.Tensor:
+def example_tensor(example_input, device: torch.device) -> torch.Tensor:
+    """``example_input`` (a tensor, or a shape to draw a normal sample of) on ``device``."""
     if isinstance(example_input, torch.Tensor):
         return example_input.detach().to(device)
     if isinstance(example_input, Sequence) and all(isinstance(s, int) for s in example_input):
@@ -121,6 +130,18 @@ def run_checked(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
             f"{_first_layer_hint(model)}: {str(err).splitlines()[0][:200]}. "
             "Give an example input of the shape the model is used with."
         ) from err
+
+
+@contextlib.contextmanager
+def _full_fp32():
+    """No TF32 inside the block (cuDNN enables it for fp32 convolutions by default): the
+    equivalence check compares fp32 results, not 10-bit-mantissa ones."""
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
 
 
 # ------------------------------------------------------------------ graph fusion
@@ -162,8 +183,63 @@ def _residual_of(node: fx.Node, prev: fx.Node) -> fx.Node | None:
     return other
 
 
+# Exactly these classes are folded or realized: a subclass may compute something else in its
+# forward (timm's BatchNormAct2d applies an activation, Conv2dSame pads by the input's size,
+# StdConv2d standardizes its weight), so it is left to run as it is.
+_FOLDABLE_NORMS = (nn.BatchNorm2d,)
+_REALIZABLE_LAYERS = (nn.Conv2d, nn.Linear, MaskedConv2d, MaskedLinear)
+
+
 def _is_eval_bn(m: nn.Module | None) -> bool:
-    return isinstance(m, nn.BatchNorm2d) and m.track_running_stats and m.running_var is not None
+    """A BatchNorm that is an affine map per channel: exact class, running statistics."""
+    return (
+        type(m) in _FOLDABLE_NORMS
+        and m.track_running_stats
+        and m.running_var is not None
+        and m.running_mean is not None
+    )
+
+
+def _realizable(m: nn.Module | None) -> bool:
+    return type(m) in _REALIZABLE_LAYERS and F_.is_supported_layer(m)
+
+
+def _is_norm_act(m: nn.Module | None) -> bool:
+    """timm's ``BatchNormAct2d`` (exact class): ``act(drop(batch_norm(x)))``."""
+    cls = type(m)
+    return (
+        cls.__name__ == "BatchNormAct2d"
+        and cls.__module__.startswith("timm.")
+        and isinstance(m, nn.BatchNorm2d)
+        and isinstance(getattr(m, "act", None), nn.Module)
+        and isinstance(getattr(m, "drop", None), nn.Module)
+    )
+
+
+def _split_norm_acts(gm: fx.GraphModule) -> None:
+    """Rewrite every call of a BatchNorm-with-activation module as its three steps
+    ``act(drop(bn(x)))`` with ``bn`` a plain ``nn.BatchNorm2d`` sharing its statistics and
+    parameters, so that fusion can fold the BatchNorm and keep the activation."""
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not _is_norm_act(modules.get(node.target)):
+            continue
+        m = modules[node.target]
+        bn = nn.BatchNorm2d(
+            m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats
+        ).eval()
+        bn.weight, bn.bias = m.weight, m.bias
+        bn.running_mean, bn.running_var = m.running_mean, m.running_var
+        bn.num_batches_tracked = m.num_batches_tracked
+        name = f"{node.target}.sgcnn_bn"
+        gm.add_submodule(name, bn)
+        with gm.graph.inserting_before(node):
+            y = gm.graph.call_module(name, node.args, node.kwargs)
+            y = gm.graph.call_module(f"{node.target}.drop", (y,))
+            y = gm.graph.call_module(f"{node.target}.act", (y,))
+        y.meta = dict(node.meta)
+        node.replace_all_uses_with(y)
+        gm.graph.erase_node(node)
 
 
 def _fuse_sites(gm: fx.GraphModule, fuse: bool) -> list[tuple[_Site, fx.Node, list[fx.Node]]]:
@@ -180,7 +256,7 @@ def _fuse_sites(gm: fx.GraphModule, fuse: bool) -> list[tuple[_Site, fx.Node, li
         if node.op != "call_module":
             continue
         layer = modules.get(node.target)
-        if layer is None or not F_.is_supported_layer(layer):
+        if not _realizable(layer):
             continue
         chain, cur = [node], node
         bn, relu, residual = None, False, None
@@ -287,11 +363,17 @@ def _default_choice(labels: list[str], spec: F_.LayerSpec, masked: bool) -> str:
 
 
 def _realize(
-    site: _Site, device: torch.device, tune: bool, allowed: Sequence[str] | None, dtype
+    site: _Site,
+    device: torch.device,
+    tune: bool,
+    allowed: Sequence[str] | None,
+    dtype,
+    progress: _Progress,
 ) -> tuple[nn.Module, dict]:
     spec, factories = _candidates(site, device, allowed)
     if not factories:  # none of the allowed realizations applies: the dense fallback
         spec, factories = _candidates(site, device, ("dense",))
+    progress.step(site.name, len(factories) if tune else 1)
     record: dict = {"name": site.name, "input_shape": list(site.input_shape)}
     if tune and len(factories) > 1:
         modules = {label: f().to(device) for label, f in factories.items()}
@@ -353,6 +435,15 @@ def _max_pool_args(node: fx.Node, modules: dict[str, nn.Module]) -> dict | None:
         "padding": args.get("padding", 0),
         "ceil_mode": bool(args.get("ceil_mode", False)),
     }
+
+
+def _uses_native(device: torch.device, allowed: Sequence[str] | None) -> bool:
+    """Whether the native kernels may run in the converted model."""
+    return (
+        (allowed is None or "native" in allowed)
+        and device.type == "cpu"
+        and _native.available()
+    )
 
 
 def _replace_max_pools(gm: fx.GraphModule) -> None:
@@ -442,6 +533,36 @@ def _alias_root(node, modules) -> tuple[object, list[fx.Node]]:
     return node, readers
 
 
+# ------------------------------------------------------------------------ progress
+
+
+class _Progress:
+    """``convert: layer 12/53 layer3.1.conv2 (4 candidates)`` on stderr while layers are realized:
+    one line rewritten in place on a terminal, one line per layer otherwise."""
+
+    def __init__(self, enabled: bool | None, total: int, what: str = "convert") -> None:
+        self.tty = sys.stderr.isatty()
+        self.enabled = self.tty if enabled is None else bool(enabled)
+        self.total, self.what, self.done = total, what, 0
+
+    def step(self, name: str, candidates: int) -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        verb = f"tuning {candidates} candidates" if candidates > 1 else "realizing"
+        line = f"{self.what}: layer {self.done}/{self.total} {name} ({verb})"
+        if self.tty:
+            sys.stderr.write("\r\033[K" + line[:150])
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty and self.done:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
 # ------------------------------------------------------------------------ convert
 
 
@@ -453,6 +574,7 @@ def convert(
     fuse: bool = True,
     realizations: Sequence[str] | None = None,
     check: bool = True,
+    progress: bool | None = None,
 ) -> nn.Module:
     """A copy of ``model`` in which every self-grouped Conv2d / Linear is a fast module.
 
@@ -465,9 +587,12 @@ def convert(
             picks without measuring (the native kernel when it can run).
         fuse: fold BatchNorm, ReLU and residual additions into the layers (eval mode only).
         realizations: restrict the candidates, e.g. ``["grouped", "dense"]`` for a model made
-            of standard operators only (what ONNX export uses); a layer none of them can
-            realize (and every fused plain layer) falls back to ``"dense"``.
+            of standard operators only (what ONNX export uses; without ``"native"`` max
+            pooling stays PyTorch's too); a layer none of them can realize (and every fused
+            plain layer) falls back to ``"dense"``.
         check: compare the result with the masked model on ``example_input``.
+        progress: print the layer being realized (and tuned) on stderr; ``None``: only when
+            stderr is a terminal.
 
     Returns an ``nn.Module`` in eval mode (a ``torch.fx.GraphModule`` when the model can be
     traced) with ``sgcnn_conversion``: per layer the realization chosen, its measured times,
@@ -478,17 +603,19 @@ def convert(
             "the model has no self-grouped layer to convert; self-group it first "
             "(sgcnn.self_group_(model, 0.6) or `sgcnn group`), or load a self-grouped checkpoint"
         )
-    return _convert(model, example_input, device, tune, fuse, realizations, check)
+    return _convert(model, example_input, device, tune, fuse, realizations, check, progress)
 
 
-def fuse_dense(model: nn.Module, example_input, device=None, tune: bool = True) -> nn.Module:
+def fuse_dense(
+    model: nn.Module, example_input, device=None, tune: bool = True, progress: bool | None = None
+) -> nn.Module:
     """The same compilation (BatchNorm / ReLU / residual fusion, per-layer measured choice of
     dense execution: NCHW, channels-last or matrix product) for a model with no self-grouped
     layers: the fair dense baseline for :func:`convert`'s speed."""
-    return _convert(model, example_input, device, tune, True, ("dense",), True)
+    return _convert(model, example_input, device, tune, True, ("dense",), True, progress)
 
 
-def _convert(model, example_input, device, tune, fuse, realizations, check) -> nn.Module:
+def _convert(model, example_input, device, tune, fuse, realizations, check, progress) -> nn.Module:
     dev = resolve_device(device, model)
     if realizations is not None:
         known = set(F_.CONV_REALIZATIONS) | set(F_.LINEAR_REALIZATIONS)
@@ -496,13 +623,17 @@ def _convert(model, example_input, device, tune, fuse, realizations, check) -> n
         if unknown:
             raise SgcnnError(f"unknown realizations {sorted(unknown)}; choose from {sorted(known)}")
     work = copy.deepcopy(model).eval().to(dev)
-    x = _example(example_input, dev)
-    reference = run_checked(work, x)
+    x = example_tensor(example_input, dev)
+    with _full_fp32():
+        reference = run_checked(work, x)
     dtype = x.dtype if x.is_floating_point() else torch.float32
 
     try:
         graph = _Tracer().trace(work)
         gm = fx.GraphModule(work, graph, class_name=type(model).__name__ + "Converted")
+        if fuse:
+            _split_norm_acts(gm)
+            gm.recompile()
         ShapeProp(gm).propagate(x)
     except Exception:
         gm = None
@@ -510,8 +641,10 @@ def _convert(model, example_input, device, tune, fuse, realizations, check) -> n
     records = []
     if gm is not None:
         replaced: dict[fx.Node, fx.Node] = {}  # last node of a fused chain -> its fast call
-        for site, residual, chain in _fuse_sites(gm, fuse):
-            module, record = _realize(site, dev, tune, realizations, dtype)
+        sites = _fuse_sites(gm, fuse)
+        bar = _Progress(progress, len(sites))
+        for site, residual, chain in sites:
+            module, record = _realize(site, dev, tune, realizations, dtype, bar)
             records.append(record)
             _set_submodule(gm, site.name, module)
             last, first = chain[-1], chain[0]
@@ -524,7 +657,8 @@ def _convert(model, example_input, device, tune, fuse, realizations, check) -> n
             replaced[last] = new
             for node in reversed(chain):
                 gm.graph.erase_node(node)
-        if fuse:
+        bar.close()
+        if fuse and _uses_native(dev, realizations):
             _replace_max_pools(gm)
         _plan_memory(gm)
         gm.graph.lint()
@@ -532,7 +666,7 @@ def _convert(model, example_input, device, tune, fuse, realizations, check) -> n
         gm.delete_all_unused_submodules()
         result = gm
     else:
-        result = _convert_by_swapping(work, x, dev, tune, realizations, dtype, records)
+        result = _convert_by_swapping(work, x, dev, tune, realizations, dtype, records, progress)
     result.eval()
     result.sgcnn_conversion = {
         "batch_shape": list(x.shape),
@@ -543,11 +677,12 @@ def _convert(model, example_input, device, tune, fuse, realizations, check) -> n
         "layers": records,
     }
     if check:
-        check_equivalent(result, reference, x)
+        with _full_fp32():
+            check_equivalent(result, reference, x)
     return result
 
 
-def _convert_by_swapping(work, x, dev, tune, realizations, dtype, records) -> nn.Module:
+def _convert_by_swapping(work, x, dev, tune, realizations, dtype, records, progress) -> nn.Module:
     """Layer-by-layer conversion for models ``torch.fx`` cannot trace (nothing fused)."""
     shapes: dict[str, tuple[int, ...]] = {}
 
@@ -566,16 +701,18 @@ def _convert_by_swapping(work, x, dev, tune, realizations, dtype, records) -> nn
         for h in handles:
             h.remove()
 
+    bar = _Progress(progress, len(shapes))
+
     def build(layer: nn.Module, name: str) -> nn.Module:
         if name not in shapes:
             return layer  # never called on this input: leave it
-        module, record = _realize(
-            _Site(name, layer, None, False, shapes[name], None), dev, tune, realizations, dtype
-        )
+        site = _Site(name, layer, None, False, shapes[name], None)
+        module, record = _realize(site, dev, tune, realizations, dtype, bar)
         records.append(record)
         return module
 
-    replace_modules_(work, lambda m, n: is_masked(m), build)
+    replace_modules_(work, lambda m, n: is_masked(m) and type(m) in _REALIZABLE_LAYERS, build)
+    bar.close()
     return work
 
 

@@ -1,0 +1,357 @@
+"""Exporting self-grouped models: ``.pt2`` programs and ONNX, checked before they are written.
+
+Two formats, one entry point, :func:`export` (``sgcnn.export``), and :func:`load`
+(``sgcnn.load``) for ``.pt2`` files:
+
+- ``pt2``: the converted model (:func:`sgcnn.convert`) traced by ``torch.export`` into an
+  ``ExportedProgram``, a graph of ATen operators (plus sgcnn's registered native kernels where
+  the converted model uses them) with every weight and index table, written with
+  ``torch.export.save``. The per-layer choices measured by the conversion travel in the file as
+  ``sgcnn.json``. The batch dimension is dynamic (``torch.export.Dim``) whatever the example's
+  batch size: an example of batch 1 is traced at batch 2 (PyTorch would otherwise specialize
+  the program to batch 1).
+- ``onnx``: every layer realized with standard operators only (gather + padded grouped
+  convolution, or the dense fallback: ``realizations=("grouped", "dense")``, and PyTorch's own
+  max pooling), exported with the TorchScript-based exporter (dynamic batch axis).
+
+Before anything is written, the program is run on a *new* input (other values, batch size + 2
+when the batch is dynamic) and compared with the PyTorch model: ``torch.export.load`` of the
+serialized bytes for ``pt2``, onnxruntime for ``onnx`` (skipped, and said, when onnxruntime is
+not installed). The tolerance is ``1e-4 * max(1, max |output|)``. A program that fails the
+check, or a model the exporter cannot trace, raises :class:`SgcnnError` and leaves no file;
+the file is written atomically (temporary file beside it, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sgcnn._io import atomic_write
+from sgcnn._pt2_check import check_pt2
+from sgcnn.errors import SgcnnError
+from sgcnn.nn import fast
+from sgcnn.nn.convert import convert, example_tensor, run_checked
+from sgcnn.nn.masked import is_masked
+from sgcnn.nn.swap import replace_modules_
+
+FORMATS = ("onnx", "pt2")
+PORTABLE = ("grouped", "dense")  # realizations made of standard operators
+META = "sgcnn.json"
+TOLERANCE = 1e-4  # times max(1, max |output|)
+MAX_BATCH = 65536
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise SgcnnError(f"unsupported export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    return fmt
+
+
+def _say(progress: bool | None, message: str) -> None:
+    if progress or (progress is None and sys.stderr.isatty()):
+        print(f"export: {message}", file=sys.stderr, flush=True)
+
+
+def _is_converted(model: nn.Module) -> bool:
+    return any(fast.is_fast(m) for m in model.modules())
+
+
+def _converted(model: nn.Module, x: torch.Tensor, portable: bool, progress) -> nn.Module:
+    """``model`` itself if already converted (a portable copy if asked), else converted."""
+    if _is_converted(model):
+        return to_portable(copy.deepcopy(model)) if portable else model
+    if not any(is_masked(m) for m in model.modules()):
+        raise SgcnnError(
+            "the model has neither self-grouped nor converted layers; self-group it first "
+            "(sgcnn.self_group_) or pass a checkpoint made by `sgcnn group`"
+        )
+    return convert(
+        model,
+        x,
+        tune=not portable,
+        realizations=PORTABLE if portable else None,
+        progress=progress,
+    )
+
+
+def to_portable(model: nn.Module) -> nn.Module:
+    """Replace every native-kernel module by its standard-operator equivalent (in place):
+    native convolutions by the padded-grouped form, native max pooling by ``nn.MaxPool2d``.
+
+    All of them are replaced at once, so the memory planning between native layers (padded
+    hand-off, in-place residual) disappears consistently: the grouped layers take and return
+    ordinary tensors.
+    """
+    replace_modules_(
+        model,
+        lambda m, n: isinstance(m, fast.NativeGroupConv2d),
+        lambda m, n: fast.GroupedConv2d.from_spec(m.spec()),
+    )
+    replace_modules_(
+        model,
+        lambda m, n: isinstance(m, fast.MaxPool2d),
+        lambda m, n: nn.MaxPool2d(m.kernel_size, m.stride, m.padding, ceil_mode=m.ceil_mode),
+    )
+    if isinstance(model, torch.fx.GraphModule):
+        model.recompile()
+    return model
+
+
+def _new_input(x: torch.Tensor, dynamic_batch: bool) -> torch.Tensor:
+    """An input the program has never seen: other values, and another batch size if it may."""
+    g = torch.Generator().manual_seed(20201)
+    batch = x.shape[0] + 2 if dynamic_batch else x.shape[0]
+    return torch.randn(batch, *x.shape[1:], generator=g).to(device=x.device, dtype=x.dtype)
+
+
+def _difference(got: torch.Tensor, want: torch.Tensor, what: str, x: torch.Tensor) -> float:
+    """max |got - want|; an :class:`SgcnnError` above the tolerance."""
+    got, want = got.detach().float().cpu(), want.detach().float().cpu()
+    if got.shape != want.shape:
+        raise SgcnnError(
+            f"{what} returns shape {tuple(got.shape)} where PyTorch returns {tuple(want.shape)} "
+            f"on a new input of shape {tuple(x.shape)}; nothing was written"
+        )
+    diff = float((got - want).abs().max()) if want.numel() else 0.0
+    scale = max(1.0, float(want.abs().max())) if want.numel() else 1.0
+    if not diff <= TOLERANCE * scale:  # NaN fails too
+        raise SgcnnError(
+            f"{what} disagrees with PyTorch by {diff:.2e} (tolerance {TOLERANCE * scale:.1e}) "
+            f"on a new input of shape {tuple(x.shape)}; nothing was written. This is a bug in "
+            "sgcnn or the exporter: please report it with the model"
+        )
+    return diff
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:200]
+
+
+# --------------------------------------------------------------------------- .pt2
+
+
+def save(
+    model: nn.Module,
+    path,
+    example_input,
+    dynamic_batch: bool = True,
+    verify: bool = True,
+    progress: bool | None = None,
+    overwrite: bool = True,
+) -> dict:
+    """Write ``model`` (converted, or self-grouped: converted here) as a ``.pt2`` program.
+
+    With a dynamic batch only one image of the example is stored in the file. An existing
+    ``path`` is replaced only with ``overwrite``. Returns ``{"path", "max_abs_diff",
+    "dynamic_batch"}``; the difference is the reloaded program's output against the model's
+    on a new input.
+    """
+    path = Path(path)
+    x = example_tensor(example_input, _device_of(model))
+    model = _converted(model, x, portable=False, progress=progress).eval()
+    run_checked(model, x)
+    trace_x = torch.cat([x, x]) if dynamic_batch and x.shape[0] == 1 else x
+    shapes = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},) if dynamic_batch else None
+    _say(progress, "tracing with torch.export")
+    try:
+        with torch.no_grad():
+            program = torch.export.export(model, (trace_x,), dynamic_shapes=shapes)
+        if dynamic_batch:
+            program.example_inputs = ((x[:1].clone(),), {})  # the file need not hold a batch
+    except Exception as err:
+        hint = " (try dynamic_batch=False: the model may fix its batch size)" if shapes else ""
+        raise SgcnnError(f"torch.export cannot trace the model{hint}: {_first_line(err)}") from err
+    meta = {
+        "format": "sgcnn.converted",
+        "version": 2,
+        "example_shape": list(x.shape),
+        "dynamic_batch": dynamic_batch,
+        "conversion": getattr(model, "sgcnn_conversion", None),
+    }
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer, extra_files={META: json.dumps(meta)})
+    data = buffer.getvalue()
+    diff = None
+    if verify:
+        _say(progress, "checking the saved program on a new input")
+        x_new = _new_input(x, dynamic_batch)
+        with torch.no_grad():
+            want = model(x_new)
+            got = torch.export.load(io.BytesIO(data)).module()(x_new)
+        diff = _difference(got, want, "the saved program", x_new)
+    atomic_write(path, lambda f: f.write(data), overwrite)
+    _say(progress, f"wrote {path}")
+    return {"path": str(path), "max_abs_diff": diff, "dynamic_batch": dynamic_batch}
+
+
+class LoadedProgram(nn.Module):
+    """A program read by :func:`load`: ``forward(x)`` runs the saved graph. ``x`` must have the
+    example's shape apart from the batch size (when the batch is dynamic); anything else is an
+    :class:`SgcnnError` naming the shape the program was exported for."""
+
+    def __init__(self, program: nn.Module, meta: dict) -> None:
+        super().__init__()
+        self.program = program
+        self.sgcnn_conversion = meta.get("conversion")
+        self.sgcnn_example_shape = meta.get("example_shape")
+        self.dynamic_batch = bool(meta.get("dynamic_batch", False))
+
+    def train(self, mode: bool = True) -> LoadedProgram:
+        """An exported program is inference only: ``train(True)`` is an error, ``eval()`` a
+        no-op (``ExportedProgram.module()`` refuses both)."""
+        if mode:
+            raise SgcnnError("a loaded program runs inference only; it cannot be trained")
+        self.training = False
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        want = self.sgcnn_example_shape
+        if want is not None:
+            fixed = want[1:] if self.dynamic_batch else want
+            got = list(x.shape[1:]) if self.dynamic_batch else list(x.shape)
+            if got != list(fixed):
+                batch = "N" if self.dynamic_batch else str(want[0])
+                shape = "x".join([batch, *map(str, want[1:])])
+                raise SgcnnError(
+                    f"this program was exported for inputs of shape {shape}, got "
+                    f"{'x'.join(map(str, x.shape))}; export it again with an example input of "
+                    "the shape you need"
+                )
+        return self.program(x)
+
+
+def load(path) -> nn.Module:
+    """Load a ``.pt2`` written by :func:`export` / ``sgcnn convert``; returns a
+    :class:`LoadedProgram` (on the device it was saved from). Needs ``torch`` and sgcnn (for
+    its registered native kernels), not the model's class or the code that built it."""
+    path = Path(path)
+    if not path.is_file():
+        raise SgcnnError(f"{str(path)!r} does not exist (or is not a file)")
+    check_pt2(path)  # before PyTorch, which would unpickle and eval what the file holds
+    extra = {META: ""}
+    try:
+        program = torch.export.load(path, extra_files=extra)
+    except Exception as err:
+        raise SgcnnError(
+            f"cannot read {str(path)!r} as a saved converted model (.pt2 from `sgcnn convert`): "
+            f"{_first_line(err)}"
+        ) from err
+    meta = json.loads(extra[META]) if extra[META] else {}
+    return LoadedProgram(program.module(), meta).eval()
+
+
+# --------------------------------------------------------------------------- ONNX
+
+
+def export_onnx(
+    model: nn.Module,
+    path,
+    example_input,
+    opset: int = 17,
+    verify: bool = True,
+    progress: bool | None = None,
+    overwrite: bool = True,
+) -> dict:
+    """Write ``model`` as ONNX (standard operators only, dynamic batch axis); returns
+    ``{"path", "max_abs_diff"}``, the difference of onnxruntime's output from PyTorch's on a
+    new input of another batch size (``None`` without onnxruntime)."""
+    path = Path(path)
+    x = example_tensor(example_input, _device_of(model))
+    model = _converted(model, x, portable=True, progress=progress).eval()
+    run_checked(model, x)
+    buffer = io.BytesIO()
+    _say(progress, "exporting to ONNX")
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (x,),
+                buffer,
+                dynamo=False,
+                opset_version=opset,
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            )
+    except Exception as err:
+        raise SgcnnError(f"the ONNX exporter cannot export the model: {_first_line(err)}") from err
+    data = buffer.getvalue()
+    diff = None
+    if verify:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            ort = None
+            _say(progress, "onnxruntime is not installed: the file is not checked")
+        if ort is not None:
+            _say(progress, "checking in onnxruntime on a new input")
+            x_new = _new_input(x, True)
+            with torch.no_grad():
+                want = model(x_new)
+            try:
+                session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+                (got,) = session.run(None, {"input": x_new.cpu().numpy()})
+            except Exception as err:
+                raise SgcnnError(
+                    f"onnxruntime cannot run the exported model: {_first_line(err)}; "
+                    "nothing was written"
+                ) from err
+            diff = _difference(torch.from_numpy(got), want, "onnxruntime", x_new)
+    atomic_write(path, lambda f: f.write(data), overwrite)
+    _say(progress, f"wrote {path}")
+    return {"path": str(path), "max_abs_diff": diff}
+
+
+# --------------------------------------------------------------------------- API
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def export(
+    model: nn.Module,
+    path,
+    example_input,
+    format: str = "onnx",
+    *,
+    dynamic_batch: bool = True,
+    verify: bool = True,
+    progress: bool | None = None,
+    overwrite: bool = True,
+) -> dict:
+    """Export a self-grouped (or converted) ``model`` to ``path`` in ``format``.
+
+    Args:
+        model: a self-grouped model (:func:`sgcnn.self_group_`) or one converted by
+            :func:`sgcnn.convert`; it is not modified.
+        path: the file to write (written only once the check below passes).
+        example_input: a tensor of the shape the model runs at (or that shape as a tuple);
+            the program accepts any batch size and otherwise this shape.
+        format: ``"onnx"`` (standard operators, any ONNX runtime) or ``"pt2"``
+            (``torch.export``; load it with :func:`sgcnn.load`).
+        dynamic_batch: ``pt2`` only; ``False`` fixes the batch size to the example's.
+        verify: run the written program on a new input against PyTorch first.
+        progress: print the stages (and the layers being converted) on stderr; ``None``:
+            only when stderr is a terminal.
+        overwrite: replace an existing ``path`` (else an existing file is an error).
+
+    Returns ``{"path", "max_abs_diff", ...}``.
+    """
+    check_format(format)
+    if format == "onnx":
+        return export_onnx(
+            model, path, example_input, verify=verify, progress=progress, overwrite=overwrite
+        )
+    return save(model, path, example_input, dynamic_batch, verify, progress, overwrite)
