@@ -145,10 +145,14 @@ class FilterL1Pruner(SelfGrouper):
                 f"...) cuts {reached:,.0f} of the {needed:,.0f} MACs needed; lower the target"
             )
         k = removed_filters(best)
-        rows_kept = {n: torch.ones(layer.sg_mask.shape[0], dtype=torch.bool)
-                     for n, layer in self.layers.items()}
-        cols_kept = {n: torch.ones(layer.sg_mask.shape[1], dtype=torch.bool)
-                     for n, layer in self.layers.items()}
+        rows_kept = {
+            n: torch.ones(layer.sg_mask.shape[0], dtype=torch.bool)
+            for n, layer in self.layers.items()
+        }
+        cols_kept = {
+            n: torch.ones(layer.sg_mask.shape[1], dtype=torch.bool)
+            for n, layer in self.layers.items()
+        }
         for p, c in self.pairs:
             gone = order[p][: k[p]]
             rows_kept[p][gone] = False
