@@ -121,7 +121,8 @@ class Study:
         wall = time.monotonic() - proc.sgcnn_start
         entry["wall_s"] = round(entry.get("wall_s", 0.0) + wall, 1)
         entry["returncode"] = proc.returncode
-        entry["status"] = "done" if proc.returncode == 0 else "failed"
+        status = {0: "done", 130: "interrupted"}  # 130: stopped, state saved (resumable)
+        entry["status"] = status.get(proc.returncode, "failed")
         self.save()
         print(f"  {proc.sgcnn_name}: {entry['status']} ({wall:.0f} s)", flush=True)
 
