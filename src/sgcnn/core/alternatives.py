@@ -1,0 +1,167 @@
+"""Baselines for self-grouping: other ways to prune the same layers to the same sparsity.
+
+Each method is a :class:`~sgcnn.core.grouper.SelfGrouper` subclass, so it selects exactly the
+same layers (stems and shortcut projections left dense, the same ``include`` / ``exclude``),
+attaches the same masked layers and has the same ``step(conv_sparsity, fc_sparsity)`` lifecycle;
+only the rule that turns a layer into ``(labels, keep, mask)`` changes. Every result is a valid
+group structure (filter ``n`` computes with the input channels ``keep[labels[n]]``), so
+:func:`sgcnn.convert` realizes all of them. For a layer of ``N`` filters and ``C`` input
+channels at target sparsity ``p``:
+
+- ``sg``: self-grouping (importance vectors, k-means, centroid pruning).
+- ``groupconv``: standard, data-independent group convolution. ``g = round(1 / (1 - p))``
+  groups of contiguous filters (sizes ``N / g``, rounded); group ``j`` keeps the window of
+  ``w = round((1 - p) C)`` contiguous input channels starting at ``round(j (C - w) / (g - 1))``.
+  When ``p = 1 - 1/g`` this is exactly ``nn.Conv2d(..., groups=g)``: equal, disjoint groups,
+  each seeing an equal contiguous slice of the input. Other sparsities (Conv-70 gives ``g = 3``,
+  windows of ``0.3 C``) keep the same form with evenly spaced windows.
+- ``random``: self-grouping's own structure with the data taken out: the same group sizes and
+  kept-channel counts per group as ``sg`` computes on this layer, but the filters of each group
+  and its kept channels drawn at random (seeded by ``seed`` and the layer name).
+- ``kernel_l1``: kernel-level L1 pruning without groups: each filter keeps its own
+  ``round((1 - p) C)`` input channels of largest ``sum |W[n, c]|``. The accuracy ceiling of
+  kernel sparsity; as a group structure every filter is its own group, which no fast
+  convolution exploits.
+- ``l1filter``: whole-filter L1-norm pruning (a smaller dense network), matched in FLOPs
+  instead of per-layer sparsity; see :mod:`sgcnn.core.filter_pruning`.
+
+The alternatives prune once, from dense layers (the G scheme); a target a method cannot reach on
+some layer (more than half an input channel per filter away) is an error naming the layer and
+what it reached, raised before any mask changes.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from sgcnn.core.grouper import SelfGrouper
+from sgcnn.core.importance import importance_vectors
+from sgcnn.errors import SgcnnError
+
+METHODS = ("sg", "groupconv", "random", "l1filter", "kernel_l1")
+
+
+def _require_dense(method: str, name: str, layer: nn.Module) -> None:
+    if not bool(layer.sg_mask.all()):
+        raise SgcnnError(
+            f"method {method} prunes once from a dense layer, but {name!r} is already pruned "
+            f"({layer.sparsity():.1%}); use the G scheme, starting from the unpruned model"
+        )
+
+
+def _require_plain(method: str, name: str, layer: nn.Module) -> None:
+    if getattr(layer, "groups", 1) != 1:
+        raise SgcnnError(
+            f"method {method} cannot regroup {name!r}, already a grouped convolution "
+            f"(groups={layer.groups}); exclude it (grouping.exclude) or use method sg"
+        )
+
+
+def check_reached(method: str, name: str, target: float, mask: torch.Tensor, why: str) -> None:
+    """Raise unless ``mask`` is within half an input channel per filter of ``target``."""
+    reached = 1.0 - mask.float().mean().item()
+    if abs(reached - target) > 0.5 / mask.shape[1] + 1e-9:
+        raise SgcnnError(
+            f"method {method} cannot reach sparsity {target:.1%} on layer {name!r} "
+            f"({mask.shape[0]} filters x {mask.shape[1]} input channels): it reached "
+            f"{reached:.1%} ({why}); lower the target or leave the layer dense "
+            f"(grouping.exclude)"
+        )
+
+
+class GroupConvPruner(SelfGrouper):
+    """Standard data-independent group convolution (see the module docstring).
+
+    ``groups`` and ``seed`` are ignored: the structure depends only on ``N``, ``C`` and ``p``.
+    """
+
+    method = "groupconv"
+
+    def _layer_groups(self, name, layer, target, groups):
+        _require_dense(self.method, name, layer)
+        _require_plain(self.method, name, layer)
+        n, c = layer.sg_mask.shape
+        g = max(1, min(n, round(1.0 / (1.0 - target))))
+        width = max(1, round((1.0 - target) * c))
+        labels = torch.arange(n) * g // n  # contiguous blocks of equal size (+-1)
+        keep = torch.zeros(g, c, dtype=torch.bool)
+        for j in range(g):
+            start = round(j * (c - width) / (g - 1)) if g > 1 else 0
+            keep[j, start : start + width] = True
+        mask = keep[labels]
+        check_reached(self.method, name, target, mask, f"windows of {width} of {c} channels")
+        return labels, keep, mask
+
+
+class RandomGrouper(SelfGrouper):
+    """Self-grouping's group sizes and kept counts, with filters and channels chosen at random.
+
+    Filter-to-group assignment: a random permutation of ``sg``'s labels (group sizes kept).
+    Group ``j`` keeps ``|keep_sg[j]|`` channels drawn uniformly without replacement. The draw is
+    seeded by ``seed`` and the layer's name, so it is reproducible and differs between layers.
+    """
+
+    method = "random"
+
+    def _layer_groups(self, name, layer, target, groups):
+        _require_dense(self.method, name, layer)
+        _require_plain(self.method, name, layer)
+        labels, keep, _ = super()._layer_groups(name, layer, target, groups)
+        n, c = layer.sg_mask.shape
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(name.encode()))
+        labels = labels[torch.randperm(n, generator=gen)]
+        shuffled = torch.zeros_like(keep)
+        for j, kept in enumerate(keep.sum(1).tolist()):
+            shuffled[j, torch.randperm(c, generator=gen)[:kept]] = True
+        return labels, shuffled, shuffled[labels]
+
+
+class KernelL1Pruner(SelfGrouper):
+    """Kernel-level L1 pruning: each filter keeps its own strongest input channels.
+
+    Filter ``n`` keeps the ``k = max(1, round((1 - p) C))`` channels ``c`` of largest
+    ``I[n, c] = sum |W[n, c, :, :]|``; every filter is its own group (``labels = arange(N)``,
+    ``keep = mask``). ``groups`` and ``seed`` are ignored.
+    """
+
+    method = "kernel_l1"
+
+    def _layer_groups(self, name, layer, target, groups):
+        _require_dense(self.method, name, layer)
+        importance = importance_vectors(layer)
+        n, c = importance.shape
+        k = max(1, round((1.0 - target) * c))
+        mask = torch.zeros(n, c, dtype=torch.bool)
+        mask.scatter_(1, importance.topk(k, dim=1).indices, True)
+        check_reached(self.method, name, target, mask, f"{k} of {c} channels per filter")
+        return torch.arange(n), mask.clone(), mask
+
+
+def create_pruner(
+    method: str,
+    model: nn.Module,
+    groups: int = 16,
+    seed: int = 0,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    **options,
+) -> SelfGrouper:
+    """The pruner of ``method`` (one of :data:`METHODS`) over ``model``'s selected layers;
+    ``options`` go to :class:`~sgcnn.core.grouper.SelfGrouper` (``input_size``, ...)."""
+    if method not in METHODS:
+        raise SgcnnError(f"unknown pruning method {method!r}; valid: {', '.join(METHODS)}")
+    if method == "l1filter":
+        from sgcnn.core.filter_pruning import FilterL1Pruner
+
+        return FilterL1Pruner(model, groups, seed, include, exclude, **options)
+    cls = {
+        "sg": SelfGrouper,
+        "groupconv": GroupConvPruner,
+        "random": RandomGrouper,
+        "kernel_l1": KernelL1Pruner,
+    }[method]
+    return cls(model, groups, seed, include, exclude, **options)

@@ -1,0 +1,174 @@
+"""L1-norm filter pruning (Li et al., "Pruning filters for efficient ConvNets", ICLR 2017),
+matched in FLOPs to self-grouping at the same conv sparsity.
+
+Whole filters are removed, which gives a smaller dense network. A filter can only be removed
+where its output has one unambiguous consumer: a *producer* convolution whose output reaches
+exactly one other convolution through single-input, channel-wise operations (BatchNorm, ReLU,
+pooling), as the first convolution of each residual block does (Li et al. prune ResNets there
+too; the second one feeds the residual sum, whose channels the shortcut fixes). Removing filter
+``n`` of a producer masks row ``n`` of its weight and column ``n`` of its consumer's weight, so
+the masked network computes exactly what the physically smaller one computes (the removed
+channel's BatchNorm shift never reaches the consumer).
+
+Every producer among the selected layers removes the same fraction ``r`` of its filters, those
+of smallest ``sum |W[n]|``. ``r`` is chosen so that the model's counted FLOPs come as close as
+possible to those of the layers pruned to the target sparsity ``p`` kernel by kernel (what
+self-grouping at ``p`` reaches):
+
+    FLOPs_target = FLOPs_dense - sum over selected layers l of p_l * FLOPs_l
+
+Per-layer sparsities then differ from ``p`` (only producers and their consumers are pruned);
+the FLOPs match, which is the comparison Li et al. make. Structure as groups: kept filters form
+group 0 (keeping the consumer-side input channels not removed), removed filters group 1
+(keeping nothing).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sgcnn.core.alternatives import _require_dense, _require_plain
+from sgcnn.core.graph import trace_graph
+from sgcnn.core.grouper import GroupingReport, SelfGrouper, _check_ratio
+from sgcnn.errors import SgcnnError
+from sgcnn.metrics.counting import count
+
+_CHANNELWISE_HOPS = 6  # operations allowed between a producer and its consumer
+
+
+def producer_consumers(model: nn.Module, layers: list[str], example: torch.Tensor):
+    """``[(producer, consumer), ...]``: selected convolutions whose output feeds exactly one
+    selected convolution through single-input operations (see the module docstring)."""
+    graph = trace_graph(model, example)
+    nodes, users = graph.nodes, graph.consumers()
+    modules = dict(model.named_modules())
+    chosen = set(layers)
+    calls: dict[str, list[int]] = {}
+    for i, node in enumerate(nodes):
+        if node.kind == "layer":
+            calls.setdefault(node.target, []).append(i)
+    pairs = []
+    for name in layers:
+        producer = modules[name]
+        if not isinstance(producer, nn.Conv2d) or len(calls.get(name, [])) != 1:
+            continue
+        j, consumer = calls[name][0], None
+        for _ in range(_CHANNELWISE_HOPS):
+            if len(users[j]) != 1:
+                break
+            k = users[j][0]
+            if nodes[k].kind == "layer":
+                consumer = nodes[k].target
+                break
+            if nodes[k].kind != "op" or len(nodes[k].inputs) != 1:
+                break
+            j = k
+        target = modules.get(consumer) if consumer is not None else None
+        if (
+            consumer in chosen
+            and isinstance(target, nn.Conv2d)
+            and target.groups == 1
+            and producer.groups == 1
+            and target.in_channels == producer.out_channels
+            and len(calls.get(consumer, [])) == 1
+        ):
+            pairs.append((name, consumer))
+    return pairs
+
+
+class FilterL1Pruner(SelfGrouper):
+    """L1-norm filter pruning over the selected layers, FLOPs-matched (module docstring)."""
+
+    method = "l1filter"
+
+    def __init__(self, model, groups=16, seed=0, include=None, exclude=None, **options):
+        if options.get("input_size") is None:
+            raise SgcnnError("method l1filter needs input_size (C, H, W) to count FLOPs")
+        super().__init__(model, groups, seed, include, exclude, **options)
+        self.input_size = tuple(options["input_size"])
+        param = next(model.parameters())
+        example = torch.zeros(1, *self.input_size, device=param.device, dtype=param.dtype)
+        self.pairs = producer_consumers(self.model, self.selection.layers, example)
+        if not self.pairs:
+            raise SgcnnError(
+                f"method l1filter finds no layer of {type(model).__name__} whose filters can be "
+                "removed: none of the selected convolutions feeds exactly one other selected "
+                "convolution through channel-wise operations; use another method"
+            )
+
+    @torch.no_grad()
+    def step(self, conv_sparsity: float, fc_sparsity: float | None = None) -> GroupingReport:
+        """Remove the fraction of filters that matches ``conv_sparsity``'s FLOPs."""
+        _check_ratio("conv_sparsity", conv_sparsity)
+        _check_ratio("fc_sparsity", fc_sparsity)
+        fc_sparsity = conv_sparsity if fc_sparsity is None else fc_sparsity
+        for name, layer in self.layers.items():
+            _require_dense(self.method, name, layer)
+            _require_plain(self.method, name, layer)
+        counts = count(self.model, self.input_size)
+        flops = {entry["name"]: entry["flops"] for entry in counts["layers"]}
+        targets = {
+            name: self._setting(
+                name, "sparsity", conv_sparsity if isinstance(layer, nn.Conv2d) else fc_sparsity
+            )
+            for name, layer in self.layers.items()
+        }
+        needed = sum(targets[n] * flops[n] for n in self.layers)  # MACs to remove
+        cost = {n: flops[n] / layer.sg_mask.numel() for n, layer in self.layers.items()}
+        order = {
+            p: self.layers[p].weight.detach().abs().flatten(1).sum(1).cpu().argsort()
+            for p, _ in self.pairs
+        }
+
+        def removed_filters(r: float) -> dict[str, int]:
+            return {p: min(round(r * len(order[p])), len(order[p]) - 1) for p in order}
+
+        def removed_flops(r: float) -> float:
+            k = removed_filters(r)
+            rows = {p: k[p] for p in k}
+            cols = {c: k[p] for p, c in self.pairs}
+            total = 0.0
+            for name, layer in self.layers.items():
+                n, c = layer.sg_mask.shape
+                kept = (n - rows.get(name, 0)) * (c - cols.get(name, 0))
+                total += (n * c - kept) * cost[name]
+            return total
+
+        grid = [i / 4000 for i in range(4000)]
+        best = min(grid, key=lambda r: (abs(removed_flops(r) - needed), r))
+        reached = removed_flops(best)
+        if abs(reached - needed) > 0.01 * counts["flops"]:
+            raise SgcnnError(
+                f"method l1filter cannot match conv sparsity {conv_sparsity:.0%}: removing "
+                f"{best:.0%} of the filters of {len(self.pairs)} layers ({self.pairs[0][0]}, "
+                f"...) cuts {reached:,.0f} of the {needed:,.0f} MACs needed; lower the target"
+            )
+        k = removed_filters(best)
+        rows_kept = {
+            n: torch.ones(layer.sg_mask.shape[0], dtype=torch.bool)
+            for n, layer in self.layers.items()
+        }
+        cols_kept = {
+            n: torch.ones(layer.sg_mask.shape[1], dtype=torch.bool)
+            for n, layer in self.layers.items()
+        }
+        for p, c in self.pairs:
+            gone = order[p][: k[p]]
+            rows_kept[p][gone] = False
+            cols_kept[c][gone] = False
+        report = GroupingReport(
+            stems=self.selection.stems,
+            shortcuts=self.selection.shortcuts,
+            depthwise=self.selection.depthwise,
+        )
+        for name, layer in self.layers.items():
+            labels = (~rows_kept[name]).long()
+            keep = torch.stack([cols_kept[name], torch.zeros_like(cols_kept[name])])
+            keep = keep[: int(labels.max()) + 1]
+            mask = keep[labels]
+            is_conv = isinstance(layer, nn.Conv2d)
+            report.layers.append(
+                self._apply(name, layer, is_conv, targets[name], labels, keep, mask)
+            )
+        return report
