@@ -20,6 +20,7 @@ _COMMANDS = [
     "group",
     "train",
     "finetune",
+    "transfer",
     "run",
     "eval",
     "convert",

@@ -42,6 +42,9 @@ class ModelConfig:
     name: str = "lenet5"  # registered model name (`sgcnn models`)
     num_classes: int | None = None  # None: the dataset's number of classes
     checkpoint: str | None = None  # start from these weights (sgcnn checkpoint or state_dict)
+    # Transfer: replace the checkpoint's classifier with a fresh one for this dataset's classes
+    # (every other weight, and the masks of self-grouped layers, are kept).
+    reset_classifier: bool = False
 
 
 @dataclass
@@ -118,6 +121,7 @@ class ReportConfig:
     """How the run's report is titled, and the paper's rows to print beside ours."""
 
     title: str | None = None  # default: the run name
+    baseline_name: str = "baseline"  # label of the first result row (e.g. "transfer L")
     paper: list[dict] = field(default_factory=list)  # [{name, params, flops, top1}, ...]
 
 
@@ -225,6 +229,11 @@ def validate(config: Config) -> None:
         if getattr(t, name) < 1:
             raise SgcnnError(f"train.{name} must be >= 1, got {getattr(t, name)}")
     _positive("train.save_every_min", t.save_every_min)
+    if config.model.reset_classifier and not config.model.checkpoint:
+        raise SgcnnError(
+            "model.reset_classifier needs model.checkpoint: the trained model whose classifier "
+            "is replaced (--set model.checkpoint=PATH)"
+        )
     if t.epochs == 0 and not config.model.checkpoint:
         raise SgcnnError(
             "train.epochs is 0 but model.checkpoint is not set: give the weights to start from "
