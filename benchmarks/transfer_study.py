@@ -147,9 +147,8 @@ def _command(row: Row, args, out: Path, resume: bool) -> list[str]:
     argv = [a.replace("{out}", str(out)) for a in row.argv]
     argv += ["--data-root", str(args.archive), "--output", str(out / row.name), "--quiet"]
     argv += ["--device", args.device]
-    if args.device == "cpu":
-        threads = max(1, (os.cpu_count() or 1) // args.jobs)
-        argv += ["--set", f"train.threads={threads}"]
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)  # no oversubscription of the cores
+    argv += ["--set", f"train.threads={threads}"]
     if args.quick:
         argv += row.quick
     argv += [s for item in args.set for s in ("--set", item)]

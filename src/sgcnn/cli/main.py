@@ -21,6 +21,7 @@ _COMMANDS = [
     "train",
     "finetune",
     "transfer",
+    "detect",
     "run",
     "eval",
     "convert",

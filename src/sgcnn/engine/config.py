@@ -156,9 +156,10 @@ def parse_set(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def apply_set_(tree: dict, key: str, value: Any) -> None:
-    """Set dotted ``key`` in the nested dict ``tree`` (a :class:`Config`); checks the keys."""
-    cls: type | None = Config
+def apply_set_(tree: dict, key: str, value: Any, root: type | None = None) -> None:
+    """Set dotted ``key`` in the nested dict ``tree`` (a :class:`Config`, or the dataclass
+    ``root``); checks the keys."""
+    cls: type | None = root or Config
     parts = key.split(".")
     node = tree
     for i, part in enumerate(parts):
