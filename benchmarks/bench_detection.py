@@ -9,8 +9,9 @@ dense backbone, the self-grouped backbone run as masked dense layers, and the co
 
     python benchmarks/bench_detection.py --out results/detection --threads 2
 
-Without ``--data`` the dataset is generated into ``OUT/shapes`` (300 train / 100 val images of
-128 px). Run folders go to ``OUT/runs``; the table to ``OUT/bench_detection.{md,json}``.
+Without ``--data`` the dataset is generated into ``OUT/shapes`` (``--train-images`` train /
+100 val images of ``--image-size`` px). Run folders go to ``OUT/runs``; the table to
+``OUT/bench_detection.{md,json}``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--conv", type=float, default=0.6, help="conv sparsity of the grouped body")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--train-images", type=int, default=300, help="when generating the set")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--runs", type=int, default=30, help="timed rounds per model")
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     data = args.data or args.out / "shapes"
     if not (data / "train.json").is_file():
-        make_synthetic_coco(data, 300, 100, args.image_size, seed=0)
+        make_synthetic_coco(data, args.train_images, 100, args.image_size, seed=0)
     base = [
         f"backbone.name={args.backbone}",
         "backbone.train_bn=true",
@@ -71,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         f"train.device={args.device}",
         "train.latency_runs=5",
         "fpn_channels=64",
+        "rois_per_image=128",
     ]
     reports, seconds = {}, {}
     for label, conv in (("dense", 0.0), (f"Conv-{round(args.conv * 100)}", args.conv)):
@@ -121,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     md = [
         f"# Faster R-CNN, {args.backbone} backbone, synthetic shapes ({args.image_size} px)",
         "",
-        f"Same initialisation and budget ({args.epochs} epochs, batch 8, lr 0.02) for both; "
+        f"Same initialisation and budget ({args.epochs} epochs, batch 8, lr 0.02, FPN 64 "
+        "channels, 128 RoIs per image) for both; "
         "mAP on the 100 validation images (COCO AP@[.5:.95], AP50, AP75); latency at batch 1, "
         f"{args.image_size} px, median of {args.runs} interleaved rounds, device {args.device}.",
         "",

@@ -69,6 +69,7 @@ class DetectConfig:
     data: DetectDataConfig = field(default_factory=DetectDataConfig)
     train: DetectTrainConfig = field(default_factory=DetectTrainConfig)
     fpn_channels: int = 256  # channels of every pyramid level
+    rois_per_image: int = 512  # proposals sampled per image to train the box head
 
 
 def resolve_detect_config(recipe: dict | None, sets: list[str]) -> DetectConfig:
@@ -106,5 +107,7 @@ def _validate(c: DetectConfig) -> None:
         raise SgcnnError(
             f"data.min_size must be >= 32 and <= data.max_size, got {d.min_size} / {d.max_size}"
         )
+    if c.rois_per_image < 1:
+        raise SgcnnError(f"rois_per_image must be >= 1, got {c.rois_per_image}")
     if c.fpn_channels < 1:
         raise SgcnnError(f"fpn_channels must be >= 1, got {c.fpn_channels}")

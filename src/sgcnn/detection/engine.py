@@ -11,7 +11,8 @@ A detector checkpoint (``torch.load(weights_only=True)``) rebuilds it without th
     {"format": "sgcnn.detector", "version": 1,
      "backbone": {"name": "resnet50", "kwargs": {...}, "masked": [...]},
      "categories": [{"id": 1, "name": "person"}, ...],
-     "settings": {"min_size": 600, "max_size": 1000, "fpn_channels": 256, "train_bn": False},
+     "settings": {"min_size": 600, "max_size": 1000, "fpn_channels": 256, "train_bn": False,
+                  "rois_per_image": 512},
      "state_dict": {...}}
 """
 
@@ -63,6 +64,7 @@ def build(config: DetectConfig, categories: list[dict]) -> tuple[nn.Module, dict
         "max_size": config.data.max_size,
         "fpn_channels": config.fpn_channels,
         "train_bn": config.backbone.train_bn,
+        "rois_per_image": config.rois_per_image,
     }
     detector = _detector(classifier, len(categories), settings)
     masked = [n for n, m in classifier.named_modules() if is_masked(m)]
@@ -79,6 +81,7 @@ def _detector(classifier: nn.Module, num_categories: int, settings: dict) -> nn.
         max_size=settings["max_size"],
         fpn_channels=settings["fpn_channels"],
         train_bn=settings["train_bn"],
+        rois_per_image=settings.get("rois_per_image", 512),
     )
 
 

@@ -148,10 +148,12 @@ def build_detector(
     max_size: int = 1000,
     fpn_channels: int = 256,
     train_bn: bool = False,
+    rois_per_image: int = 512,
 ) -> FasterRCNN:
     """Faster R-CNN for ``num_categories`` object classes (plus the background) on the body of
     ``classifier``. Images are resized so that their shorter side is ``min_size`` (longer side
-    at most ``max_size``): the paper's 300 px / 600 px settings."""
+    at most ``max_size``): the paper's 300 px / 600 px settings. ``rois_per_image``: proposals
+    sampled per image to train the box head (torchvision: 512)."""
     if num_categories < 1:
         raise SgcnnError("a detector needs at least one object category")
     body, channels, strides = make_body(classifier)
@@ -169,4 +171,5 @@ def build_detector(
         max_size=max_size,
         rpn_anchor_generator=anchors,
         box_roi_pool=pooler,
+        box_batch_size_per_image=rois_per_image,
     )
