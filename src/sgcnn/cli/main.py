@@ -21,6 +21,8 @@ _COMMANDS = [
     "group",
     "train",
     "finetune",
+    "transfer",
+    "detect",
     "run",
     "eval",
     "convert",

@@ -52,10 +52,30 @@ def _check(config: DataConfig) -> None:
     _check_int(config.split_seed, "split_seed", minimum=0)
     if config.image_size is not None:
         _check_int(config.image_size, "image_size", minimum=8)
+    if config.classes is not None:
+        _check_classes(config)
     if config.name == "synthetic":
         _check_int(config.num_classes, "num_classes", minimum=2)
         _check_int(config.channels, "channels", minimum=1)
         _check_int(config.synthetic_size, "synthetic_size", minimum=config.num_classes)
+
+
+def _check_classes(config: DataConfig) -> None:
+    if config.name != "imagefolder":
+        raise SgcnnError(
+            f"classes selects class folders of an imagefolder dataset, not of {config.name!r}: "
+            "remove data.classes or use data.name=imagefolder."
+        )
+    names = config.classes
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise SgcnnError(f"classes must be a list of class folder names, got {names!r}.")
+    if len(names) < 2:
+        raise SgcnnError(
+            f"classes names {len(names)} class ({names}); a classifier needs at least 2 classes."
+        )
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise SgcnnError(f"classes names {', '.join(repeated)} more than once.")
 
 
 def _is_real(value) -> bool:

@@ -24,6 +24,9 @@ class DataConfig:
     image_size: int | None = None  # pixels (square); None keeps the dataset's native size
     augment: bool = True  # training augmentation (random crop / flip) on or off
     cache_dir: str | None = None  # extracted archives, decoded images; None: $SGCNN_CACHE
+    # imagefolder only: use just these class folders, labelled in this order (e.g. one domain
+    # of a dataset split by class); None: every class folder of train/.
+    classes: list[str] | None = None
     # synthetic only:
     num_classes: int = 10  # number of classes
     channels: int = 3  # image channels

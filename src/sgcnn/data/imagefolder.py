@@ -7,11 +7,13 @@
 - only one of them: it is the test split, and validation is carved from ``train/``
   (stratified, ``val_fraction``, ``split_seed``). ImageNet's ``val/`` is its test set this way.
 
-Class names are the subfolders of ``train/`` (sorted; label = position); images may sit in
-nested folders below them. Small images (both sides <= 64 px, like CIFAR) are decoded once into
-a uint8 tensor, cached on disk, and served with CIFAR-style augmentation (random crop with
-padding 4 + flip) and per-channel mean / std measured on ``train/``. Larger images are decoded
-per item with ImageNet-style transforms (:func:`~sgcnn.data.file_dataset.imagenet_transforms`).
+Class names are the subfolders of ``train/`` (sorted; label = position), or the subset that
+``classes`` names (label = position in that list; e.g. one domain of a dataset split by class);
+images may sit in nested folders below them. Small images (both sides <= 64 px, like CIFAR) are
+decoded once into a uint8 tensor, cached on disk, and served with CIFAR-style augmentation
+(random crop with padding 4 + flip) and per-channel mean / std measured on ``train/``. Larger
+images are decoded per item with ImageNet-style transforms
+(:func:`~sgcnn.data.file_dataset.imagenet_transforms`).
 """
 
 from __future__ import annotations
@@ -48,10 +50,20 @@ def build_imagefolder(config: DataConfig) -> DatasetSplits:
     """The three splits of the tree at ``config.root`` (see the module docstring)."""
     tree = find_tree(config)
     classes = _class_names(tree / "train")
+    skip: set[str] = set()
+    if config.classes is not None:  # a subset of the classes, labelled in the given order
+        missing = [name for name in config.classes if name not in classes]
+        if missing:
+            raise SgcnnError(
+                f"classes {', '.join(missing)} are not class folders of {tree / 'train'} (it "
+                f"has: {', '.join(classes[:20])}). Fix data.classes."
+            )
+        skip = set(classes) - set(config.classes)
+        classes = list(config.classes)
     class_index = {name: i for i, name in enumerate(classes)}
-    train = _scan(tree / "train", class_index)
+    train = _scan(tree / "train", class_index, skip)
     held_out = [name for name in ("val", "test") if _is_dir(tree / name)]
-    held = {name: _scan(tree / name, class_index) for name in held_out}
+    held = {name: _scan(tree / name, class_index, skip) for name in held_out}
     if not held:
         raise SgcnnError(
             f"{tree} has train/ but neither val/ nor test/. Add a held-out test/ folder of class "
@@ -190,9 +202,14 @@ def _class_names(train: Path) -> list[str]:
     return names
 
 
-def _scan(split: Path, class_index: dict[str, int]) -> list[Sample]:
-    """Image files of ``split/<class>/**``, sorted by class, then path."""
-    folders = [p for p in _listdir(split) if _is_dir(p) and not p.name.startswith(".")]
+def _scan(split: Path, class_index: dict[str, int], skip: set[str] = frozenset()) -> list[Sample]:
+    """Image files of ``split/<class>/**``, sorted by class, then path; folders in ``skip``
+    (classes left out by ``classes``) are ignored."""
+    folders = [
+        p
+        for p in _listdir(split)
+        if _is_dir(p) and not p.name.startswith(".") and p.name not in skip
+    ]
     unknown = sorted(p.name for p in folders if p.name not in class_index)
     if unknown:
         raise SgcnnError(
@@ -200,7 +217,7 @@ def _scan(split: Path, class_index: dict[str, int]) -> list[Sample]:
             "split must use the class folders of train/."
         )
     samples: list[Sample] = []
-    for folder in folders:
+    for folder in sorted(folders, key=lambda p: class_index[p.name]):
         found = _scan_class(str(folder), class_index[folder.name])
         if not found and split.name == "train":
             raise SgcnnError(

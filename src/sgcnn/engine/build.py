@@ -31,12 +31,16 @@ def build_data(config: Config) -> DatasetSplits:
 
 
 def build_model(config: Config, splits: DatasetSplits) -> tuple[nn.Module, dict[str, Any]]:
-    """``(model, kwargs)``: from ``model.checkpoint`` when given, else freshly initialised
-    (``torch``'s global generator, seeded by the caller). The number of classes defaults to
-    the dataset's."""
+    """``(model, kwargs)``: from ``model.checkpoint`` when given (with a fresh classifier for
+    this dataset when ``model.reset_classifier``), else freshly initialised (``torch``'s global
+    generator, seeded by the caller). The number of classes defaults to the dataset's."""
     m = config.model
     classes = m.num_classes or splits.num_classes
-    if m.checkpoint:
+    if m.checkpoint and m.reset_classifier:
+        from sgcnn.engine.transfer import load_transferred
+
+        model, _, kwargs, _ = load_transferred(m.checkpoint, m.name, classes)
+    elif m.checkpoint:
         model, name, kwargs = load_model(m.checkpoint, m.name, classes)
         if name != m.name:  # pragma: no cover - load_model already refuses this
             raise SgcnnError(f"checkpoint {m.checkpoint!r} holds {name!r}, not {m.name!r}")

@@ -48,6 +48,9 @@ class ModelConfig:
     name: str = "lenet5"  # registered model name (`sgcnn models`)
     num_classes: int | None = None  # None: the dataset's number of classes
     checkpoint: str | None = None  # start from these weights (sgcnn checkpoint or state_dict)
+    # Transfer: replace the checkpoint's classifier with a fresh one for this dataset's classes
+    # (every other weight, and the masks of self-grouped layers, are kept).
+    reset_classifier: bool = False
 
 
 @dataclass
@@ -127,6 +130,7 @@ class ReportConfig:
     """How the run's report is titled, and the paper's rows to print beside ours."""
 
     title: str | None = None  # default: the run name
+    baseline_name: str = "baseline"  # label of the first result row (e.g. "transfer L")
     paper: list[dict] = field(default_factory=list)  # [{name, params, flops, top1}, ...]
 
 
@@ -161,9 +165,10 @@ def parse_set(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def apply_set_(tree: dict, key: str, value: Any) -> None:
-    """Set dotted ``key`` in the nested dict ``tree`` (a :class:`Config`); checks the keys."""
-    cls: type | None = Config
+def apply_set_(tree: dict, key: str, value: Any, root: type | None = None) -> None:
+    """Set dotted ``key`` in the nested dict ``tree`` (a :class:`Config`, or the dataclass
+    ``root``); checks the keys."""
+    cls: type | None = root or Config
     parts = key.split(".")
     node = tree
     for i, part in enumerate(parts):
@@ -254,6 +259,11 @@ def validate(config: Config) -> None:
         if getattr(t, name) < 1:
             raise SgcnnError(f"train.{name} must be >= 1, got {getattr(t, name)}")
     _positive("train.save_every_min", t.save_every_min)
+    if config.model.reset_classifier and not config.model.checkpoint:
+        raise SgcnnError(
+            "model.reset_classifier needs model.checkpoint: the trained model whose classifier "
+            "is replaced (--set model.checkpoint=PATH)"
+        )
     if t.epochs == 0 and not config.model.checkpoint:
         raise SgcnnError(
             "train.epochs is 0 but model.checkpoint is not set: give the weights to start from "

@@ -495,8 +495,9 @@ class Runner:
         test = evaluate(model, self.test_loader, self.precision, self.d)
         counts = count(model, self.input_size)
         selection = payload.get("selection", {})
+        first = stage.row == BASELINE
         row = {
-            "name": stage.row,
+            "name": self.config.report.baseline_name if first else stage.row,
             "params": counts["params"],
             "flops": counts["flops"],
             "top1": round(test["top1"], 4),

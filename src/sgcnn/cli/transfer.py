@@ -1,0 +1,145 @@
+"""``sgcnn transfer``: reuse a trained (self-grouped) classifier on a new dataset.
+
+The checkpoint's classifier is replaced by a fresh one for the new dataset's classes, every
+other weight and every mask is kept (:mod:`sgcnn.engine.transfer`), and the model is
+fine-tuned with one of the schemes the paper compares:
+
+- ``dense``: a dense checkpoint, fine-tuned (the transfer baseline);
+- ``L``: a self-grouped checkpoint fine-tuned with its source grouping (masks kept, pruned
+  weights stay exactly zero, no re-clustering);
+- ``G`` / ``LG``: after the transfer fine-tune, self-group the model again on the new data
+  (to ``--conv``) and fine-tune it with the G or LG scheme.
+
+Defaults are the paper's CUB-200 recipe (``transfer_cub200``: 21 epochs, lr 0.001 / 10 at
+epochs 7 and 14, weight decay 5e-4, momentum 0.9).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sgcnn.cli._common import parse_ratio
+from sgcnn.cli._pipeline import (
+    add_run_args,
+    configure,
+    execute,
+    is_main_process,
+    output_dir,
+    print_rows,
+    quote,
+    shortcut_sets,
+)
+from sgcnn.engine.checkpoint import FORMAT, load_checkpoint
+from sgcnn.engine.recipes import load_recipe
+from sgcnn.errors import SgcnnError
+
+SCHEMES = ("dense", "L", "G", "LG")
+DEFAULT_RECIPE = "transfer_cub200"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "transfer",
+        help="transfer a (self-grouped) classifier to a new dataset: dense, L, G or LG",
+        description="Replace the checkpoint's classifier with a fresh one for the new dataset "
+        "and fine-tune: dense (a dense checkpoint), L (a self-grouped checkpoint, masks kept), "
+        "G / LG (self-group again on the new data). Defaults: the paper's CUB-200 recipe "
+        f"({DEFAULT_RECIPE}).",
+    )
+    p.add_argument("--checkpoint", required=True, help="trained model (sgcnn checkpoint)")
+    p.add_argument("--scheme", choices=SCHEMES, required=True, help="transfer scheme")
+    p.add_argument("--model", help="model name (needed for a plain state_dict)")
+    p.add_argument("--recipe", help=f"the new task's settings (default {DEFAULT_RECIPE})")
+    p.add_argument("--classes", nargs="+", help="only these class folders (data.classes)")
+    p.add_argument("--conv", type=parse_ratio, nargs="+", help="G / LG: target conv sparsities")
+    p.add_argument("--fc", type=parse_ratio, nargs="+", help="G / LG: FC sparsities")
+    p.add_argument("--epochs", type=int, help="transfer fine-tuning epochs (train.epochs)")
+    p.add_argument("--global-epochs", type=int, help="G / LG: epochs after re-grouping")
+    p.add_argument("--local-epochs", type=int, help="LG: epochs after each pruning step")
+    p.add_argument("--lr", type=float, help="learning rate of every phase (optim / finetune)")
+    add_run_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    _, recipe = load_recipe(args.recipe or DEFAULT_RECIPE)
+    payload = load_checkpoint(args.checkpoint)
+    model = args.model or _checkpoint_model(args.checkpoint, payload)
+    grouped = _grouped_layers(payload)
+    if args.scheme == "dense" and grouped:
+        raise SgcnnError(
+            f"{args.checkpoint!r} has {len(grouped)} self-grouped layers: --scheme L fine-tunes "
+            "it with its masks (dense needs a dense checkpoint)"
+        )
+    if args.scheme == "L" and not grouped:
+        raise SgcnnError(
+            f"{args.checkpoint!r} has no self-grouped layers: use --scheme dense, or G / LG to "
+            "self-group it on the new data"
+        )
+    first = "L" if grouped else "dense transfer"
+    sets = [
+        f"model.name={model}",
+        f"model.checkpoint={quote(str(args.checkpoint))}",
+        "model.reset_classifier=true",
+        f"report.baseline_name={quote(first)}",
+    ]
+    if args.scheme in ("dense", "L"):
+        sets += ["grouping.scheme=baseline", "grouping.conv=[]"]
+    else:
+        sets.append(f"grouping.scheme={args.scheme}")
+    sets += shortcut_sets(
+        args,
+        {
+            "classes": "data.classes",
+            "conv": "grouping.conv",
+            "fc": "grouping.fc",
+            "epochs": "train.epochs",
+            "global_epochs": "grouping.global_epochs",
+            "local_epochs": "grouping.local_epochs",
+            "lr": "optim.lr",
+        },
+    )
+    if args.lr is not None:
+        sets.append(f"finetune.lr={args.lr}")
+    if args.scheme in ("dense", "L") and (args.conv or args.fc):
+        raise SgcnnError(f"--conv / --fc self-group again: use --scheme G or LG, not {args.scheme}")
+    config = configure(recipe, sets + args.sets)
+    default = f"{model}-{config.data.name}-transfer-{args.scheme}"
+    config.name = config.name or default
+    if config.report.title is None:
+        config.report.title = f"Transfer ({args.scheme}) of {args.checkpoint}"
+    run_dir = output_dir(args, config, default)
+    rows, seconds = execute(config, run_dir, args)
+    if is_main_process():
+        print_rows(rows, config)
+        if grouped:
+            _report_masks(args.checkpoint, model, run_dir, rows)
+        print(f"elapsed {seconds:.1f} s")
+    return 0
+
+
+def _checkpoint_model(path: str, payload: dict) -> str:
+    if payload.get("format") == FORMAT:
+        return payload["model"]["name"]
+    raise SgcnnError(f"{path!r} is a plain state_dict: pass --model NAME to say whose")
+
+
+def _grouped_layers(payload: dict) -> list[str]:
+    """Names of the self-grouped layers of a checkpoint (sgcnn or plain state_dict)."""
+    if payload.get("format") == FORMAT:
+        return list(payload.get("masked", []))
+    state = payload.get("state_dict", payload)
+    return sorted({k.rsplit(".", 1)[0] for k in state if str(k).endswith(".sg_mask")})
+
+
+def _report_masks(checkpoint: str, model: str, run_dir: Path, rows: list[dict]) -> None:
+    """Check that every result kept the source's masks (pruned weights exactly zero)."""
+    from sgcnn.engine.checkpoint import load_model
+    from sgcnn.engine.transfer import check_masks_kept, model_classifier
+
+    source, _, kwargs = load_model(checkpoint, model)
+    classifier = model_classifier(source, model, kwargs)
+    for row in rows:
+        result, _, _ = load_model(str(run_dir / row["checkpoint"]), model)
+        check_masks_kept(result, source, classifier)
+    print("masks kept: every result keeps the source's masks; pruned weights are exactly zero")

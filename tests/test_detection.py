@@ -1,0 +1,169 @@
+"""Detection with self-grouped backbones: the synthetic COCO set, the checked loader, the
+Faster R-CNN builder, training that keeps masks, COCO mAP, the converted backbone, the CLI."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+import sgcnn
+from sgcnn.cli.main import main
+from sgcnn.detection import build_detector, load_coco, make_synthetic_coco
+from sgcnn.detection.config import resolve_detect_config
+from sgcnn.detection.engine import (
+    build,
+    evaluate_coco,
+    load_detector,
+    save_detector,
+    train_detector,
+)
+from sgcnn.detection.run import convert_backbone, masks_kept, masks_of
+
+pytest.importorskip("pycocotools")
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return make_synthetic_coco(tmp_path_factory.mktemp("data") / "shapes", 8, 4, 64, seed=1)
+
+
+def _config(shapes, **backbone):
+    sets = [
+        f"data.train_images={shapes / 'train'}",
+        f"data.train_annotations={shapes / 'train.json'}",
+        f"data.val_images={shapes / 'val'}",
+        f"data.val_annotations={shapes / 'val.json'}",
+        "data.min_size=64",
+        "data.max_size=64",
+        "train.epochs=1",
+        "train.batch_size=4",
+        "train.workers=0",
+        "train.warmup_iters=0",
+        "train.device=cpu",
+        "train.latency_runs=2",
+        "fpn_channels=16",
+    ]
+    sets += [f"backbone.{k}={v}" for k, v in backbone.items()]
+    return resolve_detect_config({}, sets)
+
+
+def test_synthetic_set_is_deterministic_and_valid(shapes, tmp_path):
+    again = make_synthetic_coco(tmp_path / "again", 8, 4, 64, seed=1)
+    assert (again / "train.json").read_text() == (shapes / "train.json").read_text()
+    data = load_coco(shapes / "train", shapes / "train.json")
+    assert len(data) == 8 and data.category_ids == [1, 2, 3]
+    x, target = data[0]
+    assert x.shape == (3, 64, 64) and x.min() >= 0 and x.max() <= 1
+    boxes = target["boxes"]
+    assert len(boxes) >= 1 and (boxes[:, 2:] > boxes[:, :2]).all() and boxes.max() <= 64
+    assert set(target["labels"].tolist()) <= {1, 2, 3}
+
+
+def _bad(shapes, tmp_path, edit):
+    data = json.loads((shapes / "train.json").read_text())
+    edit(data)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["images"][0].update(file_name="nope.png"), "missing from"),
+        (lambda d: d["annotations"][0].update(bbox=[60, 60, 20, 20]), "outside its image"),
+        (lambda d: d["annotations"][0].update(bbox=[5, 5, 0, 10]), "zero area"),
+        (lambda d: d["annotations"][0].update(image_id=999), "not in 'images'"),
+        (lambda d: d["annotations"][0].update(category_id=7), "not among the categories"),
+        (lambda d: d.pop("annotations"), "no 'annotations' list"),
+        (lambda d: d["annotations"][0].update(bbox=[1, 2, 3]), "4 finite numbers"),
+    ],
+)
+def test_loader_rejects_malformed_annotations(shapes, tmp_path, edit, message):
+    with pytest.raises(sgcnn.SgcnnError, match=message):
+        load_coco(shapes / "train", _bad(shapes, tmp_path, edit))
+
+
+def test_loader_rejects_unparsable_files_and_unknown_categories(shapes, tmp_path):
+    (tmp_path / "broken.json").write_text('{"images": [')
+    with pytest.raises(sgcnn.SgcnnError, match="cannot parse annotation file"):
+        load_coco(shapes / "train", tmp_path / "broken.json")
+    with pytest.raises(sgcnn.SgcnnError, match=r"category ids \[3\] that the model"):
+        load_coco(shapes / "val", shapes / "val.json", category_ids=[1, 2])
+
+
+@pytest.mark.parametrize("name", ["test_resnet", "test_densenet", "resnet18", "mobilenet_v2"])
+def test_detector_builds_on_resnet_densenet_mobilenet(name):
+    detector = build_detector(sgcnn.create_model(name), 3, min_size=64, max_size=64)
+    detector.eval()
+    out = detector(torch.rand(1, 3, 64, 64))
+    assert set(out[0]) == {"boxes", "scores", "labels"}
+
+
+def test_a_model_without_usable_backbone_is_refused():
+    with pytest.raises(sgcnn.SgcnnError, match="no usable backbone"):
+        build_detector(sgcnn.create_model("lenet5"), 3)
+
+
+def test_training_keeps_masks_and_the_converted_backbone_is_exact(shapes, tmp_path):
+    config = _config(shapes, name="test_resnet", conv=0.5, groups=4)
+    train = load_coco(shapes / "train", shapes / "train.json", flip=True)
+    detector, payload = build(config, train.categories)
+    before = masks_of(detector)
+    assert len(before) >= 3 and all(m.float().mean() < 0.7 for m in before.values())
+    weights = copy.deepcopy(detector.state_dict())
+    records = []
+    train_detector(detector, train, config, torch.device("cpu"), records.append)
+    assert len(records) == 1 and records[0]["loss"] > 0
+    changed = [k for k, v in detector.state_dict().items() if not torch.equal(v, weights[k])]
+    assert any("backbone.body" in k and k.endswith("weight") for k in changed)
+    assert masks_kept(detector, before)  # same masks, pruned weights exactly zero
+
+    val = load_coco(shapes / "val", shapes / "val.json", category_ids=train.category_ids)
+    result = evaluate_coco(detector, val, torch.device("cpu"))
+    assert {"ap", "ap50", "ap75"} <= set(result) and 0 <= result["ap"] <= result["ap50"] <= 100
+
+    fast = convert_backbone(detector, 64, torch.device("cpu"), tune=False)
+    x = torch.rand(1, 3, 64, 64)
+    detector.eval()
+    ref, got = detector.backbone(x), fast.backbone(x)
+    for key in ref:
+        torch.testing.assert_close(got[key], ref[key], atol=1e-4, rtol=1e-4)
+
+    save_detector(tmp_path / "det.pt", detector, payload)
+    loaded, _ = load_detector(tmp_path / "det.pt")
+    loaded.eval()
+    for key, value in loaded.backbone(x).items():
+        torch.testing.assert_close(value, ref[key])
+    assert masks_kept(loaded, before)
+
+
+def test_detect_cli_trains_evaluates_and_refuses_bad_input(shapes, tmp_path, capsys):
+    out = tmp_path / "run"
+    data = ["--images", str(shapes / "train"), "--annotations", str(shapes / "train.json")]
+    data += ["--val-images", str(shapes / "val"), "--val-annotations", str(shapes / "val.json")]
+    small = ["--min-size", "64", "--set", "data.max_size=64", "--set", "fpn_channels=16"]
+    small += ["--set", "train.latency_runs=2", "--set", "train.limit_batches=1"]
+    argv = ["detect", "train", "--recipe", "synthetic", "--backbone", "test_resnet", *data]
+    assert main([*argv, *small, "--epochs", "1", "--device", "cpu", "--output", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["masks_kept"] is True and report["self_grouped_layers"] >= 3
+    assert report["backbone_counts"]["flops"] < report["detector_counts"]["flops"]
+    assert set(report["latency_ms"]) == {
+        "backbone",
+        "detector",
+        "backbone converted",
+        "detector converted",
+    }
+    assert (out / "detector.pt").is_file() and "AP50" in (out / "report.md").read_text()
+
+    evaluation = ["detect", "eval", str(out / "detector.pt"), "--images", str(shapes / "val")]
+    evaluation += ["--annotations", str(shapes / "val.json"), "--device", "cpu", "--runs", "1"]
+    code = main(evaluation)
+    assert code == 0 and "converted backbone" in capsys.readouterr().out
+
+    bad = _bad(shapes, tmp_path, lambda d: d["annotations"][0].update(bbox=[0, 0, 0, 5]))
+    argv[argv.index(str(shapes / "train.json"))] = str(bad)
+    assert main([*argv, *small, "--device", "cpu", "--output", str(tmp_path / "bad")]) == 2
+    assert "zero area" in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -1,0 +1,131 @@
+"""Transfer: a trained (self-grouped) classifier gets a fresh classifier for a new dataset and
+is fine-tuned (dense / L / G / LG); masks survive, bad input is one clear line."""
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from torch import nn
+
+import sgcnn
+from sgcnn.cli.main import main
+from sgcnn.data import DataConfig, build_datasets
+from sgcnn.engine.checkpoint import load_model, model_payload, save_checkpoint
+from sgcnn.engine.transfer import find_classifier, load_transferred
+
+# The new task: synthetic 3-class 16 px images (the source model knows 10 classes).
+RECIPE = {
+    "data": {"name": "synthetic", "num_classes": 3, "synthetic_size": 96, "image_size": 16},
+    "train": {"epochs": 1, "batch_size": 32, "device": "cpu", "threads": 1},
+    "optim": {"lr": 0.05, "weight_decay": 5e-4, "schedule": "constant"},
+    "finetune": {"lr": 0.05, "weight_decay": 5e-4, "schedule": "constant"},
+    "grouping": {"groups": 4, "global_epochs": 1, "local_epochs": 1, "lg_step": 0.3},
+}
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.setenv("SGCNN_CACHE", str(tmp_path / "cache"))
+
+
+def _source(tmp_path, grouped: bool) -> str:
+    model = sgcnn.create_model("test_resnet")
+    if grouped:
+        sgcnn.self_group_(model, 0.5, 0.5, groups=4, seed=0)
+    path = tmp_path / ("grouped.pt" if grouped else "dense.pt")
+    save_checkpoint(path, model_payload(model, "test_resnet", {"num_classes": 10}))
+    return str(path)
+
+
+def _transfer(tmp_path, checkpoint, scheme, *extra):
+    recipe = tmp_path / "task.yaml"
+    recipe.write_text(yaml.safe_dump(RECIPE))
+    out = tmp_path / f"run-{scheme}"
+    argv = ["transfer", "--checkpoint", checkpoint, "--scheme", scheme, "--recipe", str(recipe)]
+    return main([*argv, "--output", str(out), "--quiet", *extra]), out
+
+
+def test_load_transferred_replaces_only_the_classifier(tmp_path):
+    path = _source(tmp_path, grouped=True)
+    source, _, _ = load_model(path)
+    model, name, kwargs, classifier = load_transferred(path, None, 3)
+    assert (name, kwargs["num_classes"], classifier) == ("test_resnet", 3, "fc")
+    assert model.fc.out_features == 3 and not hasattr(model.fc, "sg_mask")  # fresh, dense
+    src, new = source.state_dict(), model.state_dict()
+    for key, value in src.items():
+        if not key.startswith("fc."):
+            assert torch.equal(new[key], value), key
+    assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("scheme", ["L", "G", "LG"])
+def test_transfer_keeps_masks_and_reports(tmp_path, capsys, scheme):
+    grouped = scheme == "L"
+    extra = [] if grouped else ["--conv", "0.5", "--fc", "0"]
+    code, out = _transfer(tmp_path, _source(tmp_path, grouped), scheme, *extra)
+    assert code == 0, capsys.readouterr().err
+    rows = yaml.safe_load((out / "report.json").read_text())["rows"]
+    names = [r["name"] for r in rows]
+    assert names == (["L"] if grouped else ["dense transfer", "Conv-50/FC-0"])
+    result, _, kwargs = load_model(out / rows[-1]["checkpoint"])
+    assert kwargs["num_classes"] == 3
+    layers = [m for m in result.modules() if hasattr(m, "sg_mask") and m is not result.fc]
+    assert layers and all(m.sg_mask.float().mean() < 0.7 for m in layers)
+    for m in layers:  # pruned weights are exactly zero after fine-tuning
+        assert (m.weight * (1 - m.weight_mask())).abs().max() == 0
+    if grouped:
+        source, _, _ = load_model(tmp_path / "grouped.pt")
+        kept = {n: m.sg_mask for n, m in source.named_modules() if hasattr(m, "sg_mask")}
+        for n, m in result.named_modules():
+            if n in kept and n != "fc":
+                assert torch.equal(m.sg_mask, kept[n]), n
+        assert "masks kept" in capsys.readouterr().out
+
+
+def test_scheme_must_fit_the_checkpoint(tmp_path, capsys):
+    code, out = _transfer(tmp_path, _source(tmp_path, grouped=True), "dense")
+    assert code == 2 and "--scheme L" in capsys.readouterr().err and not out.exists()
+    code, out = _transfer(tmp_path, _source(tmp_path, grouped=False), "L")
+    assert code == 2 and "no self-grouped layers" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_one_class_target_is_refused(tmp_path):
+    with pytest.raises(sgcnn.SgcnnError, match="at least 2 classes"):
+        load_transferred(_source(tmp_path, grouped=False), None, 1)
+
+
+def test_a_model_without_classifier_is_refused():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with pytest.raises(sgcnn.SgcnnError, match="no classifier layer"):
+        find_classifier(net, (3, 16, 16), 10)
+
+
+def _tree(root, classes, per_class=4):
+    for split in ("train", "test"):
+        for c, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = np.full((8, 8, 3), 30 * c + i, dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+
+
+def test_imagefolder_class_subset(tmp_path):
+    _tree(tmp_path / "tree", ["cat", "dog", "frog"])
+    cfg = DataConfig(name="imagefolder", root=str(tmp_path / "tree"), classes=["frog", "cat"])
+    splits = build_datasets(cfg)
+    assert splits.classes == ["frog", "cat"] and splits.num_classes == 2
+    assert len(splits.test) == 8 and sorted(set(splits.test.targets)) == [0, 1]
+    x, _ = splits.test[0]  # frog (label 0) is the brightest class
+    assert splits.test.targets[0] == 0 and x.mean() > splits.test[-1][0].mean()
+    for classes, message in (
+        (["cat", "horse"], "horse are not class folders"),
+        (["cat"], "at least 2 classes"),
+        (["cat", "cat"], "more than once"),
+    ):
+        with pytest.raises(sgcnn.SgcnnError, match=message):
+            build_datasets(DataConfig(name="imagefolder", root=cfg.root, classes=classes))
+    with pytest.raises(sgcnn.SgcnnError, match="imagefolder"):
+        build_datasets(DataConfig(name="synthetic", classes=["a", "b"]))
