@@ -181,3 +181,18 @@ def test_metrics_log_drops_lines_the_state_does_not_know(tmp_path):
         f.write(b'{"event": "epo')  # torn by a crash
     MetricsLog(path, offset).close()
     assert read_metrics(path) == [{"event": "epoch", "epoch": 1}]
+
+
+def test_a_key_added_after_the_run_started_does_not_block_resume():
+    from sgcnn.engine.config import config_to_dict, resolve_config
+    from sgcnn.engine.rundir import config_differences
+
+    config = resolve_config({"model": {"name": "lenet5"}, "data": {"name": "mnist5k"}})
+    saved = config_to_dict(config)
+    del saved["model"]["reset_classifier"]  # a run written before the key existed
+    assert config_differences(saved, config) == []
+    changed = resolve_config(
+        {"model": {"name": "lenet5", "reset_classifier": True}, "data": {"name": "mnist5k"}},
+        ["model.checkpoint=w.pt"],
+    )
+    assert any(d.startswith("model.reset_classifier") for d in config_differences(saved, changed))

@@ -88,11 +88,17 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(saved: dict, config: Config) -> list[str]:
-    """``"key: saved -> now"`` for each key that differs and may not (see RESUMABLE_CHANGES)."""
+    """``"key: saved -> now"`` for each key that differs and may not (see RESUMABLE_CHANGES).
+
+    A key the saved config lacks (added by a later sgcnn) counts as its default: a run started
+    before the key existed resumes as long as the key keeps the value that reproduces it."""
     old, new = flatten(saved), flatten(config_to_dict(config))
+    defaults = flatten(config_to_dict(Config()))
     diffs = []
     for key in sorted(set(old) | set(new)):
         if key in RESUMABLE_CHANGES or old.get(key) == new.get(key):
+            continue
+        if key not in old and key in defaults and new.get(key) == defaults[key]:
             continue
         diffs.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
     return diffs
