@@ -175,6 +175,8 @@ def _markdown(doc: dict, records: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     summary = []
+    speed: list[tuple[float, float, str]] = []
+    base_latency = None
     for (method, scheme, conv), rows in _groups(entries):
         done = [r for r in rows if r.get("top1") is not None]
         top1 = _mean([r.get("top1") for r in done])
@@ -193,8 +195,13 @@ def _markdown(doc: dict, records: dict) -> str:
             f"{_fmt(_mean([r.get('wall_s') for r in done]), '.0f')} |"
             + (f" missing: {', '.join(missing)}" if missing else "")
         )
-        if method != "baseline" and top1 is not None:
+        latency = _mean([r.get("latency_ms") for r in done])
+        if method == "baseline":
+            base_latency = latency
+        elif top1 is not None:
             summary.append((conv, top1, spread or 0.0, f"{method} {scheme}"))
+            if latency is not None:
+                speed.append((conv, latency, f"{method} {scheme}"))
     lines += ["", "## What wins", ""]
     for conv in sorted({s[0] for s in summary}):
         ranked = sorted((s for s in summary if s[0] == conv), key=lambda s: -s[1])
@@ -207,6 +214,14 @@ def _markdown(doc: dict, records: dict) -> str:
             f"- SG-CNN G at Conv-50: {sg50[1] - base:+.2f} points against the baseline "
             f"({base:.2f}), {ok} 1.5 points."
         )
+    if speed and base_latency is not None:
+        for conv in sorted({s[0] for s in speed}):
+            ranked = sorted((s for s in speed if s[0] == conv), key=lambda s: s[1])
+            order = "; ".join(f"{name} {ms / base_latency:.2f}x" for _, ms, name in ranked)
+            lines.append(
+                f"- Conv-{conv:.0%}, CPU latency against the dense baseline ({base_latency:.3f} "
+                f"ms; below 1.00x is faster): {order}."
+            )
     lines += ["", "## How it was made", ""]
     lines.append(
         "Training machine: "
@@ -256,7 +271,7 @@ def _plot(entries: list[dict], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     colors: dict[str, str] = {}
-    for key, ax, label in (
+    for key, ax, axis_label in (
         ("latency_ms", axes[0], "CPU latency (ms)"),
         ("flops", axes[1], "FLOPs (MACs per image)"),
     ):
@@ -283,7 +298,7 @@ def _plot(entries: list[dict], path: Path) -> None:
                 textcoords="offset points",
                 xytext=(4, 3),
             )
-        ax.set_xlabel(label)
+        ax.set_xlabel(axis_label)
         ax.set_ylabel("Top-1 (%)")
         ax.grid(alpha=0.3)
     handles, labels = axes[1].get_legend_handles_labels()
