@@ -66,8 +66,8 @@ typedef struct {
 } sg_geometry;
 
 /* k_R_V: accumulate R filters x V vectors over a chunk's entries:
-   out[i][j] = sum_e w[e][i] * xb[offs[e] + VL j .. + VL]; the last vector is loaded under ml. */
-static inline __attribute__((always_inline)) void kbody(const int R, const int V, vmask ml,
+   out[i][j] = sum_e w[e][i] * xb[offs[e] + VL j .. + VL] (xb readable past the block). */
+static inline __attribute__((always_inline)) void kbody(const int R, const int V,
                                                         const float* __restrict xb,
                                                         const int64_t* __restrict offs,
                                                         int64_t ne, const float* __restrict w,
@@ -84,7 +84,7 @@ static inline __attribute__((always_inline)) void kbody(const int R, const int V
 #pragma GCC unroll 16
     for (int j = 0; j < V; j++) {
       _mm_prefetch((const char*)(pf + VL * j), _MM_HINT_T0);
-      x[j] = j == V - 1 ? V_LOADM(ml, p + VL * j) : V_LOAD(p + VL * j);
+      x[j] = V_LOAD(p + VL * j);
     }
     const float* wr = w + e * R;
 #pragma GCC unroll 16
@@ -100,11 +100,11 @@ static inline __attribute__((always_inline)) void kbody(const int R, const int V
     for (int j = 0; j < V; j++) V_STOREA(out + i * PBMAX + VL * j, acc[i][j]);
 }
 
-typedef void (*kfn)(vmask, const float*, const int64_t*, int64_t, const float*, float*);
+typedef void (*kfn)(const float*, const int64_t*, int64_t, const float*, float*);
 #define K(R, V)                                                                            \
-  static void k_##R##_##V(vmask ml, const float* xb, const int64_t* offs, int64_t ne,      \
-                          const float* w, float* out) {                                    \
-    kbody(R, V, ml, xb, offs, ne, w, out);                                                 \
+  static void k_##R##_##V(const float* xb, const int64_t* offs, int64_t ne, const float* w, \
+                          float* out) {                                                    \
+    kbody(R, V, xb, offs, ne, w, out);                                                     \
   }
 #define D1(R) K(R, 1)
 #define D2(R) D1(R) K(R, 2)
@@ -169,6 +169,8 @@ int64_t sg_geometry_size(void) { return (int64_t)sizeof(sg_geometry); }
 static __thread float* ws = 0;
 static __thread size_t ws_cap = 0;
 static __thread int64_t* ows = 0;
+static __thread float* ws_panel = 0;
+static __thread size_t ws_panel_cap = 0;
 static __thread size_t ows_cap = 0;
 
 static void* grow(void* old, size_t* cap, size_t need) {
@@ -247,8 +249,19 @@ int sg_dg_conv2d(const float* x, const sg_geometry* geo, const int32_t* ent, int
     }
     src = dst;
   }
-  for (int64_t e = E; e < E + 16; e++) ows[e] = 0;
-  const int64_t* offs = ows;
+  /* Entry e reads the run src[b * xs + rowbase_e + shift_e + q] over a block's positions q.
+     Its "row" (channel, phase) is packed per block into a contiguous panel (row pitch
+     `pitch`), so that the kernel streams one small, TLB-friendly buffer instead of hundreds
+     of planes a page apart. */
+  const int64_t nph = direct ? 1 : sh * sw, nrows = C * nph;
+  int64_t maxshift = 0;
+  for (int64_t e = 0; e < E; e++) {
+    const int64_t phase = direct ? 0 : (ows[e] % cs) / psq;
+    const int64_t rowbase = ent[3 * e] * cs + phase * psq;
+    const int64_t shift = ows[e] - rowbase;
+    if (shift > maxshift) maxshift = shift;
+    ows[e] = (ent[3 * e] * nph + phase) << 24 | shift; /* row, shift; re-based below */
+  }
   const int64_t Hy = Ho + 2 * oph, Wy = Wo + 2 * opw;
   const int64_t yplane = Hy * Wy, rplane = Ho * Wo;
   if (oph > 0) {
@@ -263,60 +276,97 @@ int sg_dg_conv2d(const float* x, const sg_geometry* geo, const int32_t* ent, int
   const int64_t nvt = (L + VL - 1) / VL;
   const int64_t nblk = (nvt + pbv - 1) / pbv;
   const int64_t vbase = nvt / nblk, vextra = nvt % nblk;
-  const int64_t items = B * nblk * nchunks;
+  const int64_t span = VL * (vbase + 1) + maxshift + VL;
+  int64_t pitch = (span + 15) / 16 * 16;
+  if (pitch % 256 == 0) pitch += 16; /* rows a multiple of 1 KiB apart alias in L1 */
+  /* rows some entry reads, and the panel offsets of the entries */
+  unsigned char* used = (unsigned char*)calloc((size_t)nrows, 1);
+  if (!used) return -1;
+  for (int64_t e = 0; e < E; e++) {
+    const int64_t row = ows[e] >> 24, shift = ows[e] & ((1 << 24) - 1);
+    used[row] = 1;
+    ows[e] = row * pitch + shift;
+  }
+  for (int64_t e = E; e < E + 16; e++) ows[e] = 0;
+  const int64_t* offs = ows;
+  const int64_t srclen = B * xs; /* floats readable from src */
+  /* work items: (image, block, share of the chunks); enough of them to keep threads busy */
+  const int64_t threads = omp_get_max_threads();
+  int64_t nsplit = (3 * threads + B * nblk - 1) / (B * nblk);
+  if (nsplit > nchunks) nsplit = nchunks;
+  if (nsplit < 1) nsplit = 1;
+  const int64_t items = B * nblk * nsplit;
+  int failed = 0;
 #pragma omp parallel
   {
     float out[RMAX * PBMAX] __attribute__((aligned(64)));
+    float* panel = (float*)grow(ws_panel, &ws_panel_cap, sizeof(float) * (size_t)(nrows * pitch));
+    ws_panel = panel;
+    if (!panel) {
+#pragma omp atomic write
+      failed = 1;
+    }
 #pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < items; it++) {
-      const int64_t c = it % nchunks, t = it / nchunks;
+      if (!panel) continue;
+      const int64_t part = it % nsplit, t = it / nsplit;
       const int64_t blk = t % nblk, b = t / nblk;
-      const int64_t* ch = chunks + 5 * c;
       const int64_t q0 = VL * (blk * vbase + (blk < vextra ? blk : vextra));
       int64_t rem = VL * (vbase + (blk < vextra ? 1 : 0));
       if (rem > L - q0) rem = L - q0;
-      const int R = (int)ch[3];
-      const int vmax = VMAXR[R - 1];
-      const int nv = (int)((rem + VL - 1) / VL);
-      const float* xb = src + b * xs + q0;
-      for (int v0 = 0; v0 < nv; v0 += vmax) {
-        const int V = nv - v0 < vmax ? nv - v0 : vmax;
-        int64_t lastn = rem - VL * (v0 + V - 1);
-        KT[R - 1][V - 1](v_mask(lastn), xb + VL * v0, offs + ch[1], ch[0], wpk + ch[2],
-                         out + VL * v0);
+      const int64_t len = rem + maxshift + VL;
+      for (int64_t row = 0; row < nrows; row++) {
+        if (!used[row]) continue;
+        const int64_t start = b * xs + (row / nph) * cs + (row % nph) * psq + q0;
+        int64_t n = len;
+        if (start + n > srclen) n = srclen - start;
+        memcpy(panel + row * pitch, src + start, sizeof(float) * n);
+        if (n < len) memset(panel + row * pitch + n, 0, sizeof(float) * (len - n));
       }
-      for (int r = 0; r < R; r++) {
-        const int64_t n = rowmap[ch[4] + r];
-        const vf bv = V_SET1(bias ? bias[n] : 0.f);
-        float* yr = y + (b * N + n) * yplane + oph * Wy + opw;
-        const float* rr = res ? res + (b * N + n) * rplane : 0;
-        const float* o = out + r * PBMAX;
-        int64_t q = q0;
-        const int64_t qe = q0 + rem;
-        while (q < qe) {
-          const int64_t yy = q / wq;
-          int64_t se = yy * wq + Wo;
-          if (se > qe) se = qe;
-          if (opw > 0) {
-            if (q == yy * wq)
-              for (int64_t j = 1; j <= opw; j++) yr[yy * Wy - j] = 0.f;
-            if (se == yy * wq + Wo)
-              for (int64_t j = 0; j < opw; j++) yr[yy * Wy + Wo + j] = 0.f;
+      const int nv = (int)((rem + VL - 1) / VL);
+      const int64_t c0 = nchunks * part / nsplit, c1 = nchunks * (part + 1) / nsplit;
+      for (int64_t c = c0; c < c1; c++) {
+        const int64_t* ch = chunks + 5 * c;
+        const int R = (int)ch[3];
+        const int vmax = VMAXR[R - 1];
+        for (int v0 = 0; v0 < nv; v0 += vmax) {
+          const int V = nv - v0 < vmax ? nv - v0 : vmax;
+          KT[R - 1][V - 1](panel + VL * v0, offs + ch[1], ch[0], wpk + ch[2], out + VL * v0);
+        }
+        for (int r = 0; r < R; r++) {
+          const int64_t n = rowmap[ch[4] + r];
+          const vf bv = V_SET1(bias ? bias[n] : 0.f);
+          float* yr = y + (b * N + n) * yplane + oph * Wy + opw;
+          const float* rr = res ? res + (b * N + n) * rplane : 0;
+          const float* o = out + r * PBMAX;
+          int64_t q = q0;
+          const int64_t qe = q0 + rem;
+          while (q < qe) {
+            const int64_t yy = q / wq;
+            int64_t se = yy * wq + Wo;
+            if (se > qe) se = qe;
+            if (opw > 0) {
+              if (q == yy * wq)
+                for (int64_t j = 1; j <= opw; j++) yr[yy * Wy - j] = 0.f;
+              if (se == yy * wq + Wo)
+                for (int64_t j = 0; j < opw; j++) yr[yy * Wy + Wo + j] = 0.f;
+            }
+            for (int64_t s = q; s < se; s += VL) {
+              const vmask mm = v_mask(se - s);
+              const int64_t xx = s - yy * wq;
+              vf v = V_ADD(V_LOADM(mm, o + (s - q0)), bv);
+              if (rr) v = V_ADD(v, V_LOADM(mm, rr + yy * Wo + xx));
+              if (relu) v = V_MAX(v, V_ZERO());
+              V_STOREM(yr + yy * Wy + xx, mm, v);
+            }
+            q = (yy + 1) * wq;
           }
-          for (int64_t s = q; s < se; s += VL) {
-            const vmask mm = v_mask(se - s);
-            const int64_t xx = s - yy * wq;
-            vf v = V_ADD(V_LOADM(mm, o + (s - q0)), bv);
-            if (rr) v = V_ADD(v, V_LOADM(mm, rr + yy * Wo + xx));
-            if (relu) v = V_MAX(v, V_ZERO());
-            V_STOREM(yr + yy * Wy + xx, mm, v);
-          }
-          q = (yy + 1) * wq;
         }
       }
     }
   }
-  return 0;
+  free(used);
+  return failed ? -1 : 0;
 }
 
 /* y[p, i, j] = max over the kernel window of x[p] (implicit -inf padding, NaN propagates);
