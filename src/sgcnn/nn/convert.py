@@ -294,22 +294,29 @@ def _realize(
         spec, factories = _candidates(site, device, ("dense",))
     record: dict = {"name": site.name, "input_shape": list(site.input_shape)}
     if tune and len(factories) > 1:
-        modules = {label: f().to(device) for label, f in factories.items()}
-        x = torch.randn(site.input_shape, device=device, dtype=dtype)
-        res = (
-            torch.randn(site.residual_shape, device=device, dtype=dtype)
-            if site.residual_shape is not None
-            else None
-        )
-        calls = {
-            label: (lambda m=m: m(x, res) if res is not None else m(x))
-            for label, m in modules.items()
-        }
-        results = tuning.time_candidates(calls, device)
-        if not results:
-            raise RuntimeError(f"layer {site.name!r}: every realization failed to run")
+        # timings cached by layer and machine (sgcnn.nn.tuning): measured once
+        key = tuning.layer_key(spec, site.input_shape, site.residual_shape, dtype)
+        results = tuning.lookup(key, factories, device)
+        if results is None:
+            modules = {label: f().to(device) for label, f in factories.items()}
+            x = torch.randn(site.input_shape, device=device, dtype=dtype)
+            res = (
+                torch.randn(site.residual_shape, device=device, dtype=dtype)
+                if site.residual_shape is not None
+                else None
+            )
+            calls = {
+                label: (lambda m=m: m(x, res) if res is not None else m(x))
+                for label, m in modules.items()
+            }
+            results = tuning.time_candidates(calls, device)
+            if not results:
+                raise RuntimeError(f"layer {site.name!r}: every realization failed to run")
+            tuning.store(key, factories, results, device)
+            module = modules[tuning.best(results)]
+        else:
+            module = factories[tuning.best(results)]().to(device)
         choice = tuning.best(results)
-        module = modules[choice]
         record["times_ms"] = results
     else:
         choice = _default_choice(list(factories), spec, is_masked(site.layer))
