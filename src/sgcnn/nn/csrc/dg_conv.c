@@ -23,6 +23,7 @@ typedef __mmask16 vmask;
 #define V_LOADM(m, p) _mm512_maskz_loadu_ps((m), (p))
 #define V_STOREM(p, m, v) _mm512_mask_storeu_ps((p), (m), (v))
 #define V_STOREA(p, v) _mm512_store_ps((p), (v))
+#define _mm_storeu_ps_any(p, v) _mm512_storeu_ps((p), (v))
 #define V_SET1(x) _mm512_set1_ps(x)
 #define V_FMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
 #define V_ADD(a, b) _mm512_add_ps((a), (b))
@@ -41,6 +42,7 @@ typedef __m256i vmask;
 #define V_LOADM(m, p) _mm256_maskload_ps((p), (m))
 #define V_STOREM(p, m, v) _mm256_maskstore_ps((p), (m), (v))
 #define V_STOREA(p, v) _mm256_store_ps((p), (v))
+#define _mm_storeu_ps_any(p, v) _mm256_storeu_ps((p), (v))
 #define V_SET1(x) _mm256_set1_ps(x)
 #define V_FMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
 #define V_ADD(a, b) _mm256_add_ps((a), (b))
@@ -100,11 +102,71 @@ static inline __attribute__((always_inline)) void kbody(const int R, const int V
     for (int j = 0; j < V; j++) V_STOREA(out + i * PBMAX + VL * j, acc[i][j]);
 }
 
+/* kf_R_V: the same accumulation, then the epilogue straight from registers, for layers whose
+   output rows are the grid's rows (no junk columns, no border):
+   y_i[q + VL j] = relu?(acc[i][j] + bias_i + res_i?[q + VL j]) for the first `valid`
+   positions of the last vector and all of the others. res_i may be y_i (in-place). */
+static inline __attribute__((always_inline)) void kfbody(
+    const int R, const int V, const float* __restrict xb, const int64_t* __restrict offs,
+    int64_t ne, const float* __restrict w, float* const* yp, const float* const* rp,
+    const float* bv, int64_t q, int relu, int64_t valid) {
+  vf acc[RMAX][VB];
+#pragma GCC unroll 16
+  for (int i = 0; i < R; i++)
+#pragma GCC unroll 16
+    for (int j = 0; j < V; j++) acc[i][j] = V_ZERO();
+  for (int64_t e = 0; e < ne; e++) {
+    const float* p = xb + offs[e];
+    const float* pf = xb + offs[e + PREFETCH];
+    vf x[VB];
+#pragma GCC unroll 16
+    for (int j = 0; j < V; j++) {
+      _mm_prefetch((const char*)(pf + VL * j), _MM_HINT_T0);
+      x[j] = V_LOAD(p + VL * j);
+    }
+    const float* wr = w + e * R;
+#pragma GCC unroll 16
+    for (int i = 0; i < R; i++) {
+      const vf wv = V_SET1(wr[i]);
+#pragma GCC unroll 16
+      for (int j = 0; j < V; j++) acc[i][j] = V_FMA(wv, x[j], acc[i][j]);
+    }
+  }
+  const vmask ml = v_mask(valid);
+#pragma GCC unroll 16
+  for (int i = 0; i < R; i++) {
+    const vf b = V_SET1(bv[i]);
+    float* yi = yp[i] + q;
+    const float* ri = rp[i] ? rp[i] + q : 0;
+#pragma GCC unroll 16
+    for (int j = 0; j < V; j++) {
+      vf v = V_ADD(acc[i][j], b);
+      if (j < V - 1 || valid >= VL) {
+        if (ri) v = V_ADD(v, V_LOAD(ri + VL * j));
+        if (relu) v = V_MAX(v, V_ZERO());
+        _mm_storeu_ps_any(yi + VL * j, v);
+      } else {
+        if (ri) v = V_ADD(v, V_LOADM(ml, ri + VL * j));
+        if (relu) v = V_MAX(v, V_ZERO());
+        V_STOREM(yi + VL * j, ml, v);
+      }
+    }
+  }
+}
+
+typedef void (*kffn)(const float*, const int64_t*, int64_t, const float*, float* const*,
+                     const float* const*, const float*, int64_t, int, int64_t);
+
 typedef void (*kfn)(const float*, const int64_t*, int64_t, const float*, float*);
 #define K(R, V)                                                                            \
   static void k_##R##_##V(const float* xb, const int64_t* offs, int64_t ne, const float* w, \
                           float* out) {                                                    \
     kbody(R, V, xb, offs, ne, w, out);                                                     \
+  }                                                                                        \
+  static void kf_##R##_##V(const float* xb, const int64_t* offs, int64_t ne, const float* w,\
+                           float* const* yp, const float* const* rp, const float* bv,       \
+                           int64_t q, int relu, int64_t valid) {                            \
+    kfbody(R, V, xb, offs, ne, w, yp, rp, bv, q, relu, valid);                              \
   }
 #define D1(R) K(R, 1)
 #define D2(R) D1(R) K(R, 2)
@@ -118,17 +180,29 @@ typedef void (*kfn)(const float*, const int64_t*, int64_t, const float*, float*)
 #define D10(R) D9(R) K(R, 10)
 #define D11(R) D10(R) K(R, 11)
 #define D12(R) D11(R) K(R, 12)
+#define F1(R) kf_##R##_1
 #define T1(R) k_##R##_1
+#define F2(R) F1(R), kf_##R##_2
 #define T2(R) T1(R), k_##R##_2
+#define F3(R) F2(R), kf_##R##_3
 #define T3(R) T2(R), k_##R##_3
+#define F4(R) F3(R), kf_##R##_4
 #define T4(R) T3(R), k_##R##_4
+#define F5(R) F4(R), kf_##R##_5
 #define T5(R) T4(R), k_##R##_5
+#define F6(R) F5(R), kf_##R##_6
 #define T6(R) T5(R), k_##R##_6
+#define F7(R) F6(R), kf_##R##_7
 #define T7(R) T6(R), k_##R##_7
+#define F8(R) F7(R), kf_##R##_8
 #define T8(R) T7(R), k_##R##_8
+#define F9(R) F8(R), kf_##R##_9
 #define T9(R) T8(R), k_##R##_9
+#define F10(R) F9(R), kf_##R##_10
 #define T10(R) T9(R), k_##R##_10
+#define F11(R) F10(R), kf_##R##_11
 #define T11(R) T10(R), k_##R##_11
+#define F12(R) F11(R), kf_##R##_12
 #define T12(R) T11(R), k_##R##_12
 
 /* Vectors per kernel call for R filters: R * V accumulators + V inputs + 1 weight fit the
@@ -141,6 +215,9 @@ static const int VMAXR[RMAX] = {12, 8, 6, 6, 4, 4, 3, 3, 3, 2, 2, 2, 2, 2, 1, 1}
 static const kfn KT[RMAX][12] = {{T12(1)}, {T8(2)},  {T6(3)},  {T6(4)},  {T4(5)},  {T4(6)},
                                  {T3(7)},  {T3(8)},  {T3(9)},  {T2(10)}, {T2(11)}, {T2(12)},
                                  {T2(13)}, {T2(14)}, {T1(15)}, {T1(16)}};
+static const kffn KF[RMAX][12] = {{F12(1)}, {F8(2)},  {F6(3)},  {F6(4)},  {F4(5)},  {F4(6)},
+                                  {F3(7)},  {F3(8)},  {F3(9)},  {F2(10)}, {F2(11)}, {F2(12)},
+                                  {F2(13)}, {F2(14)}, {F1(15)}, {F1(16)}};
 #else
 D7(1) D5(2) D3(3) D3(4) D2(5) D2(6) D1(7) D1(8) D1(9) D1(10) D1(11) D1(12) D1(13) D1(14)
 D1(15) D1(16)
@@ -148,6 +225,9 @@ static const int VMAXR[RMAX] = {7, 5, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
 static const kfn KT[RMAX][12] = {{T7(1)},  {T5(2)},  {T3(3)},  {T3(4)},  {T2(5)},  {T2(6)},
                                  {T1(7)},  {T1(8)},  {T1(9)},  {T1(10)}, {T1(11)}, {T1(12)},
                                  {T1(13)}, {T1(14)}, {T1(15)}, {T1(16)}};
+static const kffn KF[RMAX][12] = {{F7(1)},  {F5(2)},  {F3(3)},  {F3(4)},  {F2(5)},  {F2(6)},
+                                  {F1(7)},  {F1(8)},  {F1(9)},  {F1(10)}, {F1(11)}, {F1(12)},
+                                  {F1(13)}, {F1(14)}, {F1(15)}, {F1(16)}};
 #endif
 
 /* 1 when the CPU running this library has the instructions it was compiled for. */
@@ -296,6 +376,8 @@ int sg_dg_conv2d(const float* x, const sg_geometry* geo, const int32_t* ent, int
   if (nsplit > nchunks) nsplit = nchunks;
   if (nsplit < 1) nsplit = 1;
   const int64_t items = B * nblk * nsplit;
+  /* output rows are the grid's rows: the kernel writes y directly */
+  const int rows_are_grid = (wq == Wo && oph == 0 && opw == 0);
   int failed = 0;
 #pragma omp parallel
   {
@@ -329,6 +411,23 @@ int sg_dg_conv2d(const float* x, const sg_geometry* geo, const int32_t* ent, int
         const int64_t* ch = chunks + 5 * c;
         const int R = (int)ch[3];
         const int vmax = VMAXR[R - 1];
+        if (rows_are_grid) {
+          float* yp[RMAX];
+          const float* rp[RMAX];
+          float bv[RMAX];
+          for (int r = 0; r < R; r++) {
+            const int64_t n = rowmap[ch[4] + r];
+            yp[r] = y + (b * N + n) * yplane;
+            rp[r] = res ? res + (b * N + n) * rplane : 0;
+            bv[r] = bias ? bias[n] : 0.f;
+          }
+          for (int v0 = 0; v0 < nv; v0 += vmax) {
+            const int V = nv - v0 < vmax ? nv - v0 : vmax;
+            KF[R - 1][V - 1](panel + VL * v0, offs + ch[1], ch[0], wpk + ch[2], yp, rp, bv,
+                             q0 + VL * v0, relu, rem - VL * (v0 + V - 1));
+          }
+          continue;
+        }
         for (int v0 = 0; v0 < nv; v0 += vmax) {
           const int V = nv - v0 < vmax ? nv - v0 : vmax;
           KT[R - 1][V - 1](panel + VL * v0, offs + ch[1], ch[0], wpk + ch[2], out + VL * v0);
