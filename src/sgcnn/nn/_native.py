@@ -15,14 +15,17 @@ input itself for a 1x1 stride-1 convolution, otherwise a zero-padded copy (strid
 ``s_h x s_w`` polyphase split of the padded input (stride > 1), so that every tap of every
 channel is one contiguous run of memory and output positions map to consecutive addresses
 (each output row carries ``k - 1`` junk columns that are computed and dropped). The padded copy
-is made once per call (1x the input), not once per group.
+is made once per call (1x the input), not once per group. Each work item then copies the runs
+its block of positions reads (one per input channel and phase) into a contiguous *panel*, so
+that the inner loop streams one small buffer rather than hundreds of planes a page apart.
 
-Work is split into items (image, block of ``lanes * block`` positions, chunk of at most
-``rows <= 16`` filters of one group) run by OpenMP threads. Each item keeps ``filters x
+Work is split into items (image, block of ``lanes * block`` positions, share of the chunks of
+at most ``rows <= 16`` filters of one group) run by OpenMP threads. Each item keeps ``filters x
 vectors`` accumulators in registers: per entry it loads ``vectors`` input vectors and
 broadcasts one weight per filter, so small groups still fill the vector lanes. The epilogue
 adds the bias, an optional residual and an optional ReLU, so a following BatchNorm (folded
-into ``w`` and ``bias``), the residual addition and the ReLU cost no memory pass.
+into ``w`` and ``bias``), the residual addition and the ReLU cost no memory pass; where the
+output rows are the grid's rows (1x1 layers) it is applied straight from the registers.
 
 The C source (``csrc/dg_conv.c``, shipped with the package) is compiled on first use with the
 system C compiler (``$CC`` or ``cc``, ``-O3 -march=native -fopenmp``) into ``$SGCNN_CACHE``

@@ -4,7 +4,8 @@ The candidates of one layer are timed round-robin (one call of each per round) o
 the layer's real shape, so that a burst of load from elsewhere on the machine hits all of them
 alike. A candidate's score is its fastest round: on a shared machine the minimum is the least
 disturbed estimate of what the code itself costs. A candidate more than ``cutoff`` times slower
-than the best after its first timed call is dropped early, to keep tuning short.
+than the best after its first timed call (``2 * cutoff`` times after its warm-up call) is
+dropped early, to keep tuning short.
 
 Measurements are cached (:func:`lookup`, :func:`store`) in ``$SGCNN_CACHE`` (default
 ``~/.cache/sgcnn``) by layer and machine, so converting the same network again measures
@@ -57,10 +58,10 @@ def synchronize(device: torch.device) -> None:
 def time_candidates(
     candidates: dict[str, Callable[[], object]],
     device: torch.device,
-    rounds: int = 5,
+    rounds: int = 4,
     warmup: int = 1,
-    budget_s: float = 0.6,
-    cutoff: float = 2.0,
+    budget_s: float = 0.4,
+    cutoff: float = 1.5,
 ) -> dict[str, dict[str, float]]:
     """``{name: {"min_ms", "median_ms", "runs"}}`` for each callable in ``candidates``.
 
@@ -71,14 +72,22 @@ def time_candidates(
     if device.type == "cpu" and os.environ.get("SGCNN_TUNE_CLOCK", _clock) == "cpu":
         clock = time.process_time
     alive: dict[str, Callable[[], object]] = {}
+    first: dict[str, float] = {}  # the last warm-up call's time: a first, rough cut
     for name, fn in candidates.items():
         try:
             for _ in range(warmup):
+                t0 = clock()
                 fn()
-            synchronize(device)
+                synchronize(device)
+                first[name] = clock() - t0
         except (RuntimeError, ValueError, MemoryError):
             continue
         alive[name] = fn
+    if warmup and len(alive) > 2:
+        fastest = min(first[name] for name in alive)
+        for name in list(alive):
+            if first[name] > 2 * cutoff * fastest:
+                del alive[name]
     times: dict[str, list[float]] = {name: [] for name in alive}
     start = time.perf_counter()
     for r in range(rounds):
