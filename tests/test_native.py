@@ -162,3 +162,17 @@ def test_geometry_is_a_named_structure_matching_the_library():
     c = geo.c_struct((2, 8, 15, 15))
     assert (c.sh, c.ph, c.out_h, c.filters, c.block) == (2, 1, 8, 16, geo.block)
     assert 1 <= geo.block <= _native.max_block()
+
+
+@pytest.mark.slow
+@needs_native
+def test_a_damaged_cached_build_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("SGCNN_CACHE", str(tmp_path))
+    key = _native._build_key(_native._compiler())
+    path = tmp_path / "kernels" / key / "libsgcnn_dg.so"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a shared library")
+    monkeypatch.setattr(_native, "_lib", None)
+    monkeypatch.setattr(_native, "_error", None)
+    assert _native.available(), _native.unavailable_reason()
+    assert path.read_bytes()[:4] == b"\x7fELF"

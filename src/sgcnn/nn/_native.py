@@ -200,7 +200,12 @@ def _load() -> ctypes.CDLL | None:
             path = _cache_root() / "kernels" / key / "libsgcnn_dg.so"
             if not path.is_file():
                 _compile(compiler, path)
-            lib = ctypes.CDLL(str(path))
+            try:
+                lib = ctypes.CDLL(str(path))
+                lib.sg_geometry_size  # noqa: B018 (a library that lacks it is not ours)
+            except (OSError, AttributeError):  # a damaged cached build: build it again
+                _compile(compiler, path)
+                lib = ctypes.CDLL(str(path))
             if not lib.sg_supported():
                 raise RuntimeError("this CPU lacks the AVX2 + FMA (or AVX-512F) the kernel needs")
             i64, p = ctypes.c_int64, ctypes.c_void_p
