@@ -10,7 +10,6 @@
 #include <omp.h>
 
 #define RMAX 16 /* filters per chunk, at most */
-#define PREFETCH 2 /* entries ahead for software prefetch */
 
 #if defined(__AVX512F__)
 #define ISA "avx512f"
@@ -81,11 +80,9 @@ static inline __attribute__((always_inline)) void kbody(const int R, const int V
     for (int j = 0; j < V; j++) acc[i][j] = V_ZERO();
   for (int64_t e = 0; e < ne; e++) {
     const float* p = xb + offs[e];
-    const float* pf = xb + offs[e + PREFETCH];
     vf x[VB];
 #pragma GCC unroll 16
     for (int j = 0; j < V; j++) {
-      _mm_prefetch((const char*)(pf + VL * j), _MM_HINT_T0);
       x[j] = V_LOAD(p + VL * j);
     }
     const float* wr = w + e * R;
@@ -117,11 +114,9 @@ static inline __attribute__((always_inline)) void kfbody(
     for (int j = 0; j < V; j++) acc[i][j] = V_ZERO();
   for (int64_t e = 0; e < ne; e++) {
     const float* p = xb + offs[e];
-    const float* pf = xb + offs[e + PREFETCH];
     vf x[VB];
 #pragma GCC unroll 16
     for (int j = 0; j < V; j++) {
-      _mm_prefetch((const char*)(pf + VL * j), _MM_HINT_T0);
       x[j] = V_LOAD(p + VL * j);
     }
     const float* wr = w + e * R;
