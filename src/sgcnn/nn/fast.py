@@ -544,9 +544,9 @@ class NativeGroupConv2d(_Fast):
             raise ValueError("the native kernel realizes convolutions only")
         if spec.weight.dtype != torch.float32:
             raise ValueError("the native kernel computes in float32 only")
-        vectors = max(1, block * 16 // _native.lanes()) if _native.available() else block
-        if not 1 <= vectors <= (_native.max_block() if _native.available() else 12):
+        if not 1 <= block <= 12:
             raise ValueError("block must be in 1..12")
+        lanes = _native.lanes() if _native.available() else 16
         w = spec.weight
         cg = w.shape[1]
         kh, kw = w.shape[2:]
@@ -574,7 +574,7 @@ class NativeGroupConv2d(_Fast):
         self.bias = nn.Parameter(spec.bias.clone().contiguous(), requires_grad=False)
         self.block = block
         self.rows = rows
-        self._vectors = vectors
+        self._vectors = block * 16 // lanes  # the kernel's block: vectors of `lanes` floats
         # Set by convert's memory planning (both exact, see NativeGroupConv2d.forward):
         self.out_pad = (0, 0)  # write a zero border of this size around each output plane
         self.input_padded = False  # x already carries this layer's zero padding
