@@ -30,13 +30,14 @@ realization can be rebuilt from any other.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+from sgcnn.errors import SgcnnError
 from sgcnn.nn import _native
 from sgcnn.nn.masked import MaskedConv2d, MaskedLinear, is_masked
 
@@ -191,6 +192,21 @@ class _Fast(nn.Module):
         self.out_features = spec.out_features
         self.in_features = spec.in_features
         self.kernel_size = tuple(spec.weight.shape[2:]) if spec.kind == "conv" else ()
+        self._groups = [(f.clone(), c.clone()) for f, c in spec.groups]
+        self._kept = spec.kept_kernels
+        self._weight_shape = tuple(spec.weight.shape)
+
+    def spec(self) -> LayerSpec:
+        """The layer back, with its masked weight rebuilt from what this module computes
+        with (no copy of the dense weight is kept)."""
+        groups = [(f.clone(), c.clone()) for f, c in self._groups]
+        return LayerSpec(
+            self.kind, self._dense_weight(), self.bias.detach().clone().cpu(), groups,
+            self.stride, self.padding, self.dilation, self.conv_groups, self.relu, self._kept,
+        )  # fmt: skip
+
+    def _dense_weight(self) -> torch.Tensor:
+        raise NotImplementedError
 
     @classmethod
     def from_masked(
@@ -235,17 +251,17 @@ class DenseConv2d(_Fast):
         self.mode = mode
         self.weight = nn.Parameter(spec.weight.clone(), requires_grad=False)
         self.bias = nn.Parameter(spec.bias.clone(), requires_grad=False)
-        self._spec = replace(spec, weight=spec.weight.clone())
 
     @classmethod
     def from_spec(cls, spec: LayerSpec, mode: str = "nchw") -> DenseConv2d:
         return cls(spec, mode)
 
-    def spec(self) -> LayerSpec:
-        return self._spec
 
     def _executed_per_position(self) -> int:
         return self.weight[0].numel() * self.out_features
+
+    def _dense_weight(self) -> torch.Tensor:
+        return self.weight.detach().clone()
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         if self.mode == "matmul":
@@ -289,17 +305,17 @@ class DenseLinear(_Fast):
         super().__init__(spec)
         self.weight = nn.Parameter(spec.weight.clone(), requires_grad=False)
         self.bias = nn.Parameter(spec.bias.clone(), requires_grad=False)
-        self._spec = replace(spec, weight=spec.weight.clone())
 
     @classmethod
     def from_spec(cls, spec: LayerSpec) -> DenseLinear:
         return cls(spec)
 
-    def spec(self) -> LayerSpec:
-        return self._spec
 
     def _executed_per_position(self) -> int:
         return self.weight.numel()
+
+    def _dense_weight(self) -> torch.Tensor:
+        return self.weight.detach().clone()
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         return _epilogue(F.linear(x, self.weight, self.bias), residual, self.relu)
@@ -355,22 +371,30 @@ class GroupedConv2d(_Fast):
             local = channels % cg
             weight[i * n_max : i * n_max + len(filters), : len(channels)] = w[filters][:, local]
             out_index[filters] = torch.arange(i * n_max, i * n_max + len(filters))
-        self.blocks = g
+        self.blocks, self.block_in, self.block_out = g, k, n_max
         self.register_buffer("in_index", in_index)
         self.register_buffer("out_index", out_index)
         self.weight = nn.Parameter(weight, requires_grad=False)
         self.bias = nn.Parameter(spec.bias.clone(), requires_grad=False)
-        self._spec = replace(spec, weight=spec.weight.clone())
 
     @classmethod
     def from_spec(cls, spec: LayerSpec) -> GroupedConv2d:
         return cls(spec)
 
-    def spec(self) -> LayerSpec:
-        return self._spec
 
     def _executed_per_position(self) -> int:
         return self.weight.numel()
+
+    def _dense_weight(self) -> torch.Tensor:
+        # filter f sits in row out_index[f] of block out_index[f] // n_max; padded inputs
+        # (channel 0 under zero weights) add exact zeros
+        rows = self.out_index.cpu()
+        chans = self.in_index.cpu().view(self.blocks, self.block_in)[rows // self.block_out]
+        chans = chans % self._weight_shape[1]
+        filters = torch.arange(len(rows))[:, None].expand_as(chans)
+        w = self.weight.detach().cpu()
+        dense = w.new_zeros(self._weight_shape)
+        return dense.index_put_((filters, chans), w[rows], accumulate=True)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         xg = x.index_select(1, self.in_index)
@@ -395,22 +419,28 @@ class GroupedLinear(_Fast):
             in_index[i * k : i * k + len(channels)] = channels
             weight[i, : len(channels), : len(filters)] = spec.weight[filters][:, channels].t()
             out_index[filters] = torch.arange(i * n_max, i * n_max + len(filters))
-        self.blocks, self.block_in = g, k
+        self.blocks, self.block_in, self.block_out = g, k, n_max
         self.register_buffer("in_index", in_index)
         self.register_buffer("out_index", out_index)
         self.weight = nn.Parameter(weight, requires_grad=False)
         self.bias = nn.Parameter(spec.bias.clone(), requires_grad=False)
-        self._spec = replace(spec, weight=spec.weight.clone())
 
     @classmethod
     def from_spec(cls, spec: LayerSpec) -> GroupedLinear:
         return cls(spec)
 
-    def spec(self) -> LayerSpec:
-        return self._spec
 
     def _executed_per_position(self) -> int:
         return self.weight.numel()
+
+    def _dense_weight(self) -> torch.Tensor:
+        rows = self.out_index.cpu()
+        blocks = rows // self.block_out
+        chans = self.in_index.cpu().view(self.blocks, self.block_in)[blocks]
+        filters = torch.arange(len(rows))[:, None].expand_as(chans)
+        w = self.weight.detach().cpu()[blocks, :, rows % self.block_out]  # [N, K]
+        dense = w.new_zeros(self._weight_shape)
+        return dense.index_put_((filters, chans), w, accumulate=True)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         lead = x.shape[:-1]
@@ -445,17 +475,22 @@ class _GroupLoop(_Fast):
             order.append(filters)
         self.register_buffer("out_index", torch.argsort(torch.cat(order)))
         self.bias = nn.Parameter(spec.bias.clone(), requires_grad=False)
-        self._spec = replace(spec, weight=spec.weight.clone())
 
     @classmethod
     def from_spec(cls, spec: LayerSpec):
         return cls(spec)
 
-    def spec(self) -> LayerSpec:
-        return self._spec
 
     def _executed_per_position(self) -> int:
         return sum(w.numel() for w in self.weights)
+
+    def _dense_weight(self) -> torch.Tensor:
+        dense = self.weights[0].new_zeros(self._weight_shape).cpu()
+        cg = self._weight_shape[1]
+        for (filters, channels), w in zip(self._groups, self.weights, strict=True):
+            if len(channels):
+                dense[filters[:, None], channels % cg] = w.detach().cpu()
+        return dense
 
 
 class GroupLoopConv2d(_GroupLoop):
@@ -490,16 +525,15 @@ class NativeGroupConv2d(_Fast):
     """The gather-free native kernel (:mod:`sgcnn.nn._native`), fp32 NCHW on CPU.
 
     Each group's filters are cut into chunks of at most ``rows`` (balanced sizes); a chunk's
-    packed weights are ``[entries, filters]`` with entries the group's (channel, ky, kx) triples, so
-    one weight broadcast per filter meets a vector of 16 output positions. ``block`` is the
-    number of 16-position vectors per work item and ``rows`` the most filters per chunk
+    packed weights are ``[entries, filters]`` with entries the group's (channel, ky, kx)
+    triples, so one weight broadcast per filter meets a vector of output positions. ``block``
+    is the number of 16-position runs per work item and ``rows`` the most filters per chunk
     (taller chunks reuse each loaded input vector more; both tuned per layer).
     """
 
     realization = "native"
-    # (block, rows) pairs convert measures: position-block vectors, filters per chunk. Taller
-    # chunks (rows up to 16) gained at most ~10% on a few ResNet-50 layers: not worth the
-    # extra tuning time by default.
+    # (block, rows) pairs convert measures. Taller chunks (rows up to 16) gained at most ~10%
+    # on a few ResNet-50 layers: not worth the extra tuning time by default.
     settings_to_try = ((4, 6), (8, 6), (12, 6))
 
     def __init__(self, spec: LayerSpec, block: int = 8, rows: int = 6) -> None:
@@ -510,8 +544,9 @@ class NativeGroupConv2d(_Fast):
             raise ValueError("the native kernel realizes convolutions only")
         if spec.weight.dtype != torch.float32:
             raise ValueError("the native kernel computes in float32 only")
-        if not 1 <= block <= _native.VB:
-            raise ValueError(f"block must be in 1..{_native.VB}")
+        if not 1 <= block <= 12:
+            raise ValueError("block must be in 1..12")
+        lanes = _native.lanes() if _native.available() else 16
         w = spec.weight
         cg = w.shape[1]
         kh, kw = w.shape[2:]
@@ -539,11 +574,11 @@ class NativeGroupConv2d(_Fast):
         self.bias = nn.Parameter(spec.bias.clone().contiguous(), requires_grad=False)
         self.block = block
         self.rows = rows
+        self._vectors = block * 16 // lanes  # the kernel's block: vectors of `lanes` floats
         # Set by convert's memory planning (both exact, see NativeGroupConv2d.forward):
         self.out_pad = (0, 0)  # write a zero border of this size around each output plane
         self.input_padded = False  # x already carries this layer's zero padding
         self.accumulate = False  # add into the residual tensor in place
-        self._spec = replace(spec, weight=spec.weight.clone())
 
     @classmethod
     def from_spec(cls, spec: LayerSpec, block: int = 8, rows: int = 6) -> NativeGroupConv2d:
@@ -559,11 +594,32 @@ class NativeGroupConv2d(_Fast):
             and _native.available()
         )
 
-    def spec(self) -> LayerSpec:
-        return self._spec
-
     def _executed_per_position(self) -> int:
         return int((self.chunks[:, 0] * self.chunks[:, 3]).sum())
+
+    def _dense_weight(self) -> torch.Tensor:
+        dense = self.weights.new_zeros(self._weight_shape).cpu()
+        cg = self._weight_shape[1]
+        entries, weights = self.entries.long().cpu(), self.weights.detach().cpu()
+        for ne, e0, w0, rows, r0 in self.chunks.tolist():
+            ent = entries[e0 : e0 + ne]
+            filters = self.rowmap[r0 : r0 + rows].cpu()
+            w = weights[w0 : w0 + ne * rows].view(ne, rows).t()  # [rows, entries]
+            dense[filters[:, None], ent[:, 0] % cg, ent[:, 1], ent[:, 2]] = w
+        return dense
+
+    def geometry(self) -> _native.Geometry:
+        """What the kernel needs to know besides the tensors (see :class:`_native.Geometry`)."""
+        return _native.Geometry(
+            filters=self.out_features,
+            kernel=self.kernel_size,
+            stride=self.stride,
+            padding=(0, 0) if self.input_padded else self.padding,
+            dilation=self.dilation,
+            block=self._vectors,
+            border=self.out_pad,
+            input_padded=self.input_padded,
+        )
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """``relu?(conv(x) + bias + residual?)``.
@@ -573,33 +629,23 @@ class NativeGroupConv2d(_Fast):
         output carries such a border for the next layer; with ``accumulate`` the result is
         written into ``residual`` (which convert only allows where nothing reads it later).
         """
-        kh, kw = self.kernel_size
-        padding = (0, 0) if self.input_padded else self.padding
-        geometry = [
-            self.out_features,
-            kh,
-            kw,
-            *self.stride,
-            *padding,
-            *self.dilation,
-            self.block,
-            *self.out_pad,
-            int(self.input_padded),
-        ]
+        _refuse_onnx_export(self)
+        geo = self.geometry()
         args = (self.entries, self.weights, self.chunks, self.rowmap, self.bias)
         # Plain tensors: call the kernel directly; anything else (fake or functional tensors
-        # of torch.export, proxies, a dispatch mode such as FlopCounterMode) goes through the
-        # registered operators.
+        # of torch.export, torch.jit.trace, a dispatch mode such as FlopCounterMode) goes
+        # through the registered operators, which tracers record.
         eager = _plain(x, residual)
         if self.accumulate and residual is not None:
             if eager:
-                _native.accumulate_(residual, x, *args, geometry, self.relu)
+                _native.accumulate_(residual, x, *args, geo, self.relu)
             else:
-                torch.ops.sgcnn.dg_conv2d_accumulate_(residual, x, *args, geometry, self.relu)
+                op = torch.ops.sgcnn.dg_conv2d_accumulate_
+                op(residual, x, *args, *_native.op_args(geo), self.relu)
             return residual
         if eager:
-            return _native.conv2d(x, *args, residual, geometry, self.relu)
-        return torch.ops.sgcnn.dg_conv2d(x, *args, residual, geometry, self.relu)
+            return _native.conv2d(x, *args, residual, geo, self.relu)
+        return torch.ops.sgcnn.dg_conv2d(x, *args, residual, *_native.op_args(geo), self.relu)
 
     def extra_repr(self) -> str:
         extra = []
@@ -612,7 +658,7 @@ class NativeGroupConv2d(_Fast):
         return ", ".join(
             [
                 super().extra_repr(),
-                f"groups={len(self._spec.groups)}",
+                f"groups={len(self._groups)}",
                 f"block={self.block}",
                 *extra,
             ]
@@ -620,10 +666,24 @@ class NativeGroupConv2d(_Fast):
 
 
 def _plain(*tensors) -> bool:
-    """Plain eager tensors, no dispatch mode: the native kernels may be called directly."""
-    return all(t is None or type(t) is torch.Tensor for t in tensors) and (
-        _get_current_dispatch_mode() is None
+    """Plain eager tensors, no dispatch mode, no tracer: the native kernels may be called
+    directly (``torch.jit.trace`` would not see a direct call)."""
+    return (
+        all(t is None or type(t) is torch.Tensor for t in tensors)
+        and _get_current_dispatch_mode() is None
+        and not torch.jit.is_tracing()
     )
+
+
+def _refuse_onnx_export(module: nn.Module) -> None:
+    """The native kernels have no ONNX form: say what to do instead of failing deep inside
+    the exporter."""
+    if torch.onnx.is_in_onnx_export():
+        raise SgcnnError(
+            f"{type(module).__name__} runs sgcnn's native kernel, which ONNX cannot express; "
+            "export with sgcnn.export.export_onnx(model, path, x) (or `sgcnn export --format "
+            "onnx`), which realizes every layer with standard operators"
+        )
 
 
 class MaxPool2d(nn.Module):
@@ -643,7 +703,7 @@ class MaxPool2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         args = (list(self.kernel_size), list(self.stride), list(self.padding), self.ceil_mode)
         native = x.dim() == 4 and x.dtype == torch.float32 and x.device.type == "cpu"
-        if native and _native.available():
+        if native and _native.available() and not torch.onnx.is_in_onnx_export():
             if _plain(x):
                 return _native.max_pool2d(x, *args)
             return torch.ops.sgcnn.max_pool2d(x, *args)

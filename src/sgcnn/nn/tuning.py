@@ -4,7 +4,12 @@ The candidates of one layer are timed round-robin (one call of each per round) o
 the layer's real shape, so that a burst of load from elsewhere on the machine hits all of them
 alike. A candidate's score is its fastest round: on a shared machine the minimum is the least
 disturbed estimate of what the code itself costs. A candidate more than ``cutoff`` times slower
-than the best after its first timed call is dropped early, to keep tuning short.
+than the best after its first timed call (``2 * cutoff`` times after its warm-up call) is
+dropped early, to keep tuning short.
+
+Measurements are cached (:func:`lookup`, :func:`store`) in ``$SGCNN_CACHE`` (default
+``~/.cache/sgcnn``) by layer and machine, so converting the same network again measures
+nothing; ``SGCNN_TUNING_CACHE=0`` turns the cache off.
 
 The clock is wall time. ``SGCNN_TUNE_CLOCK=cpu`` uses the process's CPU time instead, which
 a busy machine disturbs less (useful for development on a shared box, but it undercounts
@@ -14,10 +19,17 @@ code that leaves threads idle); it is ignored on CUDA devices.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import math
 import os
+import platform
 import statistics
+import tempfile
 import time
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -46,12 +58,13 @@ def synchronize(device: torch.device) -> None:
 def time_candidates(
     candidates: dict[str, Callable[[], object]],
     device: torch.device,
-    rounds: int = 5,
+    rounds: int = 3,
     warmup: int = 1,
-    budget_s: float = 0.6,
-    cutoff: float = 2.0,
+    budget_s: float = 0.3,
+    cutoff: float = 1.5,
 ) -> dict[str, dict[str, float]]:
-    """``{name: {"min_ms", "median_ms", "runs"}}`` for each callable in ``candidates``.
+    """``{name: {"min_ms", "median_ms", "runs"}}`` for each callable in ``candidates``
+    (``runs`` 0: cut after its warm-up call, whose time is given).
 
     Candidates that raise are left out. At most ``rounds`` timed calls each, fewer when the
     total time passes ``budget_s`` (every survivor gets at least one timed call).
@@ -60,14 +73,24 @@ def time_candidates(
     if device.type == "cpu" and os.environ.get("SGCNN_TUNE_CLOCK", _clock) == "cpu":
         clock = time.process_time
     alive: dict[str, Callable[[], object]] = {}
+    first: dict[str, float] = {}  # the last warm-up call's time: a first, rough cut
     for name, fn in candidates.items():
         try:
             for _ in range(warmup):
+                t0 = clock()
                 fn()
-            synchronize(device)
+                synchronize(device)
+                first[name] = clock() - t0
         except (RuntimeError, ValueError, MemoryError):
             continue
         alive[name] = fn
+    cut: dict[str, float] = {}
+    if warmup and len(alive) > 2:
+        fastest = min(first[name] for name in alive)
+        for name in list(alive):
+            if first[name] > 2 * cutoff * fastest:
+                cut[name] = first.pop(name)
+                del alive[name]
     times: dict[str, list[float]] = {name: [] for name in alive}
     start = time.perf_counter()
     for r in range(rounds):
@@ -83,7 +106,7 @@ def time_candidates(
                     del alive[name]
         if time.perf_counter() - start > budget_s:
             break
-    return {
+    results = {
         name: {
             "min_ms": min(v) * 1e3,
             "median_ms": statistics.median(v) * 1e3,
@@ -92,8 +115,132 @@ def time_candidates(
         for name, v in times.items()
         if v
     }
+    # cut after the warm-up: that one call is all that was measured (runs = 0)
+    results.update(
+        {name: {"min_ms": t * 1e3, "median_ms": t * 1e3, "runs": 0} for name, t in cut.items()}
+    )
+    return results
 
 
 def best(results: dict[str, dict[str, float]]) -> str:
     """The candidate with the lowest ``min_ms``."""
     return min(results, key=lambda name: results[name]["min_ms"])
+
+
+# ------------------------------------------------------------------------ the cache
+#
+# Measurements are kept as JSON in $SGCNN_CACHE/tuning/<context>.json, one file per context
+# (realization set, torch version, threads, CPU model and features, native kernel build,
+# device), holding one entry per layer key (geometry, group sizes, input shape, dtype). An
+# entry is reused only when it names exactly the candidates offered now and every time is a
+# finite non-negative number; anything else is re-measured.
+
+REALIZATION_SET = 3  # bump when realizations change in a way that invalidates timings
+_CACHE_FORMAT = "sgcnn.tuning"
+
+
+def _cache_file(device: torch.device) -> Path:
+    from sgcnn.nn import _native
+
+    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else _native.cpu_id()
+    kernels = _native.build_key() if device.type == "cpu" and _native.available() else "none"
+    context = json.dumps(
+        [REALIZATION_SET, torch.__version__, torch.get_num_threads(), machine, kernels,
+         device.type, platform.node() if device.type == "cpu" else ""]
+    )  # fmt: skip
+    name = hashlib.sha256(context.encode()).hexdigest()[:24]
+    root = Path(os.environ.get("SGCNN_CACHE") or Path.home() / ".cache" / "sgcnn")
+    return root / "tuning" / f"{name}.json"
+
+
+def layer_key(spec, input_shape, residual_shape, dtype) -> str:
+    """What a layer's timings depend on: kind, weight shape, stride / padding / dilation,
+    convolution groups, fused epilogue, input shape (batch included), dtype, and the sizes of
+    its self-groups (filters, kept input channels)."""
+    sizes = sorted((len(f), len(c)) for f, c in spec.groups)
+    parts = [
+        spec.kind, list(spec.weight.shape), list(spec.stride), list(spec.padding),
+        list(spec.dilation), spec.conv_groups, spec.relu, residual_shape is not None,
+        list(input_shape), str(dtype), sizes,
+    ]  # fmt: skip
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
+
+
+def _read(path: Path) -> dict:
+    """The file's entries; ``{}`` (with a warning) when it is unreadable or malformed."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or data.get("format") != _CACHE_FORMAT:
+            raise ValueError("not an sgcnn tuning cache")
+        entries = data.get("entries")
+        if not isinstance(entries, dict):
+            raise ValueError("no entries")
+        return entries
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        warnings.warn(
+            f"ignoring the tuning cache {path} ({err}); its layers are measured again "
+            "and the file rewritten",
+            stacklevel=3,
+        )
+        return {}
+
+
+def _valid(entry, labels) -> bool:
+    if not isinstance(entry, dict) or not isinstance(entry.get("times_ms"), dict):
+        return False
+    times = entry["times_ms"]
+    if sorted(entry.get("candidates", [])) != sorted(labels) or not times:
+        return False
+    for name, t in times.items():
+        if name not in labels or not isinstance(t, dict):
+            return False
+        values = [t.get("min_ms"), t.get("median_ms"), t.get("runs")]
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in values):
+            return False
+    return True
+
+
+def lookup(key: str, labels, device: torch.device) -> dict[str, dict[str, float]] | None:
+    """The cached timings of layer ``key`` if they are for exactly these candidate
+    ``labels``; ``None`` when absent, stale or malformed (a malformed entry also warns)."""
+    if os.environ.get("SGCNN_TUNING_CACHE", "1") == "0":
+        return None
+    path = _cache_file(device)
+    entry = _read(path).get(key)
+    if entry is None:
+        return None
+    if not _valid(entry, list(labels)):
+        if isinstance(entry, dict) and sorted(entry.get("candidates", [])) != sorted(labels):
+            return None  # stale: the candidates changed; measured again silently
+        warnings.warn(f"ignoring a malformed entry of the tuning cache {path}", stacklevel=2)
+        return None
+    return {name: dict(t) for name, t in entry["times_ms"].items()}
+
+
+def store(key: str, labels, results: dict, device: torch.device) -> None:
+    """Record layer ``key``'s timings (atomic rewrite of the context's file)."""
+    if os.environ.get("SGCNN_TUNING_CACHE", "1") == "0" or not results:
+        return
+    path = _cache_file(device)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            entries = _read(path)
+        entries[key] = {"candidates": sorted(labels), "times_ms": results}
+        data = {"format": _CACHE_FORMAT, "version": 1, "entries": entries}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tuning-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError as err:
+        warnings.warn(f"could not write the tuning cache {path}: {err}", stacklevel=2)

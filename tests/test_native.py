@@ -1,0 +1,178 @@
+"""Native kernels: tracers see them (or refuse loudly), the build is keyed and shipped as C
+source, and fast modules give their layer back without keeping a dense copy."""
+
+import io
+from importlib import resources
+
+import pytest
+import torch
+from torch import nn
+
+import sgcnn
+from sgcnn.core.clustering import KMeansSettings
+from sgcnn.errors import SgcnnError
+from sgcnn.nn import _native, fast
+from sgcnn.nn.convert import convert
+
+needs_native = pytest.mark.skipif(not _native.available(), reason="native kernel unavailable")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _grouped(name="resnet20", size=16):
+    model = sgcnn.create_model(name).eval()
+    sgcnn.self_group_(
+        model,
+        0.5,
+        groups=4,
+        kmeans=KMeansSettings(n_init=1, max_iter=30),
+        input_size=(3, size, size),
+    )
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return model, torch.randn(2, 3, size, size)
+
+
+def _close(got, want):
+    scale = max(1.0, float(want.abs().max()))
+    torch.testing.assert_close(got / scale, want / scale, atol=1e-5, rtol=1e-4)
+
+
+def _sgcnn_calls(graph) -> int:
+    return sum(node.kind().startswith("sgcnn::") for node in graph.nodes())
+
+
+# ------------------------------------------------------------------------ tracers
+
+
+@needs_native
+def test_jit_trace_records_the_native_kernels_and_follows_a_new_input():
+    masked, x = _grouped()
+    converted = convert(masked, x, tune=False, realizations=("native",))
+    natives = [m for m in converted.modules() if isinstance(m, fast.NativeGroupConv2d)]
+    assert any(m.accumulate for m in natives) and any(m.input_padded for m in natives)
+    with torch.no_grad():
+        traced = torch.jit.trace(converted, x)
+        assert _sgcnn_calls(traced.inlined_graph) >= len(natives)
+        new = torch.randn_like(x) * 3
+        _close(traced(new), masked(new))
+        # saved and loaded, it still computes (the operators are registered by sgcnn)
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer)
+        buffer.seek(0)
+        _close(torch.jit.load(buffer)(new), masked(new))
+
+
+@needs_native
+def test_torch_export_follows_a_new_input():
+    masked, x = _grouped()
+    converted = convert(masked, x, tune=False, realizations=("native",))
+    with torch.no_grad():
+        program = torch.export.export(converted, (x,))
+        new = torch.randn_like(x)
+        _close(program.module()(new), masked(new))
+
+
+@needs_native
+def test_legacy_onnx_export_of_native_layers_is_a_clear_error(tmp_path):
+    masked, x = _grouped()
+    converted = convert(masked, x, tune=False, realizations=("native",))
+    with pytest.raises(SgcnnError, match="export_onnx"):
+        torch.onnx.export(converted, (x,), str(tmp_path / "m.onnx"), dynamo=False)
+
+
+def test_jit_trace_of_standard_realizations_follows_a_new_input():
+    masked, x = _grouped()
+    for allowed in (("grouped",), ("loop",), ("dense",)):
+        converted = convert(masked, x, tune=False, realizations=allowed)
+        with torch.no_grad():
+            traced = torch.jit.trace(converted, x)
+            new = torch.randn_like(x)
+            _close(traced(new), masked(new))
+
+
+# ------------------------------------------------------------------------ hygiene
+
+
+def test_kernel_source_is_a_shipped_c_file():
+    source = resources.files("sgcnn.nn").joinpath("csrc", "dg_conv.c")
+    assert source.is_file()
+    assert "sg_dg_conv2d" in source.read_text()
+
+
+def test_build_key_covers_source_compiler_and_cpu(monkeypatch):
+    key = _native._build_key("cc")
+    assert key == _native._build_key("cc")
+    monkeypatch.setattr(_native, "_source", lambda: b"/* changed */")
+    assert _native._build_key("cc") != key
+    monkeypatch.undo()
+    monkeypatch.setattr(_native, "cpu_id", lambda: "another cpu")
+    assert _native._build_key("cc") != key
+
+
+REALIZATIONS = [
+    (fast.DenseConv2d, {}),
+    (fast.GroupedConv2d, {}),
+    (fast.GroupLoopConv2d, {}),
+    pytest.param(fast.NativeGroupConv2d, {"block": 4, "rows": 5}, marks=needs_native),
+]
+
+
+@pytest.mark.parametrize("cls,options", REALIZATIONS, ids=lambda v: getattr(v, "__name__", ""))
+def test_spec_rebuilds_the_masked_weight_exactly_without_a_stored_copy(cls, options):
+    layer = nn.Conv2d(24, 40, 3, padding=1, groups=2)
+    model = nn.Sequential(layer)
+    sgcnn.self_group_(model, 0.6, groups=4, default_exclusions=False)
+    spec = fast.spec_from_layer(model[0])
+    module = cls.from_spec(spec, **options)
+    tensors = [*module.parameters(), *module.buffers()]
+    if cls is not fast.DenseConv2d:  # only the dense form computes with the dense weight
+        assert all(t.shape != spec.weight.shape for t in tensors)
+    assert not any(isinstance(v, fast.LayerSpec) for v in vars(module).values())
+    back = module.spec()
+    assert torch.equal(back.weight, spec.weight) and torch.equal(back.bias, spec.bias)
+    assert back.kept_kernels == spec.kept_kernels
+    x = torch.randn(2, 24, 9, 9)
+    with torch.no_grad():
+        _close(cls.from_spec(back, **options)(x), module(x))
+
+
+def test_linear_spec_rebuilds_the_masked_weight_exactly():
+    model = nn.Sequential(nn.Linear(30, 20))
+    sgcnn.self_group_(model, 0.6, groups=4, default_exclusions=False)
+    spec = fast.spec_from_layer(model[0])
+    for cls in (fast.DenseLinear, fast.GroupedLinear, fast.GroupLoopLinear):
+        assert torch.equal(cls.from_spec(spec).spec().weight, spec.weight)
+
+
+@needs_native
+def test_geometry_is_a_named_structure_matching_the_library():
+    geo = fast.NativeGroupConv2d.from_spec(
+        fast.spec_from_layer(nn.Conv2d(8, 16, 3, stride=2, padding=1))
+    ).geometry()
+    assert geo.output_shape((2, 8, 15, 15)) == (2, 16, 8, 8)
+    c = geo.c_struct((2, 8, 15, 15))
+    assert (c.sh, c.ph, c.out_h, c.filters, c.block) == (2, 1, 8, 16, geo.block)
+    assert 1 <= geo.block <= _native.max_block()
+
+
+@pytest.mark.slow
+@needs_native
+def test_a_damaged_cached_build_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("SGCNN_CACHE", str(tmp_path))
+    key = _native._build_key(_native._compiler())
+    path = tmp_path / "kernels" / key / "libsgcnn_dg.so"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a shared library")
+    monkeypatch.setattr(_native, "_lib", None)
+    monkeypatch.setattr(_native, "_error", None)
+    assert _native.available(), _native.unavailable_reason()
+    assert path.read_bytes()[:4] == b"\x7fELF"

@@ -1,0 +1,113 @@
+"""The tuning cache: converting the same network again measures nothing; corrupt, hostile or
+stale entries are never trusted."""
+
+import json
+
+import pytest
+import torch
+
+import sgcnn
+from sgcnn.core.clustering import KMeansSettings
+from sgcnn.nn import _native, tuning
+from sgcnn.nn.convert import convert
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    _native.available()  # build / load the kernels from the usual place first
+    monkeypatch.setenv("SGCNN_CACHE", str(tmp_path))
+    monkeypatch.setenv("SGCNN_TUNING_CACHE", "1")
+    return tmp_path / "tuning"
+
+
+@pytest.fixture
+def model():
+    torch.set_num_threads(1)
+    m = sgcnn.create_model("test_resnet").eval()
+    sgcnn.self_group_(m, 0.5, groups=4, kmeans=KMeansSettings(n_init=1, max_iter=20))
+    return m, torch.randn(2, 3, 16, 16)
+
+
+def _count_timings(monkeypatch) -> list:
+    calls = []
+    real = tuning.time_candidates
+
+    def counting(candidates, device, **kw):
+        calls.append(sorted(candidates))
+        return real(candidates, device, **kw)
+
+    monkeypatch.setattr(tuning, "time_candidates", counting)
+    return calls
+
+
+def _choices(converted):
+    return [(r["name"], r["realization"]) for r in converted.sgcnn_conversion["layers"]]
+
+
+def test_second_conversion_reuses_every_measurement(cache, model, monkeypatch):
+    m, x = model
+    calls = _count_timings(monkeypatch)
+    first = convert(m, x)
+    measured = len(calls)
+    assert measured > 0 and len(list(cache.glob("*.json"))) == 1
+    second = convert(m, x)
+    assert len(calls) == measured  # nothing measured again
+    assert _choices(second) == _choices(first)
+    # a different batch size is another shape: measured
+    convert(m, torch.randn(3, 3, 16, 16))
+    assert len(calls) > measured
+
+
+def test_corrupt_cache_file_warns_and_is_measured_again_and_rewritten(cache, model, monkeypatch):
+    m, x = model
+    convert(m, x)
+    (path,) = cache.glob("*.json")
+    path.write_text('{"format": "sgcnn.tuning", "entries": {"x": ')  # cut short
+    calls = _count_timings(monkeypatch)
+    with pytest.warns(UserWarning, match="ignoring the tuning cache"):
+        convert(m, x)
+    assert calls
+    assert json.loads(path.read_text())["format"] == "sgcnn.tuning"
+    assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize(
+    "poison",
+    [
+        lambda e: e["times_ms"].update({"dense/nchw": {"min_ms": "0", "median_ms": 0, "runs": 1}}),
+        lambda e: e["times_ms"].update({"rm -rf": {"min_ms": 0.0, "median_ms": 0.0, "runs": 1}}),
+        lambda e: next(iter(e["times_ms"].values())).update(min_ms=float("nan")),
+        lambda e: e.update(times_ms=[1, 2]),
+    ],
+)
+def test_hostile_entries_are_never_trusted(cache, model, monkeypatch, poison):
+    m, x = model
+    convert(m, x)
+    (path,) = cache.glob("*.json")
+    data = json.loads(path.read_text())
+    for entry in data["entries"].values():
+        poison(entry)
+    path.write_text(json.dumps(data))
+    calls = _count_timings(monkeypatch)
+    with pytest.warns(UserWarning, match="malformed entry"):
+        convert(m, x)
+    assert len(calls) == len(data["entries"])
+
+
+def test_stale_entries_are_measured_again(cache, model, monkeypatch):
+    m, x = model
+    convert(m, x)
+    (path,) = cache.glob("*.json")
+    data = json.loads(path.read_text())
+    for entry in data["entries"].values():  # a realization that no longer exists
+        entry["candidates"].append("retired")
+        entry["times_ms"]["retired"] = {"min_ms": 0.0, "median_ms": 0.0, "runs": 1}
+    path.write_text(json.dumps(data))
+    calls = _count_timings(monkeypatch)
+    converted = convert(m, x)
+    assert len(calls) == len(data["entries"])
+    assert all(r != "retired" for _, r in _choices(converted))
+    # a new kernel build (or torch, threads, CPU) is another context: another file
+    monkeypatch.setattr(_native, "build_key", lambda: "another build")
+    monkeypatch.setattr(_native, "available", lambda: True)
+    assert tuning._cache_file(torch.device("cpu")) != path
