@@ -20,11 +20,10 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from sgcnn._io import usual_mode
+from sgcnn._io import publish_dir, staging_dir
 from sgcnn.engine.config import Config, config_to_dict, config_to_yaml
 from sgcnn.engine.state import CONFIG_FILE, METRICS_FILE, STATE_FILE
 from sgcnn.errors import SgcnnError
@@ -61,15 +60,11 @@ def create_run_dir(run_dir: Path, config: Config, write_initial) -> None:
     (the first metrics line and state), all at once."""
     check_new_run_dir(run_dir)
     run_dir = run_dir.resolve()
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.tmp-"))
+    staging = staging_dir(run_dir)
     try:
-        staging.chmod(usual_mode(0o777))  # mkdtemp's folder is owner-only
         (staging / CONFIG_FILE).write_text(config_to_yaml(config))
         write_initial(staging)
-        if run_dir.is_dir():
-            run_dir.rmdir()  # empty (checked above)
-        os.replace(staging, run_dir)
+        publish_dir(staging, run_dir, overwrite=False)  # an empty run_dir is replaced
     finally:
         if staging.exists():
             shutil.rmtree(staging)

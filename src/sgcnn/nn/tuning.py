@@ -25,13 +25,15 @@ import math
 import os
 import platform
 import statistics
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from sgcnn._io import atomic_write
+from sgcnn.errors import SgcnnError
 
 _clock = "wall"
 
@@ -231,16 +233,7 @@ def store(key: str, labels, results: dict, device: torch.device) -> None:
             entries = _read(path)
         entries[key] = {"candidates": sorted(labels), "times_ms": results}
         data = {"format": _CACHE_FORMAT, "version": 1, "entries": entries}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tuning-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-    except OSError as err:
+        text = json.dumps(data).encode("utf-8")
+        atomic_write(path, lambda f: f.write(text))
+    except (OSError, SgcnnError) as err:
         warnings.warn(f"could not write the tuning cache {path}: {err}", stacklevel=2)
