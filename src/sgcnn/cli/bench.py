@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from sgcnn._io import check_output_path, write_text
+from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import (
     add_model_args,
     add_overwrite_arg,
@@ -41,7 +42,7 @@ def parse_batch_sizes(text: str) -> list[int]:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "bench",
-        help="measure latency: dense vs self-grouped vs converted (median of interleaved runs)",
+        help=COMMANDS["bench"],
     )
     add_model_args(p)
     p.add_argument("--batch-sizes", default="1,16", help="comma-separated (default 1,16)")

@@ -9,6 +9,7 @@ import torch
 
 from sgcnn import exporting
 from sgcnn._io import check_output_path
+from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import (
     add_model_args,
     add_overwrite_arg,
@@ -25,7 +26,7 @@ from sgcnn.nn.convert import convert
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "convert",
-        help="compile a self-grouped model into exact, fast diverse-group modules (.pt2)",
+        help=COMMANDS["convert"],
     )
     add_model_args(p)
     p.add_argument(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
+from sgcnn.cli import COMMANDS
 from sgcnn.cli._pipeline import configure, execute, print_rows
 from sgcnn.engine.recipes import load_recipe
 from sgcnn.errors import SgcnnError
@@ -21,7 +22,7 @@ RECIPE = "lenet5_mnist5k_demo"
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "demo", help="LeNet-5 on mnist5k: baseline, Conv-95/97/99, paper-style table (CPU)"
+        "demo", help=COMMANDS["demo"]
     )
     p.add_argument("--output", type=Path, help="run folder (default: runs/demo-<date-time>)")
     p.add_argument("--resume", action="store_true", help="continue the demo in --output")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sgcnn.cli import COMMANDS
 from sgcnn.cli._pipeline import command_line, quote
 from sgcnn.engine.recipes import find_recipe, recipe_dir
 from sgcnn.errors import SgcnnError
@@ -19,7 +20,7 @@ from sgcnn.errors import SgcnnError
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "detect", help="object detection (Faster R-CNN) with a self-grouped backbone"
+        "detect", help=COMMANDS["detect"]
     )
     sub = p.add_subparsers(dest="detect_command", metavar="ACTION", required=True)
 

@@ -10,6 +10,7 @@ import json
 
 import torch
 
+from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import positive_int
 from sgcnn.cli._pipeline import quote
 from sgcnn.engine.build import build_data, check_fits
@@ -23,7 +24,7 @@ from sgcnn.metrics.counting import count
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("eval", help="evaluate a checkpoint: Top-1 / Top-5, Params, FLOPs")
+    p = subparsers.add_parser("eval", help=COMMANDS["eval"])
     p.add_argument("checkpoint", help="sgcnn checkpoint (e.g. runs/demo/conv95-fc95/model.pt)")
     p.add_argument("--model", help="model name (needed for a plain state_dict)")
     p.add_argument("--num-classes", type=positive_int, help="classes of a plain state_dict's model")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import parse_ratio
 from sgcnn.cli._pipeline import (
     add_run_args,
@@ -21,7 +22,7 @@ from sgcnn.errors import SgcnnError
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "finetune",
-        help="self-group a trained checkpoint and fine-tune it (G / LG / L schemes)",
+        help=COMMANDS["finetune"],
     )
     p.add_argument(
         "--checkpoint",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sgcnn.cli import COMMANDS
 from sgcnn.cli._pipeline import (
     add_run_args,
     configure,
@@ -17,7 +18,7 @@ from sgcnn.engine.recipes import list_recipes, load_recipe
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "run",
-        help="run a recipe: train, self-group, fine-tune, evaluate, report",
+        help=COMMANDS["run"],
         description="Run a recipe end to end in its own folder. Shipped recipes: "
         + ", ".join(list_recipes()),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import positive_int
 from sgcnn.cli._pipeline import (
     add_run_args,
@@ -18,7 +19,7 @@ from sgcnn.cli._pipeline import (
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train a baseline model (best epoch on validation, evaluated on test)",
+        help=COMMANDS["train"],
     )
     p.add_argument("--recipe", help="start from a recipe (its grouping part is ignored)")
     p.add_argument("--model", help="registered model name (model.name)")

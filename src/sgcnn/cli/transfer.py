@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import parse_ratio
 from sgcnn.cli._pipeline import (
     add_run_args,
@@ -40,7 +41,7 @@ DEFAULT_RECIPE = "transfer_cub200"
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "transfer",
-        help="transfer a (self-grouped) classifier to a new dataset: dense, L, G or LG",
+        help=COMMANDS["transfer"],
         description="Replace the checkpoint's classifier with a fresh one for the new dataset "
         "and fine-tune: dense (a dense checkpoint), L (a self-grouped checkpoint, masks kept), "
         "G / LG (self-group again on the new data). Defaults: the paper's CUB-200 recipe "

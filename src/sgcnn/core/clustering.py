@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
-from sklearn.exceptions import ConvergenceWarning
 
 
 @dataclass(frozen=True)
@@ -38,6 +36,10 @@ def cluster_filters(
     k = min(groups, n)
     if k <= 1:
         return torch.zeros(n, dtype=torch.long)
+    # scikit-learn is imported here, not at module level, so that `import sgcnn` stays light.
+    from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
+
     data = importance.numpy()
     with warnings.catch_warnings():
         # Fewer distinct points than clusters is expected after heavy pruning; handled below.
