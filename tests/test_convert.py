@@ -1,4 +1,4 @@
-"""Converted models compute exactly what the masked models compute (issue 4)."""
+"""Converted models compute exactly what the masked models compute."""
 
 import operator
 

@@ -1,4 +1,4 @@
-"""The SG-CNN algorithm, step by step (SPEC section 1)."""
+"""The SG-CNN algorithm, step by step (docs/method.md section 1)."""
 
 import numpy as np
 import pytest

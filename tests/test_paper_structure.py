@@ -1,4 +1,4 @@
-"""Structure reproduces the paper's tables (SPEC section 2) on random weights, seed 0.
+"""Structure reproduces the paper's tables (docs/method.md section 2) on random weights, seed 0.
 
 Params / FLOPs depend only on the method and the ratios, so they are checked without training.
 """

@@ -1,4 +1,4 @@
-"""Step 2 of SG-CNN: self-grouping of filters by k-means (SPEC section 1, step 2).
+"""Step 2 of SG-CNN: self-grouping of filters by k-means (docs/method.md section 1, step 2).
 
 The N importance vectors of a layer are clustered with k-means (Euclidean distance) into
 ``min(g, N)`` groups, with scikit-learn's ``KMeans(n_clusters=g, init="random", n_init=10,

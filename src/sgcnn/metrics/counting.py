@@ -1,4 +1,4 @@
-"""Mask-aware Params and FLOPs, with the paper's counting convention (SPEC section 1).
+"""Mask-aware Params and FLOPs, with the paper's counting convention (docs/method.md section 1).
 
 - **FLOPs** are multiply-accumulates (MACs) of convolution and linear layers, counting only
   unmasked weights: a convolution costs ``(unmasked weights) x H_out x W_out`` per image, a
