@@ -13,7 +13,7 @@ import datetime
 from pathlib import Path
 
 from sgcnn.cli import COMMANDS
-from sgcnn.cli._pipeline import configure, execute, print_rows
+from sgcnn.cli._pipeline import add_set_arg, configure, execute, print_rows
 from sgcnn.engine.recipes import load_recipe
 from sgcnn.errors import SgcnnError
 
@@ -27,14 +27,7 @@ def register(subparsers) -> None:
     p.add_argument("--output", type=Path, help="run folder (default: runs/demo-<date-time>)")
     p.add_argument("--resume", action="store_true", help="continue the demo in --output")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key of the demo recipe, e.g. --set train.threads=2",
-    )
+    add_set_arg(p, help="override a key of the demo recipe, e.g. --set train.threads=2")
     p.set_defaults(func=run)
 
 

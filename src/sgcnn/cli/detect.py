@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from sgcnn.cli import COMMANDS
-from sgcnn.cli._pipeline import command_line, quote
+from sgcnn.cli._pipeline import command_line, shortcut_sets
 from sgcnn.engine.recipes import find_recipe, recipe_dir
 from sgcnn.errors import SgcnnError
 
@@ -94,11 +94,7 @@ def _train(args) -> int:
         "lr": "train.lr",
         "device": "train.device",
     }
-    sets = []
-    for attr, key in options.items():
-        value = getattr(args, attr)
-        if value is not None:
-            sets.append(f"{key}={quote(value) if isinstance(value, str) else value}")
+    sets = shortcut_sets(args, options)
     config = resolve_detect_config(_load_recipe(args.recipe), sets + args.sets)
     report = run_detection(config, args.output, {"command": command_line()})
     print(format_report(report))

@@ -6,10 +6,8 @@ from sgcnn.cli import COMMANDS
 from sgcnn.cli._pipeline import (
     add_run_args,
     configure,
-    execute,
-    is_main_process,
+    execute_and_print,
     output_dir,
-    print_rows,
     shortcut_sets,
 )
 from sgcnn.engine.recipes import list_recipes, load_recipe
@@ -32,8 +30,4 @@ def run(args) -> int:
     config = configure(recipe, shortcut_sets(args, {}) + args.sets)
     if config.name is None:
         config.name = name
-    rows, seconds = execute(config, output_dir(args, config, name), args)
-    if is_main_process():
-        print_rows(rows, config)
-        print(f"elapsed {seconds:.1f} s")
-    return 0
+    return execute_and_print(config, output_dir(args, config, name), args)

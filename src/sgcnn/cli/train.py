@@ -7,10 +7,8 @@ from sgcnn.cli._common import positive_int
 from sgcnn.cli._pipeline import (
     add_run_args,
     configure,
-    execute,
-    is_main_process,
+    execute_and_print,
     output_dir,
-    print_rows,
     recipe_from_args,
     shortcut_sets,
 )
@@ -49,8 +47,4 @@ def run(args) -> int:
     config = configure(recipe, sets)
     default = f"{config.model.name}-{config.data.name}"
     config.name = f"{name}-baseline" if name else (config.name or default)
-    rows, seconds = execute(config, output_dir(args, config, default), args)
-    if is_main_process():
-        print_rows(rows, config)
-        print(f"elapsed {seconds:.1f} s")
-    return 0
+    return execute_and_print(config, output_dir(args, config, default), args)

@@ -10,6 +10,7 @@ loss or weight stops the run before anything of the diverged model is saved.
 from __future__ import annotations
 
 import datetime
+import sys
 import time
 
 import torch
@@ -234,14 +235,16 @@ class _TrainingPhase:
         raise TrainingDiverged(message)
 
     def _bar(self, total: int, initial: int, desc: str) -> tqdm:
-        """A progress bar over an epoch's steps (disabled when quiet, and on ranks > 0)."""
+        """A progress bar over an epoch's steps, on a terminal only: disabled when quiet, on
+        ranks > 0, and when stderr is redirected (a log file gets the one line per epoch, not
+        the bar's carriage-return updates)."""
         return tqdm(
             total=total,
             initial=initial,
             desc=desc,
             leave=False,
             dynamic_ncols=True,
-            disable=self.quiet or not self.d.is_main,
+            disable=self.quiet or not self.d.is_main or not sys.stderr.isatty(),
         )
 
 
