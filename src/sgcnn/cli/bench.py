@@ -40,10 +40,7 @@ def parse_batch_sizes(text: str) -> list[int]:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "bench",
-        help=COMMANDS["bench"],
-    )
+    p = subparsers.add_parser("bench", help=COMMANDS["bench"])
     add_model_args(p)
     p.add_argument("--batch-sizes", default="1,16", help="comma-separated (default 1,16)")
     p.add_argument(

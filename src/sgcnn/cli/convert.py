@@ -24,10 +24,7 @@ from sgcnn.nn.convert import convert
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "convert",
-        help=COMMANDS["convert"],
-    )
+    p = subparsers.add_parser("convert", help=COMMANDS["convert"])
     add_model_args(p)
     p.add_argument(
         "--batch-size", type=positive_int, default=1, help="batch size to tune for (default 1)"

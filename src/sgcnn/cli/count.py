@@ -10,10 +10,7 @@ from sgcnn.metrics.counting import count
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "count",
-        help=COMMANDS["count"],
-    )
+    p = subparsers.add_parser("count", help=COMMANDS["count"])
     add_model_args(p)
     p.add_argument("--json", action="store_true", help="print JSON (with per-layer counts)")
     p.set_defaults(func=run)

@@ -21,9 +21,7 @@ RECIPE = "lenet5_mnist5k_demo"
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "demo", help=COMMANDS["demo"]
-    )
+    p = subparsers.add_parser("demo", help=COMMANDS["demo"])
     p.add_argument("--output", type=Path, help="run folder (default: runs/demo-<date-time>)")
     p.add_argument("--resume", action="store_true", help="continue the demo in --output")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

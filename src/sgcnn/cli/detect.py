@@ -19,9 +19,7 @@ from sgcnn.errors import SgcnnError
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "detect", help=COMMANDS["detect"]
-    )
+    p = subparsers.add_parser("detect", help=COMMANDS["detect"])
     sub = p.add_subparsers(dest="detect_command", metavar="ACTION", required=True)
 
     t = sub.add_parser("train", help="train a detector and report mAP, FLOPs and latency")

@@ -21,9 +21,7 @@ from sgcnn.errors import SgcnnError
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "export", help=COMMANDS["export"]
-    )
+    p = subparsers.add_parser("export", help=COMMANDS["export"])
     add_model_args(p)
     p.add_argument("--format", required=True, help=f"one of: {', '.join(exporting.FORMATS)}")
     p.add_argument("--output", type=Path, required=True, help="file to write")

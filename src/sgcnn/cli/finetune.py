@@ -18,10 +18,7 @@ from sgcnn.engine.config import SCHEMES
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "finetune",
-        help=COMMANDS["finetune"],
-    )
+    p = subparsers.add_parser("finetune", help=COMMANDS["finetune"])
     p.add_argument(
         "--checkpoint",
         required=True,

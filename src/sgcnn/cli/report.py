@@ -13,9 +13,7 @@ from sgcnn.errors import SgcnnError
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "report", help=COMMANDS["report"]
-    )
+    p = subparsers.add_parser("report", help=COMMANDS["report"])
     p.add_argument("run_dir", type=Path, help="a run folder (from train, finetune, run, demo)")
     p.set_defaults(func=run)
 

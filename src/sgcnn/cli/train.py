@@ -15,10 +15,7 @@ from sgcnn.cli._pipeline import (
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "train",
-        help=COMMANDS["train"],
-    )
+    p = subparsers.add_parser("train", help=COMMANDS["train"])
     p.add_argument("--recipe", help="start from a recipe (its grouping part is ignored)")
     p.add_argument("--model", help="registered model name (model.name)")
     p.add_argument("--checkpoint", help="start from these weights (model.checkpoint)")
