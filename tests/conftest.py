@@ -1,8 +1,21 @@
+"""Fixtures every test gets: a fixed seed, one thread, the data cache in ``tmp_path``."""
+
 import pytest
 import torch
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_threads():
+def _seed_and_one_thread():
+    """Seed 0, and one thread: the models are tiny, and on a busy 2-core machine a second thread
+    mostly waits at OpenMP barriers (up to 100x slower). The thread count is restored after."""
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path, monkeypatch):
+    """Every data-cache write lands in ``tmp_path`` (a test may point SGCNN_CACHE elsewhere)."""
+    monkeypatch.setenv("SGCNN_CACHE", str(tmp_path / "cache"))

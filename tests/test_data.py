@@ -27,11 +27,6 @@ from sgcnn.errors import SgcnnError
 CIFAR_ARCHIVE = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.tar.gz"
 
 
-@pytest.fixture(autouse=True)
-def _cache_in_tmp(tmp_path, monkeypatch):
-    """Every cache write of these tests lands in tmp_path."""
-    monkeypatch.setenv("SGCNN_CACHE", str(tmp_path / "cache"))
-
 
 def _denormalise(x: torch.Tensor, splits: DatasetSplits) -> torch.Tensor:
     mean = torch.tensor(splits.mean).view(-1, 1, 1)

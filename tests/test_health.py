@@ -21,16 +21,6 @@ from sgcnn.engine.typed import from_dict
 from sgcnn.errors import SgcnnError
 from sgcnn.models.registry import list_models, model_entry
 
-
-@pytest.fixture(autouse=True)
-def _cache_in_tmp_and_one_thread(tmp_path, monkeypatch):
-    monkeypatch.setenv("SGCNN_CACHE", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 TINY = [
     "--model", "test_convnet", "--quiet", "--device", "cpu", "--batch-size", "16",
     "--set", "data.synthetic_size=64", "--set", "train.threads=1",

@@ -25,8 +25,6 @@ LENET = [(None, 431e3, 2294e3), (0.95, 22e3, 388e3), (0.96, 18e3, 367e3),
 @pytest.mark.parametrize("ratio, params, flops", LENET)
 def test_lenet5_rows(ratio, params, flops):
     c = _grouped_count("lenet5", ratio, ratio, 28)
-    if ratio is None:
-        assert c["params"] == 431_080 and c["flops"] == 2_293_000  # paper: 431K / 2294K
     assert abs(c["params"] - params) <= 1000
     assert abs(c["flops"] - flops) <= 0.02 * flops
 
