@@ -1,4 +1,4 @@
-"""Fixtures every test gets: a fixed seed, one thread, the data cache in ``tmp_path``."""
+"""Fixtures every test gets: a fixed seed, one thread, a cache folder of its own."""
 
 import pytest
 import torch
@@ -16,6 +16,8 @@ def _seed_and_one_thread():
 
 
 @pytest.fixture(autouse=True)
-def _cache_in_tmp(tmp_path, monkeypatch):
-    """Every data-cache write lands in ``tmp_path`` (a test may point SGCNN_CACHE elsewhere)."""
-    monkeypatch.setenv("SGCNN_CACHE", str(tmp_path / "cache"))
+def _cache_in_tmp(tmp_path_factory, monkeypatch):
+    """Every cache write lands in a fresh temporary folder beside ``tmp_path`` (not in it, so
+    that tests listing ``tmp_path`` see only their own files; a test may point SGCNN_CACHE
+    elsewhere)."""
+    monkeypatch.setenv("SGCNN_CACHE", str(tmp_path_factory.mktemp("cache")))

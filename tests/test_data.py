@@ -27,6 +27,11 @@ from sgcnn.errors import SgcnnError
 CIFAR_ARCHIVE = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.tar.gz"
 
 
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path, monkeypatch):
+    """These tests inspect the cache: here it is ``tmp_path / "cache"`` (overrides conftest's)."""
+    monkeypatch.setenv("SGCNN_CACHE", str(tmp_path / "cache"))
+
 
 def _denormalise(x: torch.Tensor, splits: DatasetSplits) -> torch.Tensor:
     mean = torch.tensor(splits.mean).view(-1, 1, 1)
