@@ -38,6 +38,7 @@ def register(subparsers) -> None:
     t.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     t.add_argument("--output", type=Path, required=True, help="run folder (new)")
+    t.add_argument("--quiet", action="store_true", help="no line per epoch")
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="COCO mAP, FLOPs and latency of a saved detector")
@@ -94,7 +95,7 @@ def _train(args) -> int:
     }
     sets = shortcut_sets(args, options)
     config = resolve_detect_config(_load_recipe(args.recipe), sets + args.sets)
-    report = run_detection(config, args.output, {"command": command_line()})
+    report = run_detection(config, args.output, {"command": command_line()}, quiet=args.quiet)
     print(format_report(report))
     print(f"written {args.output}")
     return 0
