@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import sgcnn
+from _shared import FAST_KMEANS
 from sgcnn.cli.main import main
-from sgcnn.core.clustering import KMeansSettings
 from sgcnn.engine.checkpoint import model_payload, save_checkpoint
 
 DATA = ["--data", "synthetic", "--set", "data.synthetic_size=64", "--set", "data.image_size=16",
@@ -25,7 +25,7 @@ def files(tmp_path_factory):
     read-only folder, and a run folder (with a damaged copy)."""
     root = tmp_path_factory.mktemp("inputs")
     model = sgcnn.create_model("test_convnet")
-    sgcnn.self_group_(model, 0.5, groups=2, kmeans=KMeansSettings(n_init=1, max_iter=20))
+    sgcnn.self_group_(model, 0.5, groups=2, kmeans=FAST_KMEANS)
     save_checkpoint(root / "g.pt", model_payload(model, "test_convnet", {}))
     with torch.no_grad():
         model.fc2.weight[0, 0] = float("nan")

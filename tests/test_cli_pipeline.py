@@ -24,11 +24,6 @@ DATA = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _cache_in_tmp(tmp_path, monkeypatch):
-    """Every data-cache write of these tests lands in tmp_path."""
-    monkeypatch.setenv("SGCNN_CACHE", str(tmp_path / "cache"))
-
 
 def _row(run, name):
     return next(

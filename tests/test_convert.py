@@ -1,4 +1,4 @@
-"""Converted models compute exactly what the masked models compute (issue 4)."""
+"""Converted models compute exactly what the masked models compute."""
 
 import operator
 
@@ -8,22 +8,12 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import sgcnn
-from sgcnn.core.clustering import KMeansSettings
+from _shared import FAST_KMEANS
 from sgcnn.models.registry import model_entry
 from sgcnn.nn import _native, fast
 from sgcnn.nn.convert import convert, fuse_dense
 
-FAST_KMEANS = KMeansSettings(n_init=1, max_iter=50)
 ATOL, RTOL = 1e-5, 1e-4
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: on a shared 2-core machine, tiny parallel ops stall at OpenMP barriers."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _randomize_bn(model: nn.Module) -> None:

@@ -1,4 +1,4 @@
-"""The SG-CNN algorithm, step by step (SPEC section 1)."""
+"""The SG-CNN algorithm, step by step (docs/method.md section 1)."""
 
 import numpy as np
 import pytest
@@ -62,7 +62,6 @@ def test_centroid_pruning_matches_the_rule_by_hand():
     assert centroids.tolist() == [[2.0, 7.0, 2.0], [6.0, 1.0, 8.0]]
     keep, new_mask = centroid_prune(importance, labels, mask, 0.5)
     # values (each centroid once per member): 2,7,2,2,7,2,6,1,8,6,1,8 -> median 4.0
-    assert float(np.percentile([2, 7, 2, 2, 7, 2, 6, 1, 8, 6, 1, 8], 50)) == 4.0
     assert keep.tolist() == [[False, True, False], [True, False, True]]
     assert new_mask.tolist() == [[False, True, False]] * 2 + [[True, False, True]] * 2
 

@@ -1,5 +1,6 @@
 """Params / FLOPs counting against hand-computed values."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -55,3 +56,19 @@ def test_count_restores_training_mode():
     model = sgcnn.create_model("lenet5").train()
     sgcnn.count(model, 28)
     assert model.training
+
+
+def test_full_shape_and_example_tensor_give_per_image_counts():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 36, 10))
+    one = sgcnn.count(model, (3, 6, 6))
+    for size in ((5, 3, 6, 6), torch.randn(5, 3, 6, 6), torch.randn(3, 6, 6)):
+        c = sgcnn.count(model, size)
+        assert (c["params"], c["flops"]) == (one["params"], one["flops"])
+    assert one["flops"] == 8 * 3 * 9 * 36 + 8 * 36 * 10
+
+
+def test_bad_example_input_is_a_user_error():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1))
+    for bad in (torch.randn(3, 6), (1, 2, 3, 4, 5), (0, 4, 4)):
+        with pytest.raises(sgcnn.SgcnnError, match="input"):
+            sgcnn.count(model, bad)

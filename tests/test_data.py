@@ -29,7 +29,7 @@ CIFAR_ARCHIVE = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.
 
 @pytest.fixture(autouse=True)
 def _cache_in_tmp(tmp_path, monkeypatch):
-    """Every cache write of these tests lands in tmp_path."""
+    """These tests inspect the cache: here it is ``tmp_path / "cache"`` (overrides conftest's)."""
     monkeypatch.setenv("SGCNN_CACHE", str(tmp_path / "cache"))
 
 

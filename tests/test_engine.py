@@ -22,16 +22,6 @@ from sgcnn.errors import SgcnnError
 CIFAR_ARCHIVE = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.tar.gz"
 
 
-@pytest.fixture(autouse=True)
-def _cache_in_tmp_and_one_thread(tmp_path, monkeypatch):
-    """Every data-cache write of these tests lands in tmp_path. One thread: the models are
-    tiny, and on a busy 2-core machine a second thread mostly waits (up to 100x slower)."""
-    monkeypatch.setenv("SGCNN_CACHE", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny(**sections) -> dict:
     """A recipe that runs in about a second: test_convnet on 128 synthetic 16x16 images."""

@@ -10,21 +10,11 @@ import torch
 from torch import nn
 
 import sgcnn
+from _shared import FAST_KMEANS
 from sgcnn import exporting
 from sgcnn.cli.main import main
-from sgcnn.core.clustering import KMeansSettings
 from sgcnn.engine.checkpoint import model_payload, save_checkpoint
 from sgcnn.nn import fast
-
-FAST_KMEANS = KMeansSettings(n_init=1, max_iter=50)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class LocalNet(nn.Module):

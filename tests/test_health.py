@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-import sgcnn.engine.runner as runner_module
+import sgcnn.engine._training as training_module
 from sgcnn.cli.main import main
 from sgcnn.engine.checkpoint import build_model, load_checkpoint
 from sgcnn.engine.config import Config, config_to_dict, deep_merge, resolve_config
@@ -20,16 +20,6 @@ from sgcnn.engine.state import load_state, read_metrics
 from sgcnn.engine.typed import from_dict
 from sgcnn.errors import SgcnnError
 from sgcnn.models.registry import list_models, model_entry
-
-
-@pytest.fixture(autouse=True)
-def _cache_in_tmp_and_one_thread(tmp_path, monkeypatch):
-    monkeypatch.setenv("SGCNN_CACHE", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 TINY = [
     "--model", "test_convnet", "--quiet", "--device", "cpu", "--batch-size", "16",
@@ -81,7 +71,7 @@ def _tiny_config(**train):
 
 def _poison(monkeypatch, at_epoch: int, at_batch: int, what: str):
     """Make the training step ``at_batch`` of epoch ``at_epoch`` (1-based) go wrong."""
-    real = runner_module.train_step
+    real = training_module.train_step
     calls = {"n": 0}
     steps = 4  # 64 synthetic images, batch 16
 
@@ -97,7 +87,7 @@ def _poison(monkeypatch, at_epoch: int, at_batch: int, what: str):
                     next(net.parameters()).view(-1)[0] = float("inf")
         return sums
 
-    monkeypatch.setattr(runner_module, "train_step", step)
+    monkeypatch.setattr(training_module, "train_step", step)
 
 
 @pytest.mark.parametrize("what", ["loss", "weights"])

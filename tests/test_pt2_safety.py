@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import sgcnn
+from _shared import FAST_KMEANS
 from sgcnn import exporting as export
 from sgcnn.cli.main import main
-from sgcnn.core.clustering import KMeansSettings
 from sgcnn.engine.checkpoint import model_payload, save_checkpoint
 
 
@@ -31,7 +31,7 @@ class Payload:
 def genuine(tmp_path_factory):
     root = tmp_path_factory.mktemp("pt2")
     model = sgcnn.create_model("test_resnet")
-    sgcnn.self_group_(model, 0.5, groups=2, kmeans=KMeansSettings(n_init=1, max_iter=20))
+    sgcnn.self_group_(model, 0.5, groups=2, kmeans=FAST_KMEANS)
     save_checkpoint(root / "g.pt", model_payload(model, "test_resnet", {}))
     out = root / "genuine.pt2"
     assert main(["export", "--checkpoint", str(root / "g.pt"), "--format", "pt2",

@@ -24,10 +24,6 @@ RECIPE = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _cache_in_tmp(tmp_path, monkeypatch):
-    monkeypatch.setenv("SGCNN_CACHE", str(tmp_path / "cache"))
-
 
 def _source(tmp_path, grouped: bool) -> str:
     model = sgcnn.create_model("test_resnet")

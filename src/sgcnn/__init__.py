@@ -12,30 +12,41 @@ The public API::
     program = sgcnn.load("r50.pt2")     # a saved .pt2, without the model's class
 """
 
-from sgcnn.core.grouper import (
-    GroupingReport,
-    LayerGroups,
-    SelfGrouper,
-    group_structure,
-    self_group_,
-)
 from sgcnn.errors import SgcnnError
-from sgcnn.metrics.counting import count
-from sgcnn.models.registry import create_model, list_models
-from sgcnn.nn.convert import convert
 
 __version__ = "0.1.0"
 
-_LAZY = {"export": "sgcnn.exporting", "load": "sgcnn.exporting"}
+# Public name -> the module defining it. Each module is imported on first use of one of its
+# names (PEP 562), so ``import sgcnn`` stays cheap: scikit-learn, torch.fx and the fast kernels
+# load only when the grouping, counting or conversion functions are first reached.
+_LAZY = {
+    "GroupingReport": "sgcnn.core.grouper",
+    "LayerGroups": "sgcnn.core.grouper",
+    "SelfGrouper": "sgcnn.core.grouper",
+    "group_structure": "sgcnn.core.grouper",
+    "self_group_": "sgcnn.core.grouper",
+    "count": "sgcnn.metrics.counting",
+    "create_model": "sgcnn.models.registry",
+    "list_models": "sgcnn.models.registry",
+    "convert": "sgcnn.nn.convert",
+    "export": "sgcnn.exporting",
+    "load": "sgcnn.exporting",
+}
 
 
 def __getattr__(name: str):
-    """``export`` and ``load`` import the exporters on first use (PEP 562)."""
+    """Import the module behind a public name on first use and cache the name here (PEP 562)."""
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'sgcnn' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [

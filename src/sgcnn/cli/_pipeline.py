@@ -1,4 +1,5 @@
-"""Arguments and execution shared by the pipeline commands (train, finetune, run, demo).
+"""Arguments and execution shared by the pipeline commands (train, finetune, transfer, run,
+demo).
 
 Each command turns its arguments into a recipe mapping plus a list of ``--set`` overrides,
 resolves them into a :class:`~sgcnn.engine.config.Config` (defaults < recipe < command
@@ -11,25 +12,30 @@ import argparse
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sgcnn._io import check_output_dir
 from sgcnn.cli._common import positive_int
+from sgcnn.engine.checkpoint import FORMAT
 from sgcnn.engine.config import Config, resolve_config
 from sgcnn.engine.recipes import load_recipe
+from sgcnn.errors import SgcnnError
+
+
+def add_set_arg(
+    p: argparse.ArgumentParser,
+    metavar: str = "KEY=VALUE",
+    help: str = "override a config key, e.g. --set optim.lr=0.05 --set grouping.conv=[0.7,0.8]",
+) -> None:
+    """``--set KEY=VALUE`` (repeatable) into ``args.sets``."""
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar=metavar, help=help)
 
 
 def add_run_args(p: argparse.ArgumentParser, output_help: str = "runs/<name>") -> None:
     """``--set``, ``--output``, ``--resume``, ``--quiet`` and the common shortcuts."""
-    p.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set optim.lr=0.05 --set grouping.conv=[0.7,0.8]",
-    )
+    add_set_arg(p)
     p.add_argument("--output", type=Path, help=f"run folder (default: {output_help})")
     p.add_argument("--resume", action="store_true", help="continue the run in --output")
     p.add_argument("--quiet", action="store_true", help="no progress bars (one line per epoch)")
@@ -109,6 +115,32 @@ def execute(config: Config, run_dir: Path, args: argparse.Namespace) -> tuple[li
     )
     rows = runner.run()
     return rows, time.perf_counter() - start
+
+
+def execute_and_print(
+    config: Config,
+    run_dir: Path,
+    args: argparse.Namespace,
+    after: Callable[[list[dict]], None] | None = None,
+) -> int:
+    """:func:`execute`, then (on rank 0) the rows' table, ``after(rows)`` and the elapsed time.
+
+    The tail of ``sgcnn train`` / ``finetune`` / ``run`` / ``transfer``; returns exit status 0.
+    """
+    rows, seconds = execute(config, run_dir, args)
+    if is_main_process():
+        print_rows(rows, config)
+        if after is not None:
+            after(rows)
+        print(f"elapsed {seconds:.1f} s")
+    return 0
+
+
+def checkpoint_model(path: str, payload: dict) -> str:
+    """The model an sgcnn checkpoint names (a plain state_dict does not: ``--model`` must)."""
+    if payload.get("format") == FORMAT:
+        return payload["model"]["name"]
+    raise SgcnnError(f"{path!r} is a plain state_dict: pass --model NAME to say whose")
 
 
 def print_rows(rows: list[dict], config: Config, is_main: bool = True) -> None:

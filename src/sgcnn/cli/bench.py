@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from sgcnn._io import check_output_path, write_text
+from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import (
     add_model_args,
     add_overwrite_arg,
@@ -39,10 +40,7 @@ def parse_batch_sizes(text: str) -> list[int]:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "bench",
-        help="measure latency: dense vs self-grouped vs converted (median of interleaved runs)",
-    )
+    p = subparsers.add_parser("bench", help=COMMANDS["bench"])
     add_model_args(p)
     p.add_argument("--batch-sizes", default="1,16", help="comma-separated (default 1,16)")
     p.add_argument(
@@ -64,6 +62,7 @@ def register(subparsers) -> None:
         "--groups", type=positive_int, default=16, help="without --checkpoint (default 16)"
     )
     p.add_argument("--no-tune", action="store_true", help="pick realizations without timing")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--breakdown", action="store_true", help="add per-layer times")
     p.add_argument("--output", type=Path, help="write the results as JSON here")
     p.add_argument("--csv", type=Path, help="write one row per (batch, model) as CSV here")
@@ -100,7 +99,7 @@ def run(args) -> int:
         warmup=args.warmup,
         tune=not args.no_tune,
         breakdown=args.breakdown,
-        progress=say,
+        progress=None if args.quiet else say,
     )
     result.update(model=name, grouping=grouping, command=" ".join(["sgcnn", *sys.argv[1:]]))
     print(format_table(result))

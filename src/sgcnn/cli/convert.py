@@ -9,6 +9,7 @@ import torch
 
 from sgcnn import exporting
 from sgcnn._io import check_output_path
+from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import (
     add_model_args,
     add_overwrite_arg,
@@ -23,10 +24,7 @@ from sgcnn.nn.convert import convert
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "convert",
-        help="compile a self-grouped model into exact, fast diverse-group modules (.pt2)",
-    )
+    p = subparsers.add_parser("convert", help=COMMANDS["convert"])
     add_model_args(p)
     p.add_argument(
         "--batch-size", type=positive_int, default=1, help="batch size to tune for (default 1)"

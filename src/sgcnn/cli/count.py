@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 
+from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import add_model_args, input_size_for, load_model_from_args
 from sgcnn.metrics.counting import count
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "count",
-        help="count Params and FLOPs (MACs of conv/linear layers, masked weights removed)",
-    )
+    p = subparsers.add_parser("count", help=COMMANDS["count"])
     add_model_args(p)
     p.add_argument("--json", action="store_true", help="print JSON (with per-layer counts)")
     p.set_defaults(func=run)

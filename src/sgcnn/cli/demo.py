@@ -12,7 +12,8 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-from sgcnn.cli._pipeline import configure, execute, print_rows
+from sgcnn.cli import COMMANDS
+from sgcnn.cli._pipeline import add_set_arg, configure, execute, print_rows
 from sgcnn.engine.recipes import load_recipe
 from sgcnn.errors import SgcnnError
 
@@ -20,20 +21,11 @@ RECIPE = "lenet5_mnist5k_demo"
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "demo", help="LeNet-5 on mnist5k: baseline, Conv-95/97/99, paper-style table (CPU)"
-    )
+    p = subparsers.add_parser("demo", help=COMMANDS["demo"])
     p.add_argument("--output", type=Path, help="run folder (default: runs/demo-<date-time>)")
     p.add_argument("--resume", action="store_true", help="continue the demo in --output")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key of the demo recipe, e.g. --set train.threads=2",
-    )
+    add_set_arg(p, help="override a key of the demo recipe, e.g. --set train.threads=2")
     p.set_defaults(func=run)
 
 

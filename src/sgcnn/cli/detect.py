@@ -12,15 +12,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sgcnn.cli._pipeline import command_line, quote
+from sgcnn.cli import COMMANDS
+from sgcnn.cli._pipeline import command_line, shortcut_sets
 from sgcnn.engine.recipes import find_recipe, recipe_dir
 from sgcnn.errors import SgcnnError
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "detect", help="object detection (Faster R-CNN) with a self-grouped backbone"
-    )
+    p = subparsers.add_parser("detect", help=COMMANDS["detect"])
     sub = p.add_subparsers(dest="detect_command", metavar="ACTION", required=True)
 
     t = sub.add_parser("train", help="train a detector and report mAP, FLOPs and latency")
@@ -39,6 +38,7 @@ def register(subparsers) -> None:
     t.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     t.add_argument("--output", type=Path, required=True, help="run folder (new)")
+    t.add_argument("--quiet", action="store_true", help="no line per epoch")
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="COCO mAP, FLOPs and latency of a saved detector")
@@ -93,13 +93,9 @@ def _train(args) -> int:
         "lr": "train.lr",
         "device": "train.device",
     }
-    sets = []
-    for attr, key in options.items():
-        value = getattr(args, attr)
-        if value is not None:
-            sets.append(f"{key}={quote(value) if isinstance(value, str) else value}")
+    sets = shortcut_sets(args, options)
     config = resolve_detect_config(_load_recipe(args.recipe), sets + args.sets)
-    report = run_detection(config, args.output, {"command": command_line()})
+    report = run_detection(config, args.output, {"command": command_line()}, quiet=args.quiet)
     print(format_report(report))
     print(f"written {args.output}")
     return 0

@@ -10,8 +10,9 @@ import json
 
 import torch
 
+from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import positive_int
-from sgcnn.cli._pipeline import quote
+from sgcnn.cli._pipeline import add_set_arg, quote
 from sgcnn.engine.build import build_data, check_fits
 from sgcnn.engine.checkpoint import FORMAT, load_checkpoint, load_model
 from sgcnn.engine.config import resolve_config
@@ -23,7 +24,7 @@ from sgcnn.metrics.counting import count
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("eval", help="evaluate a checkpoint: Top-1 / Top-5, Params, FLOPs")
+    p = subparsers.add_parser("eval", help=COMMANDS["eval"])
     p.add_argument("checkpoint", help="sgcnn checkpoint (e.g. runs/demo/conv95-fc95/model.pt)")
     p.add_argument("--model", help="model name (needed for a plain state_dict)")
     p.add_argument("--num-classes", type=positive_int, help="classes of a plain state_dict's model")
@@ -32,13 +33,8 @@ def register(subparsers) -> None:
     p.add_argument("--split", choices=["test", "val", "train"], default="test")
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per batch (256)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="data.KEY=VALUE",
-        help="override a dataset key, e.g. --set data.image_size=32",
+    add_set_arg(
+        p, "data.KEY=VALUE", help="override a dataset key, e.g. --set data.image_size=32"
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)

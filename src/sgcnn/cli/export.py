@@ -8,6 +8,7 @@ import torch
 
 from sgcnn import exporting
 from sgcnn._io import check_output_path
+from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import (
     add_model_args,
     add_overwrite_arg,
@@ -20,9 +21,7 @@ from sgcnn.errors import SgcnnError
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "export", help="export a self-grouped checkpoint to ONNX or a torch.export program"
-    )
+    p = subparsers.add_parser("export", help=COMMANDS["export"])
     add_model_args(p)
     p.add_argument("--format", required=True, help=f"one of: {', '.join(exporting.FORMATS)}")
     p.add_argument("--output", type=Path, required=True, help="file to write")

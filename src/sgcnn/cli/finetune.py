@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
+from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import parse_ratio
 from sgcnn.cli._pipeline import (
     add_run_args,
+    checkpoint_model,
     configure,
-    execute,
-    is_main_process,
+    execute_and_print,
     output_dir,
-    print_rows,
     recipe_from_args,
     shortcut_sets,
 )
 from sgcnn.engine.checkpoint import FORMAT, load_checkpoint
 from sgcnn.engine.config import SCHEMES
-from sgcnn.errors import SgcnnError
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "finetune",
-        help="self-group a trained checkpoint and fine-tune it (G / LG / L schemes)",
-    )
+    p = subparsers.add_parser("finetune", help=COMMANDS["finetune"])
     p.add_argument(
         "--checkpoint",
         required=True,
@@ -44,7 +40,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     name, recipe = recipe_from_args(args)
     payload = load_checkpoint(args.checkpoint)
-    model = args.model or _checkpoint_model(args.checkpoint, payload)
+    model = args.model or checkpoint_model(args.checkpoint, payload)
     saved = payload.get("config") if payload.get("format") == FORMAT else None
     if saved and args.data is None and "data" not in recipe:
         recipe = {**recipe, "data": saved["data"]}  # the dataset the checkpoint was made on
@@ -68,15 +64,4 @@ def run(args) -> int:
     config = configure(recipe, sets)
     default = f"{config.model.name}-{config.data.name}-{config.grouping.scheme}"
     config.name = f"{name}-finetune" if name else (config.name or default)
-    rows, seconds = execute(config, output_dir(args, config, default), args)
-    if is_main_process():
-        print_rows(rows, config)
-        print(f"elapsed {seconds:.1f} s")
-    return 0
-
-
-def _checkpoint_model(path: str, payload: dict) -> str:
-    """The model an sgcnn checkpoint names."""
-    if payload.get("format") == FORMAT:
-        return payload["model"]["name"]
-    raise SgcnnError(f"{path!r} is a plain state_dict: pass --model NAME to say whose")
+    return execute_and_print(config, output_dir(args, config, default), args)

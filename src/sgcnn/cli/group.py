@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from sgcnn._io import publish_dir, staging_dir
+from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import (
     add_model_args,
     check_output_free,
@@ -21,7 +22,7 @@ from sgcnn.metrics.counting import count
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("group", help="self-group a model (SG-CNN steps 1-4)")
+    p = subparsers.add_parser("group", help=COMMANDS["group"])
     add_model_args(p)
     p.add_argument("--conv-sparsity", type=parse_ratio, required=True, help="e.g. 0.7")
     p.add_argument("--fc-sparsity", type=parse_ratio, help="default: the conv sparsity")

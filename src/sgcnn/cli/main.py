@@ -11,26 +11,10 @@ import argparse
 import importlib
 import re
 import sys
+from collections.abc import Collection
 
+from sgcnn.cli import COMMANDS
 from sgcnn.errors import SgcnnError
-
-# Sub-command modules, in the order `sgcnn --help` lists them.
-_COMMANDS = [
-    "models",
-    "count",
-    "group",
-    "train",
-    "finetune",
-    "transfer",
-    "detect",
-    "run",
-    "eval",
-    "convert",
-    "export",
-    "bench",
-    "report",
-    "demo",
-]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,20 +29,36 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _chosen_command(argv: list[str]) -> str | None:
+    """The sub-command ``argv`` names (its first word that is not an option), if any."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def build_parser(full: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The ``sgcnn`` parser, with the sub-commands in ``full`` (default: all) registered in full.
+
+    Only those sub-commands' modules are imported; the others are listed (name and one-line
+    help) without their options, so that ``sgcnn --help`` and the start of one command do not
+    import every command's dependencies.
+    """
     parser = _Parser(
         prog="sgcnn",
         description="Self-grouping convolutional neural networks: self-group, fine-tune, "
         "convert, benchmark.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in _COMMANDS:
-        importlib.import_module(f"sgcnn.cli.{name}").register(subparsers)
+    for name, help_line in COMMANDS.items():
+        if full is None or name in full:
+            importlib.import_module(f"sgcnn.cli.{name}").register(subparsers)
+        else:
+            subparsers.add_parser(name, help=help_line)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chosen = _chosen_command(argv)
+    parser = build_parser(full=[chosen] if chosen in COMMANDS else [])
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

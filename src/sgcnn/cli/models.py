@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from sgcnn.cli import COMMANDS
 from sgcnn.models.registry import list_models, model_entry
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("models", help="list the registered models")
+    p = subparsers.add_parser("models", help=COMMANDS["models"])
     p.add_argument("--source", choices=["sgcnn", "torchvision"], help="only this source")
     p.set_defaults(func=run)
 

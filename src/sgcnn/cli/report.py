@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sgcnn._io import check_output_dir, read_text
+from sgcnn.cli import COMMANDS
 from sgcnn.engine.config import config_from_yaml
 from sgcnn.engine.reporting import write_run_report
 from sgcnn.engine.state import CONFIG_FILE, METRICS_FILE
@@ -12,9 +13,7 @@ from sgcnn.errors import SgcnnError
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "report", help="re-render report.md / report.json / plots of a run folder"
-    )
+    p = subparsers.add_parser("report", help=COMMANDS["report"])
     p.add_argument("run_dir", type=Path, help="a run folder (from train, finetune, run, demo)")
     p.set_defaults(func=run)
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+from sgcnn.cli import COMMANDS
 from sgcnn.cli._pipeline import (
     add_run_args,
     configure,
-    execute,
-    is_main_process,
+    execute_and_print,
     output_dir,
-    print_rows,
     shortcut_sets,
 )
 from sgcnn.engine.recipes import list_recipes, load_recipe
@@ -17,7 +16,7 @@ from sgcnn.engine.recipes import list_recipes, load_recipe
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "run",
-        help="run a recipe: train, self-group, fine-tune, evaluate, report",
+        help=COMMANDS["run"],
         description="Run a recipe end to end in its own folder. Shipped recipes: "
         + ", ".join(list_recipes()),
     )
@@ -31,8 +30,4 @@ def run(args) -> int:
     config = configure(recipe, shortcut_sets(args, {}) + args.sets)
     if config.name is None:
         config.name = name
-    rows, seconds = execute(config, output_dir(args, config, name), args)
-    if is_main_process():
-        print_rows(rows, config)
-        print(f"elapsed {seconds:.1f} s")
-    return 0
+    return execute_and_print(config, output_dir(args, config, name), args)

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
+from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import positive_int
 from sgcnn.cli._pipeline import (
     add_run_args,
     configure,
-    execute,
-    is_main_process,
+    execute_and_print,
     output_dir,
-    print_rows,
     recipe_from_args,
     shortcut_sets,
 )
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "train",
-        help="train a baseline model (best epoch on validation, evaluated on test)",
-    )
+    p = subparsers.add_parser("train", help=COMMANDS["train"])
     p.add_argument("--recipe", help="start from a recipe (its grouping part is ignored)")
     p.add_argument("--model", help="registered model name (model.name)")
     p.add_argument("--checkpoint", help="start from these weights (model.checkpoint)")
@@ -48,8 +44,4 @@ def run(args) -> int:
     config = configure(recipe, sets)
     default = f"{config.model.name}-{config.data.name}"
     config.name = f"{name}-baseline" if name else (config.name or default)
-    rows, seconds = execute(config, output_dir(args, config, default), args)
-    if is_main_process():
-        print_rows(rows, config)
-        print(f"elapsed {seconds:.1f} s")
-    return 0
+    return execute_and_print(config, output_dir(args, config, default), args)

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import parse_ratio
 from sgcnn.cli._pipeline import (
     add_run_args,
+    checkpoint_model,
     configure,
-    execute,
-    is_main_process,
+    execute_and_print,
     output_dir,
-    print_rows,
     quote,
     shortcut_sets,
 )
@@ -40,7 +40,7 @@ DEFAULT_RECIPE = "transfer_cub200"
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "transfer",
-        help="transfer a (self-grouped) classifier to a new dataset: dense, L, G or LG",
+        help=COMMANDS["transfer"],
         description="Replace the checkpoint's classifier with a fresh one for the new dataset "
         "and fine-tune: dense (a dense checkpoint), L (a self-grouped checkpoint, masks kept), "
         "G / LG (self-group again on the new data). Defaults: the paper's CUB-200 recipe "
@@ -64,7 +64,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     _, recipe = load_recipe(args.recipe or DEFAULT_RECIPE)
     payload = load_checkpoint(args.checkpoint)
-    model = args.model or _checkpoint_model(args.checkpoint, payload)
+    model = args.model or checkpoint_model(args.checkpoint, payload)
     grouped = _grouped_layers(payload)
     if args.scheme == "dense" and grouped:
         raise SgcnnError(
@@ -109,19 +109,11 @@ def run(args) -> int:
     if config.report.title is None:
         config.report.title = f"Transfer ({args.scheme}) of {args.checkpoint}"
     run_dir = output_dir(args, config, default)
-    rows, seconds = execute(config, run_dir, args)
-    if is_main_process():
-        print_rows(rows, config)
-        if grouped:
-            _report_masks(args.checkpoint, model, run_dir, rows)
-        print(f"elapsed {seconds:.1f} s")
-    return 0
 
+    def masks(rows: list[dict]) -> None:
+        _report_masks(args.checkpoint, model, run_dir, rows)
 
-def _checkpoint_model(path: str, payload: dict) -> str:
-    if payload.get("format") == FORMAT:
-        return payload["model"]["name"]
-    raise SgcnnError(f"{path!r} is a plain state_dict: pass --model NAME to say whose")
+    return execute_and_print(config, run_dir, args, after=masks if grouped else None)
 
 
 def _grouped_layers(payload: dict) -> list[str]:

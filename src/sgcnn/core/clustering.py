@@ -1,4 +1,4 @@
-"""Step 2 of SG-CNN: self-grouping of filters by k-means (SPEC section 1, step 2).
+"""Step 2 of SG-CNN: self-grouping of filters by k-means (docs/method.md section 1, step 2).
 
 The N importance vectors of a layer are clustered with k-means (Euclidean distance) into
 ``min(g, N)`` groups, with scikit-learn's ``KMeans(n_clusters=g, init="random", n_init=10,
@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
-from sklearn.exceptions import ConvergenceWarning
 
 
 @dataclass(frozen=True)
@@ -38,6 +36,10 @@ def cluster_filters(
     k = min(groups, n)
     if k <= 1:
         return torch.zeros(n, dtype=torch.long)
+    # scikit-learn is imported here, not at module level, so that `import sgcnn` stays light.
+    from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
+
     data = importance.numpy()
     with warnings.catch_warnings():
         # Fewer distinct points than clusters is expected after heavy pruning; handled below.

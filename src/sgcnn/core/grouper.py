@@ -52,7 +52,14 @@ class LayerGroups:
 
 @dataclass
 class LayerReport:
-    """What one step did to one layer."""
+    """What one step did to one layer.
+
+    ``kind`` is ``"conv"`` or ``"fc"``: the paper's two layer families, each with its own
+    sparsity (``Conv-X/FC-Y``, ``conv_sparsity`` / ``fc_sparsity``, ``grouping.fc``), so the
+    grouping report, configs and recipes say "fc". The converter names the layer it compiles
+    by its module, ``"linear"`` (``torch.nn.Linear``); both names stay, since run folders,
+    recipes and saved reports already carry "fc".
+    """
 
     name: str
     kind: str  # "conv" or "fc"

@@ -1,4 +1,4 @@
-"""Step 1 of SG-CNN: importance vectors (SPEC section 1, step 1).
+"""Step 1 of SG-CNN: importance vectors (docs/method.md section 1, step 1).
 
 For filter ``n`` and input channel ``c`` of a layer with weight ``W`` and mask ``M``::
 

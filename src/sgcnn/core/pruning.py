@@ -1,4 +1,4 @@
-"""Step 3 of SG-CNN: centroid-based pruning (SPEC section 1, step 3).
+"""Step 3 of SG-CNN: centroid-based pruning (docs/method.md section 1, step 3).
 
 For a target (cumulative) sparsity ``p`` of a layer with importance ``I`` ``[N, C]``, group
 labels ``l`` ``[N]`` and current mask ``M`` ``[N, C]``:

@@ -112,8 +112,12 @@ def masks_kept(model: nn.Module, before: dict[str, torch.Tensor]) -> bool:
     return True
 
 
-def run_detection(config: DetectConfig, out_dir: str | os.PathLike, meta: dict) -> dict:
-    """Train, evaluate, convert and measure; write the run folder (see the module docstring)."""
+def run_detection(
+    config: DetectConfig, out_dir: str | os.PathLike, meta: dict, quiet: bool = False
+) -> dict:
+    """Train, evaluate, convert and measure; write the run folder (see the module docstring).
+
+    One line per epoch goes to stdout unless ``quiet``."""
     d, t = config.data, config.train
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -135,6 +139,8 @@ def run_detection(config: DetectConfig, out_dir: str | os.PathLike, meta: dict) 
 
     def log(record: dict) -> None:
         records.append(record)
+        if quiet:
+            return
         print(
             f"  epoch {record['epoch']}/{t.epochs}: loss {record['loss']:.4f}, "
             f"lr {record['lr']:.2e} ({record['seconds']:.1f} s)",

@@ -98,7 +98,7 @@ class TrainConfig:
 
 @dataclass
 class GroupingConfig:
-    """Self-grouping and fine-tuning scheme (SPEC section 1, step 5).
+    """Self-grouping and fine-tuning scheme (docs/method.md section 1, step 5).
 
     One result row per target ``conv[i]`` (FC sparsity ``fc[i]``, default equal to the conv
     one, never above ``fc_cap``). Each target starts again from the best baseline.

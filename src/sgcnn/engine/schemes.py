@@ -1,4 +1,4 @@
-"""The fine-tuning schemes of SPEC section 1, step 5, as a flat plan of stages.
+"""The fine-tuning schemes of docs/method.md section 1, step 5, as a flat plan of stages.
 
 A run is a list of :class:`Stage` s executed in order; the training state records the index of
 the current stage, which is all a resumed run needs to know where it is. For a config with

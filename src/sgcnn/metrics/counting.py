@@ -1,4 +1,4 @@
-"""Mask-aware Params and FLOPs, with the paper's counting convention (SPEC section 1).
+"""Mask-aware Params and FLOPs, with the paper's counting convention (docs/method.md section 1).
 
 - **FLOPs** are multiply-accumulates (MACs) of convolution and linear layers, counting only
   unmasked weights: a convolution costs ``(unmasked weights) x H_out x W_out`` per image, a
@@ -32,26 +32,44 @@ def _bias(layer: nn.Module) -> int:
     return layer.bias.numel() if getattr(layer, "bias", None) is not None else 0
 
 
-def _example_input(model: nn.Module, input_size: int | Sequence[int]) -> torch.Tensor:
+def _example_input(
+    model: nn.Module, input_size: int | Sequence[int] | torch.Tensor
+) -> torch.Tensor:
+    """One zero image ``[1, C, H, W]`` (or the first image of an example tensor), on the
+    model's device and in its floating dtype."""
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else "cpu"
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    if isinstance(input_size, torch.Tensor):
+        if input_size.dim() not in (3, 4) or input_size.numel() == 0:
+            raise SgcnnError(
+                "an example input must be a tensor [N, C, H, W] or [C, H, W], got shape "
+                f"{tuple(input_size.shape)}"
+            )
+        image = input_size[:1] if input_size.dim() == 4 else input_size[None]
+        return image.to(device=device, dtype=dtype)
     if isinstance(input_size, int):
         input_size = (input_size, input_size)
     size = tuple(int(s) for s in input_size)
+    if len(size) == 4:  # (N, C, H, W): counts are per image, whatever N
+        size = size[1:]
     if len(size) == 2:
         first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
         size = (first.in_channels if first is not None else 3, *size)
     if len(size) != 3 or min(size) < 1:
-        raise SgcnnError(f"input_size must be H, (H, W) or (C, H, W), got {input_size!r}")
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else "cpu"
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+        raise SgcnnError(
+            f"input_size must be H, (H, W), (C, H, W) or (N, C, H, W), got {input_size!r}"
+        )
     return torch.zeros(1, *size, device=device, dtype=dtype)
 
 
 @torch.no_grad()
-def count(model: nn.Module, input_size: int | Sequence[int]) -> dict:
+def count(model: nn.Module, input_size: int | Sequence[int] | torch.Tensor) -> dict:
     """Count ``model``'s Params and FLOPs (MACs) for one image of ``input_size``.
 
-    ``input_size`` is ``H``, ``(H, W)`` or ``(C, H, W)``. Returns integers ``params``,
+    ``input_size`` is ``H``, ``(H, W)``, ``(C, H, W)``, a full shape ``(N, C, H, W)`` or an
+    example input tensor ``[N, C, H, W]``; the counts are per image either way (``N`` is
+    ignored; of an example tensor only the first image is run). Returns integers ``params``,
     ``flops``, ``params_with_bn``, ``params_total`` and a per-layer list ``layers`` of
     ``{"name", "params", "flops"}`` (a layer called several times counts every call).
     """

@@ -2,7 +2,7 @@
 
 The mask is stored at the granularity self-grouping prunes at: one boolean per (filter, input
 channel) pair, ``sg_mask[n, c]``, which stands for the whole ``k x k`` kernel slice
-``M[n, c, :, :]`` of SPEC section 1. Beside it each layer keeps its group assignment
+``M[n, c, :, :]`` of docs/method.md section 1. Beside it each layer keeps its group assignment
 (``sg_labels[n]``, the self-group of filter ``n``) and the input channels each group keeps
 (``sg_keep[j, c]``). All three are buffers, so they live in the ``state_dict``.
 

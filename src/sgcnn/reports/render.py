@@ -3,7 +3,9 @@
 A *row* is one model: ``{"name": "baseline" | "Conv-95/FC-95", "params": int, "flops": int,
 "top1": float, "top5": float}`` (accuracies in percent). *Paper rows* carry the paper's
 ``params`` / ``flops`` / ``top1`` for the same names and are shown beside ours.
-All files are written atomically.
+All files are written atomically. Figures are drawn with matplotlib's object API
+(:class:`matplotlib.figure.Figure` on its own Agg canvas), imported on first use: neither pyplot
+nor the user's chosen backend is touched.
 """
 
 from __future__ import annotations
@@ -14,13 +16,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
 
 from sgcnn.engine.checkpoint import atomic_write
 
@@ -61,10 +57,17 @@ def format_table(rows: Sequence[dict], paper_rows: Sequence[dict] | None = None)
     return "\n".join(lines)
 
 
+def _figure(figsize: tuple[float, float]):
+    """A new figure and its axes, rendered by Agg, independent of pyplot's global state."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.add_subplot()
+
+
 def _save_png(fig, path: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
     atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
@@ -72,7 +75,7 @@ def plot_accuracy_vs_flops(
     rows: Sequence[dict], path: Path, paper_rows: Sequence[dict] | None = None, title: str = ""
 ) -> None:
     """Top-1 against FLOPs (log scale), ours and, when given, the paper's."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _figure((6, 4))
     for series, style, label in ((rows, "o-", "sgcnn"), (paper_rows or [], "s--", "paper")):
         points = sorted(
             (r["flops"], r["top1"], r["name"])
@@ -108,13 +111,17 @@ def plot_group_structure(name: str, labels, mask, path: Path) -> None:
     order = np.argsort(labels, kind="stable")
     image = mask[order]
     n, c = image.shape
-    fig, ax = plt.subplots(figsize=(min(12, 2 + c / 24), min(10, 2 + n / 24)))
+    fig, ax = _figure((min(12, 2 + c / 24), min(10, 2 + n / 24)))
     ax.imshow(image, aspect="auto", interpolation="nearest", cmap="Blues", vmin=0, vmax=1)
     bounds = np.flatnonzero(np.diff(labels[order])) + 0.5
     line = "white" if image.mean() > 0.5 else "red"
     for b in bounds:
         ax.axhline(b, color=line, linewidth=0.8)
-    cmap = plt.get_cmap("Blues")
+    from matplotlib import colormaps
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    cmap = colormaps["Blues"]
     legend = [
         Patch(facecolor=cmap(1.0), edgecolor="grey", label="kept kernel"),
         Patch(facecolor=cmap(0.0), edgecolor="grey", label="pruned kernel"),
