@@ -133,7 +133,7 @@ def test_shipped_recipes_resolve_as_without_model_defaults():
     change nothing in them."""
     for name in list_recipes():
         _, recipe = load_recipe(name)
-        recipe["model"]["checkpoint"] = "weights.pt"  # some need one, filled in by the user
+        recipe.setdefault("model", {})["checkpoint"] = "weights.pt"  # filled in by the user
         plain = from_dict(Config, deep_merge(config_to_dict(Config()), recipe))
         assert config_to_dict(resolve_config(recipe)) == config_to_dict(plain), name
 
