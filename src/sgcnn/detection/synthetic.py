@@ -17,12 +17,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from sgcnn._io import check_output_dir, publish_dir, staging_dir
 from sgcnn.errors import SgcnnError
 
 CATEGORIES = ("circle", "square", "triangle")
@@ -46,17 +46,15 @@ def make_synthetic_coco(
             "need >= 1 train and val image, image_size >= 32 and max_objects >= 1, got "
             f"{train_images}, {val_images}, {image_size}, {max_objects}"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    check_output_dir(out)
+    staging = staging_dir(out)
     try:
         rng = np.random.default_rng(seed)
         for split, n in (("train", train_images), ("val", val_images)):
             (staging / split).mkdir()
             coco = _split(rng, staging / split, n, image_size, max_objects)
             (staging / f"{split}.json").write_text(json.dumps(coco))
-        if out.exists():
-            out.rmdir()
-        os.replace(staging, out)
+        publish_dir(staging, out.resolve(), overwrite=False)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
