@@ -352,13 +352,14 @@ def main() -> int:
         "environment": environment(device),
         "batches": [],
     }
-    for batch in args.batches:
+    for i, batch in enumerate(args.batches):
         result["batches"].append(run_batch(args, dense, grouped, device, batch))
-    result["total_s"] = time.perf_counter() - t_start
-    md = markdown(result)
-    print(md)
+        result["complete"] = i == len(args.batches) - 1
+        result["total_s"] = time.perf_counter() - t_start
+        if args.out:  # after every batch size: a run cut short keeps what it measured
+            write(args.out, result, markdown(result))
+    print(markdown(result))
     if args.out:
-        write(args.out, result, md)
         print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.md')}")
     return 0
 
