@@ -237,15 +237,32 @@ def test_restricted_realizations_are_exact_and_respected(allowed):
     assert chosen <= set(allowed) | {"dense"}
 
 
-def test_tuning_keeps_the_fastest_measured_candidate_and_records_it():
+def test_tuning_keeps_the_fastest_measured_candidate_and_records_it(monkeypatch):
+    """With the timings fixed (the last candidate offered is the fastest, never the first),
+    every layer keeps exactly that candidate and records those timings."""
+    from sgcnn.nn import tuning
+
+    offered = []
+
+    def fake_times(calls, device, **kwargs):
+        labels = list(calls)
+        offered.append(labels)
+        return {
+            name: {"min_ms": 10.0 - i, "median_ms": 10.0 - i, "runs": 3}
+            for i, name in enumerate(labels)
+        }
+
+    monkeypatch.setattr(tuning, "time_candidates", fake_times)
     masked, x = _grouped("test_resnet")
     converted = convert(masked, x, tune=True)
     _assert_equivalent(converted, masked, x)
-    for record in converted.sgcnn_conversion["layers"]:
-        times = record["times_ms"]
-        assert any(label.startswith("dense") for label in times)  # dense is always a candidate
-        best = min(times, key=lambda k: times[k]["min_ms"])
-        assert record["realization"] == best
+    records = [r for r in converted.sgcnn_conversion["layers"] if r.get("times_ms")]
+    assert records and len(records) == len(offered)
+    for record, labels in zip(records, offered, strict=True):
+        assert any(label.startswith("dense") for label in labels)  # dense is always offered
+        assert record["realization"] == labels[-1]
+        assert record["times_ms"][labels[-1]]["min_ms"] == 10.0 - (len(labels) - 1)
+    assert any(len(labels) > 1 and not labels[-1].startswith("dense") for labels in offered)
 
 
 def test_fusion_folds_batchnorm_relu_and_residual_into_layers():
