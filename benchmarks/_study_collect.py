@@ -61,8 +61,8 @@ def _result(run_dir: Path, baseline: bool) -> dict | None:
 
 def _latency(path: Path, batch: int, threads: int) -> tuple[float | None, str]:
     import sgcnn
+    from sgcnn.deploy.convert import fuse_dense
     from sgcnn.metrics.latency import compare_latency
-    from sgcnn.nn.convert import fuse_dense
     from sgcnn.nn.masked import is_masked
 
     torch.set_num_threads(threads)

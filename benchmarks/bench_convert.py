@@ -41,9 +41,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import sgcnn
+from sgcnn.deploy import _native
+from sgcnn.deploy.convert import fuse_dense
 from sgcnn.metrics.latency import DEPLOYMENTS, benchmark, deploy, environment
-from sgcnn.nn import _native
-from sgcnn.nn.convert import fuse_dense
 
 CONFIGS = {
     # name: (conv sparsity, fc sparsity, input size)

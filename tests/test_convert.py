@@ -9,9 +9,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import sgcnn
 from _shared import FAST_KMEANS
+from sgcnn.deploy import _native, fast
+from sgcnn.deploy.convert import convert, fuse_dense
 from sgcnn.models.registry import model_entry
-from sgcnn.nn import _native, fast
-from sgcnn.nn.convert import convert, fuse_dense
 
 ATOL, RTOL = 1e-5, 1e-4
 
@@ -240,7 +240,7 @@ def test_restricted_realizations_are_exact_and_respected(allowed):
 def test_tuning_keeps_the_fastest_measured_candidate_and_records_it(monkeypatch):
     """With the timings fixed (the last candidate offered is the fastest, never the first),
     every layer keeps exactly that candidate and records those timings."""
-    from sgcnn.nn import tuning
+    from sgcnn.deploy import tuning
 
     offered = []
 

@@ -13,8 +13,8 @@ import sgcnn
 from _shared import FAST_KMEANS
 from sgcnn import exporting
 from sgcnn.cli.main import main
+from sgcnn.deploy import fast
 from sgcnn.engine.checkpoint import model_payload, save_checkpoint
-from sgcnn.nn import fast
 
 
 class LocalNet(nn.Module):

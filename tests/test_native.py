@@ -10,9 +10,9 @@ from torch import nn
 
 import sgcnn
 from sgcnn.core.clustering import KMeansSettings
+from sgcnn.deploy import _native, fast
+from sgcnn.deploy.convert import convert
 from sgcnn.errors import SgcnnError
-from sgcnn.nn import _native, fast
-from sgcnn.nn.convert import convert
 
 needs_native = pytest.mark.skipif(not _native.available(), reason="native kernel unavailable")
 
@@ -103,7 +103,7 @@ def test_jit_trace_of_standard_realizations_follows_a_new_input():
 
 
 def test_kernel_source_is_a_shipped_c_file():
-    source = resources.files("sgcnn.nn").joinpath("csrc", "dg_conv.c")
+    source = resources.files("sgcnn.deploy").joinpath("csrc", "dg_conv.c")
     assert source.is_file()
     assert "sg_dg_conv2d" in source.read_text()
 

@@ -8,8 +8,8 @@ import torch
 
 import sgcnn
 from sgcnn.core.clustering import KMeansSettings
-from sgcnn.nn import _native, tuning
-from sgcnn.nn.convert import convert
+from sgcnn.deploy import _native, tuning
+from sgcnn.deploy.convert import convert
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ _LAZY = {
     "count": "sgcnn.metrics.counting",
     "create_model": "sgcnn.models.registry",
     "list_models": "sgcnn.models.registry",
-    "convert": "sgcnn.nn.convert",
+    "convert": "sgcnn.deploy.convert",
     "export": "sgcnn.exporting",
     "load": "sgcnn.exporting",
 }

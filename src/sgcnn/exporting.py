@@ -36,9 +36,9 @@ from torch import nn
 
 from sgcnn._io import atomic_write
 from sgcnn._pt2_check import check_pt2
+from sgcnn.deploy import fast
+from sgcnn.deploy.convert import convert, example_tensor, run_checked
 from sgcnn.errors import SgcnnError
-from sgcnn.nn import fast
-from sgcnn.nn.convert import convert, example_tensor, run_checked
 from sgcnn.nn.masked import is_masked
 from sgcnn.nn.swap import replace_modules_
 

@@ -19,8 +19,8 @@ from sgcnn.cli._common import (
     positive_int,
     write_json,
 )
+from sgcnn.deploy.convert import convert
 from sgcnn.errors import SgcnnError
-from sgcnn.nn.convert import convert
 
 
 def register(subparsers) -> None:

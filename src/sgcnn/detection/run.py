@@ -55,7 +55,7 @@ def _unfreeze_bn_(module: nn.Module) -> None:
 def convert_backbone(detector: nn.Module, size: int, device: torch.device, tune: bool = True):
     """A copy of ``detector`` with every body stage that holds self-grouped layers converted
     by :func:`sgcnn.convert` at a ``size`` x ``size`` image (exactness checked by it)."""
-    from sgcnn.nn.convert import convert
+    from sgcnn.deploy.convert import convert
 
     fast = copy.deepcopy(detector).eval().to(device)
     body = fast.backbone.body

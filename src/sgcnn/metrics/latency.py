@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from sgcnn.nn import tuning
-from sgcnn.nn.tuning import synchronize
+from sgcnn.deploy import tuning
+from sgcnn.deploy.tuning import synchronize
 
 
 def _cpu_name() -> str:
@@ -299,8 +299,8 @@ def benchmark(
 
     import copy
 
+    from sgcnn.deploy.convert import convert, fuse_dense, resolve_device
     from sgcnn.metrics.counting import count
-    from sgcnn.nn.convert import convert, fuse_dense, resolve_device
     from sgcnn.nn.masked import is_masked, to_dense
     from sgcnn.nn.swap import replace_modules_
 

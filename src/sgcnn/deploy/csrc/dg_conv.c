@@ -1,8 +1,8 @@
 /* sgcnn native kernels: diverse group convolution and 2-D max pooling, fp32, NCHW.
 
-   Compiled by sgcnn.nn._native with -O3 -march=native -fopenmp. The vector width follows
+   Compiled by sgcnn.deploy._native with -O3 -march=native -fopenmp. The vector width follows
    the CPU the library is built for: AVX-512F (16 floats, 32 registers) or AVX2 + FMA
-   (8 floats, 16 registers). See sgcnn/nn/_native.py for the computation. */
+   (8 floats, 16 registers). See sgcnn/deploy/_native.py for the computation. */
 #include <immintrin.h>
 #include <stdint.h>
 #include <stdlib.h>

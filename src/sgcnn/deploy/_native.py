@@ -122,7 +122,7 @@ def output_size(size: int, k: int, s: int, p: int, d: int) -> int:
 
 
 def _source() -> bytes:
-    return resources.files("sgcnn.nn").joinpath("csrc", "dg_conv.c").read_bytes()
+    return resources.files("sgcnn.deploy").joinpath("csrc", "dg_conv.c").read_bytes()
 
 
 def _cache_root() -> Path:

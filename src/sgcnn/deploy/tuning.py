@@ -142,7 +142,7 @@ _CACHE_FORMAT = "sgcnn.tuning"
 
 
 def _cache_file(device: torch.device) -> Path:
-    from sgcnn.nn import _native
+    from sgcnn.deploy import _native
 
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else _native.cpu_id()
     kernels = _native.build_key() if device.type == "cpu" and _native.available() else "none"

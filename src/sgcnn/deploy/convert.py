@@ -20,8 +20,8 @@ What happens, in order:
    an exact native kernel (PyTorch's NCHW max pooling is ~8x slower than one pass over
    memory).
 4. **Realization**: every self-grouped layer (and every fused plain layer) becomes a fast
-   module of :mod:`sgcnn.nn.fast`. With ``tune=True`` each candidate realization is timed on
-   the target device at the example's shape (:mod:`sgcnn.nn.tuning`) and the fastest kept; the
+   module of :mod:`sgcnn.deploy.fast`. With ``tune=True`` each candidate realization is timed on
+   the target device at the example's shape (:mod:`sgcnn.deploy.tuning`) and the fastest kept; the
    measurements are stored on the result as ``model.sgcnn_conversion`` (and in files written
    by :mod:`sgcnn.exporting`), so they need not be measured again. A dense candidate is always
    among them, so no layer ends up slower than its dense version beyond measurement noise.
@@ -45,9 +45,9 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from sgcnn.deploy import _native, tuning
+from sgcnn.deploy import fast as F_
 from sgcnn.errors import SgcnnError
-from sgcnn.nn import _native, tuning
-from sgcnn.nn import fast as F_
 from sgcnn.nn.masked import MaskedConv2d, MaskedLinear, is_masked
 from sgcnn.nn.swap import replace_modules_
 
@@ -379,7 +379,7 @@ def _realize(
     progress.step(site.name, len(factories) if tune else 1)
     record: dict = {"name": site.name, "input_shape": list(site.input_shape)}
     if tune and len(factories) > 1:
-        # timings cached by layer and machine (sgcnn.nn.tuning): measured once
+        # timings cached by layer and machine (sgcnn.deploy.tuning): measured once
         key = tuning.layer_key(spec, site.input_shape, site.residual_shape, dtype)
         results = tuning.lookup(key, factories, device)
         if results is None:
@@ -457,7 +457,7 @@ def _uses_native(device: torch.device, allowed: Sequence[str] | None) -> bool:
 
 
 def _replace_max_pools(gm: fx.GraphModule) -> None:
-    """Swap 2-D max pooling for :class:`sgcnn.nn.fast.MaxPool2d` (exact, faster in NCHW)."""
+    """Swap 2-D max pooling for :class:`sgcnn.deploy.fast.MaxPool2d` (exact, faster in NCHW)."""
     modules = dict(gm.named_modules())
     for i, node in enumerate(list(gm.graph.nodes)):
         args = _max_pool_args(node, modules)

@@ -19,7 +19,7 @@ Every realization below computes exactly this (up to fp32 summation order), from
   outputs back into filter order. Standard operators only, so it exports to ONNX.
 - :class:`GroupLoopConv2d` / :class:`GroupLoopLinear`: one convolution per group on its
   gathered channels, outputs concatenated and put back into filter order.
-- :class:`NativeGroupConv2d`: the gather-free native kernel (:mod:`sgcnn.nn._native`).
+- :class:`NativeGroupConv2d`: the gather-free native kernel (:mod:`sgcnn.deploy._native`).
 
 Each class has ``from_masked(layer, bn=None, relu=False)`` and ``from_spec(spec)``;
 ``macs(input_shape)`` returns the multiply-accumulates it really executes and how many of them
@@ -37,8 +37,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+from sgcnn.deploy import _native
 from sgcnn.errors import SgcnnError
-from sgcnn.nn import _native
 from sgcnn.nn.masked import MaskedConv2d, MaskedLinear, is_masked
 
 
@@ -522,7 +522,7 @@ class GroupLoopLinear(_GroupLoop):
 
 
 class NativeGroupConv2d(_Fast):
-    """The gather-free native kernel (:mod:`sgcnn.nn._native`), fp32 NCHW on CPU.
+    """The gather-free native kernel (:mod:`sgcnn.deploy._native`), fp32 NCHW on CPU.
 
     Each group's filters are cut into chunks of at most ``rows`` (balanced sizes); a chunk's
     packed weights are ``[entries, filters]`` with entries the group's (channel, ky, kx)
