@@ -208,6 +208,21 @@ class _Fast(nn.Module):
     def _dense_weight(self) -> torch.Tensor:
         raise NotImplementedError
 
+    def _set_blocks(self, spec, in_index, out_index, weight, g: int, k: int, n_max: int) -> None:
+        """Store a padded-groups realization: ``g`` blocks of ``k`` gathered inputs and
+        ``n_max`` outputs, the gather ``in_index`` [g k], the output order ``out_index`` [N],
+        the packed ``weight`` and the bias."""
+        self.blocks, self.block_in, self.block_out = g, k, n_max
+        self.register_buffer("in_index", in_index)
+        self.register_buffer("out_index", out_index)
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.bias = nn.Parameter(spec.bias.clone(), requires_grad=False)
+
+    @classmethod
+    def from_spec(cls, spec: LayerSpec):
+        """The realization of ``spec`` (subclasses with options take them as keywords)."""
+        return cls(spec)
+
     @classmethod
     def from_masked(
         cls, layer: nn.Module, bn: nn.Module | None = None, relu: bool = False, **options
@@ -255,7 +270,6 @@ class DenseConv2d(_Fast):
     @classmethod
     def from_spec(cls, spec: LayerSpec, mode: str = "nchw") -> DenseConv2d:
         return cls(spec, mode)
-
 
     def _executed_per_position(self) -> int:
         return self.weight[0].numel() * self.out_features
@@ -305,11 +319,6 @@ class DenseLinear(_Fast):
         super().__init__(spec)
         self.weight = nn.Parameter(spec.weight.clone(), requires_grad=False)
         self.bias = nn.Parameter(spec.bias.clone(), requires_grad=False)
-
-    @classmethod
-    def from_spec(cls, spec: LayerSpec) -> DenseLinear:
-        return cls(spec)
-
 
     def _executed_per_position(self) -> int:
         return self.weight.numel()
@@ -371,16 +380,7 @@ class GroupedConv2d(_Fast):
             local = channels % cg
             weight[i * n_max : i * n_max + len(filters), : len(channels)] = w[filters][:, local]
             out_index[filters] = torch.arange(i * n_max, i * n_max + len(filters))
-        self.blocks, self.block_in, self.block_out = g, k, n_max
-        self.register_buffer("in_index", in_index)
-        self.register_buffer("out_index", out_index)
-        self.weight = nn.Parameter(weight, requires_grad=False)
-        self.bias = nn.Parameter(spec.bias.clone(), requires_grad=False)
-
-    @classmethod
-    def from_spec(cls, spec: LayerSpec) -> GroupedConv2d:
-        return cls(spec)
-
+        self._set_blocks(spec, in_index, out_index, weight, g, k, n_max)
 
     def _executed_per_position(self) -> int:
         return self.weight.numel()
@@ -419,16 +419,7 @@ class GroupedLinear(_Fast):
             in_index[i * k : i * k + len(channels)] = channels
             weight[i, : len(channels), : len(filters)] = spec.weight[filters][:, channels].t()
             out_index[filters] = torch.arange(i * n_max, i * n_max + len(filters))
-        self.blocks, self.block_in, self.block_out = g, k, n_max
-        self.register_buffer("in_index", in_index)
-        self.register_buffer("out_index", out_index)
-        self.weight = nn.Parameter(weight, requires_grad=False)
-        self.bias = nn.Parameter(spec.bias.clone(), requires_grad=False)
-
-    @classmethod
-    def from_spec(cls, spec: LayerSpec) -> GroupedLinear:
-        return cls(spec)
-
+        self._set_blocks(spec, in_index, out_index, weight, g, k, n_max)
 
     def _executed_per_position(self) -> int:
         return self.weight.numel()
@@ -475,11 +466,6 @@ class _GroupLoop(_Fast):
             order.append(filters)
         self.register_buffer("out_index", torch.argsort(torch.cat(order)))
         self.bias = nn.Parameter(spec.bias.clone(), requires_grad=False)
-
-    @classmethod
-    def from_spec(cls, spec: LayerSpec):
-        return cls(spec)
-
 
     def _executed_per_position(self) -> int:
         return sum(w.numel() for w in self.weights)
