@@ -293,19 +293,24 @@ def _run(x, entries, weights, chunks, rowmap, bias, residual, geo: Geometry, rel
         raise MemoryError("sgcnn native kernel: out of memory for its workspace")
 
 
-def conv2d(x, entries, weights, chunks, rowmap, bias, residual, geo: Geometry, relu: bool):
+def conv2d(
+    x, entries, weights, chunks, rowmap, bias, residual, geo: Geometry, relu: bool, take=None
+):
     """Diverse group convolution (see the module docstring), float32 NCHW on CPU.
 
     ``entries`` int32 [E, 3] (input channel, ky, kx); ``chunks`` int64 [nchunks, 5] (entries,
     first entry, first weight, filters, first row of ``rowmap``); ``weights`` packed
     ``[entries, filters]`` per chunk; ``rowmap`` the output channel of every packed row.
+    ``take(numel)``, if given, supplies the output's flat storage (an arena's buffer).
     """
     x = x.contiguous()
     residual = residual.contiguous() if residual is not None else None
     shape = geo.output_shape(x.shape)
     # Slack behind the output: a consumer running the junk columns of its last row may read
     # a few floats past the end of the last plane.
-    y = torch.empty(math.prod(shape) + SLACK, dtype=x.dtype)[: math.prod(shape)].view(shape)
+    numel = math.prod(shape)
+    flat = take(numel + SLACK) if take is not None else torch.empty(numel + SLACK, dtype=x.dtype)
+    y = flat[:numel].view(shape)
     _run(x, entries, weights, chunks, rowmap, bias, residual, geo, relu, y)
     return y
 
@@ -428,15 +433,23 @@ def pool_output_size(size: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
 
 
 def max_pool2d(
-    x: torch.Tensor, kernel: list[int], stride: list[int], padding: list[int], ceil_mode: bool
+    x: torch.Tensor,
+    kernel: list[int],
+    stride: list[int],
+    padding: list[int],
+    ceil_mode: bool,
+    take=None,
 ) -> torch.Tensor:
-    """``F.max_pool2d`` for float32 NCHW CPU tensors (dilation 1), one pass over memory."""
+    """``F.max_pool2d`` for float32 NCHW CPU tensors (dilation 1), one pass over memory;
+    ``take(numel)``, if given, supplies the output's flat storage."""
     lib = _need()
     x = x.contiguous()
     b, c, h, w = x.shape
     ho = pool_output_size(h, kernel[0], stride[0], padding[0], ceil_mode)
     wo = pool_output_size(w, kernel[1], stride[1], padding[1], ceil_mode)
-    y = torch.empty(b, c, ho, wo, dtype=x.dtype)
+    numel = b * c * ho * wo
+    flat = take(numel) if take is not None else torch.empty(numel, dtype=x.dtype)
+    y = flat.view(b, c, ho, wo)
     lib.sg_max_pool2d(_ptr(x), _ptr(y), b * c, h, w, *kernel, *stride, *padding, ho, wo)
     return y
 

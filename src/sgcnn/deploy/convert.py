@@ -45,7 +45,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from sgcnn.deploy import _native, tuning
+from sgcnn.deploy import _arena, _native, tuning
 from sgcnn.deploy import fast as F_
 from sgcnn.errors import SgcnnError
 from sgcnn.nn.masked import MaskedConv2d, MaskedLinear, is_masked
@@ -394,7 +394,11 @@ def _realize(
                 label: (lambda m=m: m(x, res) if res is not None else m(x))
                 for label, m in modules.items()
             }
+            for m in modules.values():  # outputs reused between calls, as in the converted model
+                m.arena_slot = (_arena.Arena(1), 0)
             results = tuning.time_candidates(calls, device)
+            for m in modules.values():
+                m.arena_slot = None
             if not results:
                 raise RuntimeError(f"layer {site.name!r}: every realization failed to run")
             tuning.store(key, factories, results, device)
@@ -449,11 +453,7 @@ def _max_pool_args(node: fx.Node, modules: dict[str, nn.Module]) -> dict | None:
 
 def _uses_native(device: torch.device, allowed: Sequence[str] | None) -> bool:
     """Whether the native kernels may run in the converted model."""
-    return (
-        (allowed is None or "native" in allowed)
-        and device.type == "cpu"
-        and _native.available()
-    )
+    return (allowed is None or "native" in allowed) and device.type == "cpu" and _native.available()
 
 
 def _replace_max_pools(gm: fx.GraphModule) -> None:
@@ -671,6 +671,7 @@ def _convert(model, example_input, device, tune, fuse, realizations, check, prog
         if fuse and _uses_native(dev, realizations):
             _replace_max_pools(gm)
         _plan_memory(gm)
+        _arena.plan(gm)
         gm.graph.lint()
         gm.recompile()
         gm.delete_all_unused_submodules()
@@ -727,11 +728,13 @@ def _convert_by_swapping(work, x, dev, tune, realizations, dtype, records, progr
 
 
 @torch.no_grad()
-def check_equivalent(converted: nn.Module, reference: torch.Tensor, x: torch.Tensor) -> None:
+def check_equivalent(converted: nn.Module, reference, x: torch.Tensor) -> None:
     """``torch.testing.assert_close(converted(x), reference)`` with atol 1e-5 (times the
-    output's scale when above 1) and rtol 1e-4; a failure here is a bug in sgcnn."""
+    outputs' scale when above 1) and rtol 1e-4; outputs may be nested tuples, lists and
+    dicts of tensors. A failure here is a bug in sgcnn."""
     out = converted(x)
-    scale = max(1.0, float(reference.abs().max())) if reference.numel() else 1.0
+    leaves = [t for t in torch.utils._pytree.tree_leaves(reference) if isinstance(t, torch.Tensor)]
+    scale = max([1.0, *(float(t.abs().max()) for t in leaves if t.numel())])
     try:
         torch.testing.assert_close(out, reference, atol=1e-5 * scale, rtol=1e-4)
     except AssertionError as err:

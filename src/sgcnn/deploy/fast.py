@@ -283,10 +283,13 @@ class DenseConv2d(_Fast):
                 x = x[:, :, :: self.stride[0], :: self.stride[1]]
             b, c, h, w = x.shape
             w2 = self.weight.view(self.out_features, c)
+            take = _taker(self, x.dtype) if _plain(x) else None
+            out = take(b * self.out_features * h * w) if take is not None else None
             y = torch.baddbmm(
                 self.bias.view(1, -1, 1).expand(b, -1, h * w),
                 w2.expand(b, -1, -1),
                 x.reshape(b, c, h * w),
+                out=out.view(b, self.out_features, h * w) if out is not None else None,
             ).view(b, self.out_features, h, w)
         elif self.mode == "nhwc":
             xc = x.contiguous(memory_format=torch.channels_last)
@@ -630,7 +633,7 @@ class NativeGroupConv2d(_Fast):
                 op(residual, x, *args, *_native.op_args(geo), self.relu)
             return residual
         if eager:
-            return _native.conv2d(x, *args, residual, geo, self.relu)
+            return _native.conv2d(x, *args, residual, geo, self.relu, _taker(self, x.dtype))
         return torch.ops.sgcnn.dg_conv2d(x, *args, residual, *_native.op_args(geo), self.relu)
 
     def extra_repr(self) -> str:
@@ -659,6 +662,16 @@ def _plain(*tensors) -> bool:
         and _get_current_dispatch_mode() is None
         and not torch.jit.is_tracing()
     )
+
+
+def _taker(module: nn.Module, dtype: torch.dtype):
+    """``take(numel)`` from the module's arena slot (see :mod:`sgcnn.deploy._arena`), if
+    convert planned one."""
+    slot = getattr(module, "arena_slot", None)
+    if slot is None:
+        return None
+    arena, index = slot
+    return lambda numel: arena.take(index, numel, dtype)
 
 
 def _refuse_onnx_export(module: nn.Module) -> None:
@@ -691,7 +704,7 @@ class MaxPool2d(nn.Module):
         native = x.dim() == 4 and x.dtype == torch.float32 and x.device.type == "cpu"
         if native and _native.available() and not torch.onnx.is_in_onnx_export():
             if _plain(x):
-                return _native.max_pool2d(x, *args)
+                return _native.max_pool2d(x, *args, _taker(self, x.dtype))
             return torch.ops.sgcnn.max_pool2d(x, *args)
         return F.max_pool2d(
             x, self.kernel_size, self.stride, self.padding, ceil_mode=self.ceil_mode

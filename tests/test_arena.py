@@ -1,0 +1,110 @@
+"""Reused activation buffers (sgcnn.deploy._arena): exact on every call, never handed to the
+caller, per thread, and dropped by copies and release()."""
+
+import copy
+import pickle
+import threading
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import sgcnn
+from sgcnn.core.clustering import KMeansSettings
+from sgcnn.deploy import _arena, _native
+
+pytestmark = pytest.mark.skipif(not _native.available(), reason="native kernel unavailable")
+
+
+def _grouped(model, size):
+    sgcnn.self_group_(
+        model.eval(), 0.5, groups=4, kmeans=KMeansSettings(n_init=1, max_iter=30),
+        input_size=(3, size, size),
+    )  # fmt: skip
+    return model
+
+
+def _arenas(model):
+    return {id(a): a for m in model.modules() if (a := _arena._arena_of(m)) is not None}
+
+
+@torch.no_grad()
+def test_resnet18_exact_on_new_inputs_and_batches_with_buffers_reused():
+    model = _grouped(torchvision.models.resnet18(), 64)
+    converted = sgcnn.convert(model, torch.randn(2, 3, 64, 64), tune=False, progress=False)
+    (arena,) = _arenas(converted).values()
+    assert 0 < arena.slots < 10  # slots shared between layers, not one per layer
+    outputs = []
+    for batch in (3, 1, 3):
+        x = torch.randn(batch, 3, 64, 64)
+        y = converted(x)
+        torch.testing.assert_close(y, model(x), rtol=1e-4, atol=1e-4)
+        outputs.append((y, y.clone()))
+    for y, kept in outputs:  # what the caller holds is never overwritten by a later call
+        assert torch.equal(y, kept)
+    held = arena.nbytes()
+    assert held > 0
+    assert _arena.release(converted) == held
+    assert arena.nbytes() == 0
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(converted(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+class _Features(nn.Module):
+    """Returns an intermediate map (directly and through a view) next to the logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 3, padding=1)
+        self.b = nn.Conv2d(16, 16, 3, padding=1)
+        self.c = nn.Conv2d(16, 16, 1)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(16 * 8 * 8, 10)
+
+    def forward(self, x):
+        a = torch.relu(self.a(x))
+        b = self.pool(torch.relu(self.b(a)))
+        c = self.c(b)
+        return self.fc(c.flatten(1)), {"a": a, "c_rows": c[:, :4]}
+
+
+@torch.no_grad()
+def test_outputs_and_their_views_never_live_in_the_arena():
+    model = _grouped(_Features(), 16)
+    converted = sgcnn.convert(model, torch.randn(2, 3, 16, 16), tune=False, progress=False)
+    first = converted(torch.randn(2, 3, 16, 16))
+    kept = copy.deepcopy(first)
+    x = torch.randn(2, 3, 16, 16)
+    second = converted(x)
+    torch.testing.assert_close(first, kept, rtol=0, atol=0)
+    reference = model(x)
+    torch.testing.assert_close(second[0], reference[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(second[1]["a"], reference[1]["a"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(second[1]["c_rows"], reference[1]["c_rows"], rtol=1e-4, atol=1e-4)
+
+
+@torch.no_grad()
+def test_threads_copies_and_pickles_get_their_own_buffers():
+    model = _grouped(sgcnn.create_model("resnet20"), 16)
+    converted = sgcnn.convert(model, torch.randn(2, 3, 16, 16), tune=False, progress=False)
+    errors = []
+
+    def work(seed):
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(4):
+            x = torch.randn(2, 3, 16, 16, generator=g)
+            errors.append(float((converted(x) - model(x)).abs().max()))
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(errors) == 12 and max(errors) < 1e-4
+    (arena,) = _arenas(converted).values()
+    for clone in (copy.deepcopy(converted), pickle.loads(pickle.dumps(converted))):
+        (other,) = _arenas(clone).values()  # one arena per model, shared by its layers
+        assert other is not arena and other.slots == arena.slots and other.nbytes() == 0
+        x = torch.randn(1, 3, 16, 16)
+        torch.testing.assert_close(clone(x), model(x), rtol=1e-4, atol=1e-4)
