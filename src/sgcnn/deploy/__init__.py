@@ -6,8 +6,18 @@
   convolution (dense, gather + padded grouped, per-group loop, native kernel);
 - :mod:`sgcnn.deploy._native`: the native kernel (``csrc/dg_conv.c``, built on first use) and
   its registered operators;
-- :mod:`sgcnn.deploy.tuning`: timing of candidate realizations and the tuning cache.
+- :mod:`sgcnn.deploy.tuning`: timing of candidate realizations and the tuning cache;
+- :mod:`sgcnn.deploy._arena`: the activation buffers a converted model reuses between calls
+  (:func:`release_buffers` frees them).
 
 Export (ONNX, ``.pt2``) is :mod:`sgcnn.exporting`. Nothing is imported here: the submodules
 load when used.
 """
+
+
+def release_buffers(model) -> int:
+    """Free the activation buffers a converted ``model`` keeps between calls (they are made
+    again by its next call); returns the bytes freed."""
+    from sgcnn.deploy._arena import release
+
+    return release(model)
