@@ -4,8 +4,8 @@
   and the conversion driver behind :func:`sgcnn.convert`;
 - :mod:`sgcnn.deploy.fast`: the fast modules, one per realization of a diverse group
   convolution (dense, gather + padded grouped, per-group loop, native kernel);
-- :mod:`sgcnn.deploy._native`: the native kernel (``csrc/dg_conv.c``, built on first use) and
-  its registered operators;
+- :mod:`sgcnn.deploy._native`: the native kernel (``csrc/dg_conv.c``) and its registered
+  operators; :mod:`sgcnn.deploy._native_build` builds the C library on first use and loads it;
 - :mod:`sgcnn.deploy.tuning`: timing of candidate realizations and the tuning cache.
 
 Export (ONNX, ``.pt2``) is :mod:`sgcnn.exporting`. Nothing is imported here: the submodules
