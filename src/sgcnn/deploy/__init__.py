@@ -3,7 +3,9 @@
 - :mod:`sgcnn.deploy.convert`: fusion (BatchNorm, residual, ReLU into each layer's epilogue)
   and the conversion driver behind :func:`sgcnn.convert`;
 - :mod:`sgcnn.deploy.fast`: the fast modules, one per realization of a diverse group
-  convolution (dense, gather + padded grouped, per-group loop, native kernel);
+  convolution (dense, gather + padded grouped, per-group loop, native kernel), defined in
+  ``_fast_base`` (the layer spec and shared base), ``_fast_dense``, ``_fast_grouped``,
+  ``_fast_native`` and ``_fast_pool`` (native max pooling);
 - :mod:`sgcnn.deploy._native`: the native kernel (``csrc/dg_conv.c``) and its registered
   operators; :mod:`sgcnn.deploy._native_build` builds the C library on first use and loads it;
 - :mod:`sgcnn.deploy.tuning`: timing of candidate realizations and the tuning cache.
