@@ -153,6 +153,15 @@ def test_linear_spec_rebuilds_the_masked_weight_exactly():
         assert torch.equal(cls.from_spec(spec).spec().weight, spec.weight)
 
 
+def test_a_linear_layer_is_fc_as_in_the_grouping_report_and_linear_is_still_accepted():
+    spec = fast.spec_from_layer(nn.Linear(6, 4))
+    assert spec.kind == "fc"
+    assert ", fc," in repr(fast.DenseLinear.from_spec(spec))
+    old = fast.LayerSpec("linear", spec.weight, spec.bias, spec.groups)
+    assert old.kind == "fc"
+    assert fast.useful_macs(old, (3, 6)) == fast.useful_macs(spec, (3, 6)) == 3 * 24
+
+
 @needs_native
 def test_geometry_is_a_named_structure_matching_the_library():
     geo = fast.NativeGroupConv2d.from_spec(

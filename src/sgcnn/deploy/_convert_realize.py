@@ -26,7 +26,7 @@ def _candidates(site: _Site, device: torch.device, allowed: Sequence[str] | None
         # dense realizes plain (fused) layers whatever the restriction says
         return allowed is None or kind in allowed or (kind == "dense" and not is_masked(site.layer))
 
-    if spec.kind == "linear":
+    if spec.kind == "fc":
         for kind, cls in F_.LINEAR_REALIZATIONS.items():
             if ok(kind) and (kind == "dense" or is_masked(site.layer)):
                 out[kind] = lambda cls=cls: cls.from_spec(spec)

@@ -20,10 +20,12 @@ class LayerSpec:
 
     ``weight`` is the masked weight (BatchNorm folded in), ``[N, C / conv_groups, kh, kw]`` for
     a convolution and ``[N, C]`` for a linear layer; ``groups`` lists, per self-group, the
-    filters and the absolute input channels that group uses (its exact support).
+    filters and the absolute input channels that group uses (its exact support). ``kind`` is
+    ``"conv"`` or ``"fc"`` (a linear layer, named as in the grouping report and the paper's
+    ``Conv-X/FC-Y``); the older spelling ``"linear"`` is accepted and stored as ``"fc"``.
     """
 
-    kind: str  # "conv" or "linear"
+    kind: str  # "conv" or "fc"
     weight: torch.Tensor
     bias: torch.Tensor
     groups: list[tuple[torch.Tensor, torch.Tensor]]
@@ -35,6 +37,8 @@ class LayerSpec:
     kept_kernels: int = -1  # unmasked (filter, input channel) kernels; -1: all of them
 
     def __post_init__(self) -> None:
+        if self.kind == "linear":
+            self.kind = "fc"
         if self.kept_kernels < 0:
             self.kept_kernels = self.weight.shape[0] * self.weight.shape[1]
 
@@ -125,7 +129,7 @@ def spec_from_layer(layer: nn.Module, bn: nn.Module | None = None, relu: bool = 
             relu,
             kept,
         )
-    return LayerSpec("linear", weight, bias, groups, relu=relu, kept_kernels=kept)
+    return LayerSpec("fc", weight, bias, groups, relu=relu, kept_kernels=kept)
 
 
 def _epilogue(y: torch.Tensor, residual: torch.Tensor | None, relu: bool) -> torch.Tensor:
@@ -136,7 +140,7 @@ def _epilogue(y: torch.Tensor, residual: torch.Tensor | None, relu: bool) -> tor
 
 def _positions(spec: LayerSpec, shape) -> int:
     """Output positions per call (batch x spatial) for an input of ``shape``."""
-    if spec.kind == "linear":
+    if spec.kind == "fc":
         return math.prod(shape[:-1])
     b, _, h, w = shape
     kh, kw = spec.weight.shape[2:]
@@ -211,7 +215,7 @@ class _Fast(nn.Module):
         return executed, executed - useful_macs(spec, shape)
 
     def extra_repr(self) -> str:
-        k = "x".join(map(str, self.kernel_size)) if self.kernel_size else "linear"
+        k = "x".join(map(str, self.kernel_size)) if self.kernel_size else "fc"
         return (
             f"{self.in_features}->{self.out_features}, {k}, stride={self.stride}, relu={self.relu}"
         )
