@@ -203,27 +203,23 @@ def op_args(geo: Geometry) -> tuple:
     )  # fmt: skip
 
 
-@torch.library.custom_op("sgcnn::dg_conv2d", mutates_args=())
-def dg_conv2d(
-    x: torch.Tensor,
-    entries: torch.Tensor,
-    weights: torch.Tensor,
-    chunks: torch.Tensor,
-    rowmap: torch.Tensor,
-    bias: torch.Tensor,
-    residual: torch.Tensor | None,
-    filters: int,
-    kernel: list[int],
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-    block: int,
-    border: list[int],
-    input_padded: bool,
-    relu: bool,
-) -> torch.Tensor:
+# Both convolution operators take the kernel's tensors, then the fields of Geometry and relu;
+# their schemas are written out once here (what torch.library would infer from annotations).
+_TENSORS = "Tensor entries, Tensor weights, Tensor chunks, Tensor rowmap, Tensor bias"
+_GEOMETRY = (
+    "SymInt filters, SymInt[] kernel, SymInt[] stride, SymInt[] padding, SymInt[] dilation, "
+    "SymInt block, SymInt[] border, bool input_padded, bool relu"
+)
+
+
+@torch.library.custom_op(
+    "sgcnn::dg_conv2d",
+    mutates_args=(),
+    schema=f"(Tensor x, {_TENSORS}, Tensor? residual, {_GEOMETRY}) -> Tensor",
+)
+def dg_conv2d(x, entries, weights, chunks, rowmap, bias, residual, *geo_relu) -> torch.Tensor:
     """:func:`conv2d` as the operator ``sgcnn::dg_conv2d``."""
-    geo = _geo(filters, kernel, stride, padding, dilation, block, border, input_padded)
+    geo, relu = _geo(*geo_relu[:-1]), geo_relu[-1]
     return conv2d(x, entries, weights, chunks, rowmap, bias, residual, geo, relu)
 
 
@@ -232,27 +228,14 @@ def _dg_conv2d_fake(x, entries, weights, chunks, rowmap, bias, residual, *geo_re
     return x.new_empty(_geo(*geo_relu[:-1]).output_shape(x.shape))
 
 
-@torch.library.custom_op("sgcnn::dg_conv2d_accumulate_", mutates_args=("residual",))
-def dg_conv2d_accumulate_(
-    residual: torch.Tensor,
-    x: torch.Tensor,
-    entries: torch.Tensor,
-    weights: torch.Tensor,
-    chunks: torch.Tensor,
-    rowmap: torch.Tensor,
-    bias: torch.Tensor,
-    filters: int,
-    kernel: list[int],
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-    block: int,
-    border: list[int],
-    input_padded: bool,
-    relu: bool,
-) -> None:
+@torch.library.custom_op(
+    "sgcnn::dg_conv2d_accumulate_",
+    mutates_args=("residual",),
+    schema=f"(Tensor(a0!) residual, Tensor x, {_TENSORS}, {_GEOMETRY}) -> ()",
+)
+def dg_conv2d_accumulate_(residual, x, entries, weights, chunks, rowmap, bias, *geo_relu) -> None:
     """:func:`accumulate_` as the operator ``sgcnn::dg_conv2d_accumulate_``."""
-    geo = _geo(filters, kernel, stride, padding, dilation, block, border, input_padded)
+    geo, relu = _geo(*geo_relu[:-1]), geo_relu[-1]
     accumulate_(residual, x, entries, weights, chunks, rowmap, bias, geo, relu)
 
 
