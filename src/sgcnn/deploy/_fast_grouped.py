@@ -29,13 +29,11 @@ def _equalize(spec: LayerSpec) -> tuple[list[tuple[torch.Tensor, torch.Tensor]],
     return best[1], k_max, best[2]
 
 
-class GroupedConv2d(_Fast):
-    """Gather + zero-pad groups to equal size + one grouped convolution + output gather.
-
-    ``xg = x[:, in_index]`` holds ``G`` blocks of ``K`` channels (short groups padded by
-    repeating channel 0 under zero weights); ``conv(xg, Wp, groups=G)`` gives ``G`` blocks of
-    ``Nmax`` outputs; ``y = yg[:, out_index] + bias``.
-    """
+class _PaddedGroups(_Fast):
+    """Shared by the padded-group realizations: the groups split and padded to ``G`` blocks of
+    ``K`` gathered inputs and ``Nmax`` outputs (:func:`_equalize`), the gather ``in_index``
+    [G K] and the output order ``out_index`` [N]: filter ``f`` is row ``out_index[f] % Nmax``
+    of block ``out_index[f] // Nmax``. Subclasses lay out the packed weight."""
 
     realization = "grouped"
 
@@ -43,15 +41,13 @@ class GroupedConv2d(_Fast):
         super().__init__(spec)
         parts, k, n_max = _equalize(spec)
         g = len(parts)
-        w = spec.weight
-        cg = w.shape[1]
+        cg = spec.weight.shape[1]
         in_index = torch.zeros(g * k, dtype=torch.long)
-        weight = w.new_zeros(g * n_max, k, *w.shape[2:])
+        weight = self._new_weight(spec.weight, g, k, n_max)
         out_index = torch.empty(spec.out_features, dtype=torch.long)
         for i, (filters, channels) in enumerate(parts):
             in_index[i * k : i * k + len(channels)] = channels
-            local = channels % cg
-            weight[i * n_max : i * n_max + len(filters), : len(channels)] = w[filters][:, local]
+            self._pack(weight, i, n_max, spec.weight[filters][:, channels % cg])
             out_index[filters] = torch.arange(i * n_max, i * n_max + len(filters))
         self._set_blocks(spec, in_index, out_index, weight, g, k, n_max)
 
@@ -59,15 +55,34 @@ class GroupedConv2d(_Fast):
         return self.weight.numel()
 
     def _dense_weight(self) -> torch.Tensor:
-        # filter f sits in row out_index[f] of block out_index[f] // n_max; padded inputs
-        # (channel 0 under zero weights) add exact zeros
+        # padded inputs (channel 0 under zero weights) add exact zeros
         rows = self.out_index.cpu()
         chans = self.in_index.cpu().view(self.blocks, self.block_in)[rows // self.block_out]
         chans = chans % self._weight_shape[1]
         filters = torch.arange(len(rows))[:, None].expand_as(chans)
-        w = self.weight.detach().cpu()
+        w = self._filter_rows(self.weight.detach().cpu(), rows)  # [N, K, ...]
         dense = w.new_zeros(self._weight_shape)
-        return dense.index_put_((filters, chans), w[rows], accumulate=True)
+        return dense.index_put_((filters, chans), w, accumulate=True)
+
+
+class GroupedConv2d(_PaddedGroups):
+    """Gather + zero-pad groups to equal size + one grouped convolution + output gather.
+
+    ``xg = x[:, in_index]`` holds ``G`` blocks of ``K`` channels (short groups padded by
+    repeating channel 0 under zero weights); ``conv(xg, Wp, groups=G)`` gives ``G`` blocks of
+    ``Nmax`` outputs; ``y = yg[:, out_index] + bias``.
+    """
+
+    @staticmethod
+    def _new_weight(w: torch.Tensor, g: int, k: int, n_max: int) -> torch.Tensor:
+        return w.new_zeros(g * n_max, k, *w.shape[2:])
+
+    @staticmethod
+    def _pack(weight: torch.Tensor, i: int, n_max: int, w: torch.Tensor) -> None:
+        weight[i * n_max : i * n_max + w.shape[0], : w.shape[1]] = w
+
+    def _filter_rows(self, weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return weight[rows]
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         xg = x.index_select(1, self.in_index)
@@ -76,35 +91,19 @@ class GroupedConv2d(_Fast):
         return _epilogue(y, residual, self.relu)
 
 
-class GroupedLinear(_Fast):
+class GroupedLinear(_PaddedGroups):
     """Gather + pad to equal groups + one batched matrix product (``torch.bmm``) + gather."""
 
-    realization = "grouped"
+    @staticmethod
+    def _new_weight(w: torch.Tensor, g: int, k: int, n_max: int) -> torch.Tensor:
+        return w.new_zeros(g, k, n_max)
 
-    def __init__(self, spec: LayerSpec) -> None:
-        super().__init__(spec)
-        parts, k, n_max = _equalize(spec)
-        g = len(parts)
-        in_index = torch.zeros(g * k, dtype=torch.long)
-        weight = spec.weight.new_zeros(g, k, n_max)
-        out_index = torch.empty(spec.out_features, dtype=torch.long)
-        for i, (filters, channels) in enumerate(parts):
-            in_index[i * k : i * k + len(channels)] = channels
-            weight[i, : len(channels), : len(filters)] = spec.weight[filters][:, channels].t()
-            out_index[filters] = torch.arange(i * n_max, i * n_max + len(filters))
-        self._set_blocks(spec, in_index, out_index, weight, g, k, n_max)
+    @staticmethod
+    def _pack(weight: torch.Tensor, i: int, n_max: int, w: torch.Tensor) -> None:
+        weight[i, : w.shape[1], : w.shape[0]] = w.t()
 
-    def _executed_per_position(self) -> int:
-        return self.weight.numel()
-
-    def _dense_weight(self) -> torch.Tensor:
-        rows = self.out_index.cpu()
-        blocks = rows // self.block_out
-        chans = self.in_index.cpu().view(self.blocks, self.block_in)[blocks]
-        filters = torch.arange(len(rows))[:, None].expand_as(chans)
-        w = self.weight.detach().cpu()[blocks, :, rows % self.block_out]  # [N, K]
-        dense = w.new_zeros(self._weight_shape)
-        return dense.index_put_((filters, chans), w, accumulate=True)
+    def _filter_rows(self, weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return weight[rows // self.block_out, :, rows % self.block_out]
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         lead = x.shape[:-1]
