@@ -10,7 +10,7 @@ from torch import nn
 
 import sgcnn
 from sgcnn.core.clustering import KMeansSettings
-from sgcnn.deploy import _native, fast
+from sgcnn.deploy import _native, _native_build, fast
 from sgcnn.deploy.convert import convert
 from sgcnn.errors import SgcnnError
 
@@ -109,13 +109,13 @@ def test_kernel_source_is_a_shipped_c_file():
 
 
 def test_build_key_covers_source_compiler_and_cpu(monkeypatch):
-    key = _native._build_key("cc")
-    assert key == _native._build_key("cc")
-    monkeypatch.setattr(_native, "_source", lambda: b"/* changed */")
-    assert _native._build_key("cc") != key
+    key = _native_build._build_key("cc")
+    assert key == _native_build._build_key("cc")
+    monkeypatch.setattr(_native_build, "_source", lambda: b"/* changed */")
+    assert _native_build._build_key("cc") != key
     monkeypatch.undo()
-    monkeypatch.setattr(_native, "cpu_id", lambda: "another cpu")
-    assert _native._build_key("cc") != key
+    monkeypatch.setattr(_native_build, "cpu_id", lambda: "another cpu")
+    assert _native_build._build_key("cc") != key
 
 
 REALIZATIONS = [
@@ -153,6 +153,15 @@ def test_linear_spec_rebuilds_the_masked_weight_exactly():
         assert torch.equal(cls.from_spec(spec).spec().weight, spec.weight)
 
 
+def test_a_linear_layer_is_fc_as_in_the_grouping_report_and_linear_is_still_accepted():
+    spec = fast.spec_from_layer(nn.Linear(6, 4))
+    assert spec.kind == "fc"
+    assert ", fc," in repr(fast.DenseLinear.from_spec(spec))
+    old = fast.LayerSpec("linear", spec.weight, spec.bias, spec.groups)
+    assert old.kind == "fc"
+    assert fast.useful_macs(old, (3, 6)) == fast.useful_macs(spec, (3, 6)) == 3 * 24
+
+
 @needs_native
 def test_geometry_is_a_named_structure_matching_the_library():
     geo = fast.NativeGroupConv2d.from_spec(
@@ -168,11 +177,11 @@ def test_geometry_is_a_named_structure_matching_the_library():
 @needs_native
 def test_a_damaged_cached_build_is_rebuilt(tmp_path, monkeypatch):
     monkeypatch.setenv("SGCNN_CACHE", str(tmp_path))
-    key = _native._build_key(_native._compiler())
+    key = _native_build._build_key(_native_build._compiler())
     path = tmp_path / "kernels" / key / "libsgcnn_dg.so"
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not a shared library")
-    monkeypatch.setattr(_native, "_lib", None)
-    monkeypatch.setattr(_native, "_error", None)
+    monkeypatch.setattr(_native_build, "_lib", None)
+    monkeypatch.setattr(_native_build, "_error", None)
     assert _native.available(), _native.unavailable_reason()
     assert path.read_bytes()[:4] == b"\x7fELF"

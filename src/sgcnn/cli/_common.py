@@ -65,6 +65,23 @@ def load_model_from_args(args: argparse.Namespace) -> tuple[nn.Module, str, dict
     return create_model(args.model, **kwargs), args.model, kwargs
 
 
+def require_grouped_checkpoint(args: argparse.Namespace) -> None:
+    """``--checkpoint`` is required (``sgcnn convert`` / ``export`` start from one)."""
+    if not args.checkpoint:
+        raise SgcnnError("give --checkpoint: a self-grouped model (from `sgcnn group`)")
+
+
+def model_for_example(
+    args: argparse.Namespace, batch: int
+) -> tuple[nn.Module, str, tuple[int, int, int]]:
+    """The model the arguments name, its name and input size; an example batch of ``batch``
+    inputs too big to hold is refused before any work."""
+    model, name, _ = load_model_from_args(args)
+    size = input_size_for(args, name)
+    check_example_size((batch, *size))
+    return model, name, size
+
+
 def input_size_for(args: argparse.Namespace, name: str) -> tuple[int, int, int]:
     """``--input-size`` completed with the model's channels, or the model's default size."""
     default = model_entry(name).input_size

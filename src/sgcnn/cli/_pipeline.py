@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sgcnn._io import check_output_dir
-from sgcnn.cli._common import positive_int
+from sgcnn.cli._common import parse_ratio, positive_int
 from sgcnn.engine.checkpoint import FORMAT
 from sgcnn.engine.config import Config, resolve_config
 from sgcnn.engine.recipes import load_recipe
@@ -46,6 +46,16 @@ def add_run_args(p: argparse.ArgumentParser, output_help: str = "runs/<name>") -
         "--batch-size", type=positive_int, help="images per process per step (train.batch_size)"
     )
     p.add_argument("--seed", type=int, help="training seed (train.seed)")
+
+
+def add_sparsity_args(p: argparse.ArgumentParser, when: str = "") -> None:
+    """``--conv`` / ``--fc``: the self-grouping targets (:data:`SPARSITY_SHORTCUTS`); ``when``
+    starts their help (e.g. ``"G / LG: "``)."""
+    p.add_argument("--conv", type=parse_ratio, nargs="+", help=f"{when}target conv sparsities")
+    p.add_argument("--fc", type=parse_ratio, nargs="+", help=f"{when}FC sparsities (default: conv)")
+
+
+SPARSITY_SHORTCUTS = {"conv": "grouping.conv", "fc": "grouping.fc"}
 
 
 def shortcut_sets(args: argparse.Namespace, mapping: dict[str, str]) -> list[str]:
@@ -134,6 +144,23 @@ def execute_and_print(
             after(rows)
         print(f"elapsed {seconds:.1f} s")
     return 0
+
+
+def execute_named(
+    args: argparse.Namespace,
+    name: str | None,
+    recipe: dict[str, Any],
+    sets: list[str],
+    suffix: str,
+    default_name: Callable[[Config], str],
+) -> int:
+    """Resolve ``recipe`` (named ``name``, see :func:`recipe_from_args`) with ``sets``, name the
+    run ``<name>-<suffix>`` (without a recipe: the config's name, else ``default_name(config)``)
+    and :func:`execute_and_print` it in ``--output`` or ``runs/<that name>``."""
+    config = configure(recipe, sets)
+    default = default_name(config)
+    config.name = f"{name}-{suffix}" if name else (config.name or default)
+    return execute_and_print(config, output_dir(args, config, default), args)
 
 
 def checkpoint_model(path: str, payload: dict) -> str:

@@ -14,9 +14,7 @@ from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import (
     add_model_args,
     add_overwrite_arg,
-    check_example_size,
-    input_size_for,
-    load_model_from_args,
+    model_for_example,
     non_negative_int,
     parse_ratio,
     positive_int,
@@ -76,9 +74,7 @@ def run(args) -> int:
         if path is not None:
             check_output_path(path, args.overwrite, flag)
     resolve_device(args.device, torch.nn.Module())  # fail before any work
-    model, name, _ = load_model_from_args(args)
-    size = input_size_for(args, name)
-    check_example_size((max(batch_sizes), *size))
+    model, name, size = model_for_example(args, max(batch_sizes))
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     grouping = "checkpoint"

@@ -13,10 +13,9 @@ from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import (
     add_model_args,
     add_overwrite_arg,
-    check_example_size,
-    input_size_for,
-    load_model_from_args,
+    model_for_example,
     positive_int,
+    require_grouped_checkpoint,
     write_json,
 )
 from sgcnn.deploy.convert import convert
@@ -40,15 +39,12 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    if not args.checkpoint:
-        raise SgcnnError("give --checkpoint: a self-grouped model (from `sgcnn group`)")
+    require_grouped_checkpoint(args)
     check_output_path(args.output, args.overwrite)
     check_pt2_name(args.output)
     if args.report:
         check_output_path(args.report, args.overwrite, "--report")
-    model, name, _ = load_model_from_args(args)
-    size = input_size_for(args, name)
-    check_example_size((args.batch_size, *size))
+    model, name, size = model_for_example(args, args.batch_size)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     x = torch.randn(args.batch_size, *size)
@@ -56,7 +52,10 @@ def run(args) -> int:
         model.eval(), x, device=args.device, tune=not args.no_tune, progress=not args.quiet
     )
     exporting.save(
-        converted, args.output, x.to(args.device), progress=not args.quiet,
+        converted,
+        args.output,
+        x.to(args.device),
+        progress=not args.quiet,
         overwrite=args.overwrite,
     )
     layers = converted.sgcnn_conversion["layers"]

@@ -12,10 +12,9 @@ from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import (
     add_model_args,
     add_overwrite_arg,
-    check_example_size,
-    input_size_for,
-    load_model_from_args,
+    model_for_example,
     positive_int,
+    require_grouped_checkpoint,
 )
 from sgcnn.errors import SgcnnError
 
@@ -26,7 +25,9 @@ def register(subparsers) -> None:
     p.add_argument("--format", required=True, help=f"one of: {', '.join(exporting.FORMATS)}")
     p.add_argument("--output", type=Path, required=True, help="file to write")
     p.add_argument(
-        "--batch-size", type=positive_int, default=1,
+        "--batch-size",
+        type=positive_int,
+        default=1,
         help="example batch (default 1; any batch runs)",
     )
     add_overwrite_arg(p)
@@ -36,20 +37,21 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     exporting.check_format(args.format)
-    if not args.checkpoint:
-        raise SgcnnError("give --checkpoint: a self-grouped model (from `sgcnn group`)")
+    require_grouped_checkpoint(args)
     check_output_path(args.output, args.overwrite)
     if args.output.suffix != f".{args.format}":
         raise SgcnnError(
             f"--output {str(args.output)!r} does not end in .{args.format}; name the file after "
             "its format"
         )
-    model, name, _ = load_model_from_args(args)
-    size = input_size_for(args, name)
-    check_example_size((args.batch_size, *size))
+    model, _, size = model_for_example(args, args.batch_size)
     x = torch.randn(args.batch_size, *size)
     result = exporting.export(
-        model.eval(), args.output, x, format=args.format, progress=not args.quiet,
+        model.eval(),
+        args.output,
+        x,
+        format=args.format,
+        progress=not args.quiet,
         overwrite=args.overwrite,
     )
     shape = "x".join(map(str, (args.batch_size, *size)))

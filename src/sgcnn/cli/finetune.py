@@ -5,11 +5,11 @@ from __future__ import annotations
 from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import parse_ratio
 from sgcnn.cli._pipeline import (
+    SPARSITY_SHORTCUTS,
     add_run_args,
+    add_sparsity_args,
     checkpoint_model,
-    configure,
-    execute_and_print,
-    output_dir,
+    execute_named,
     recipe_from_args,
     shortcut_sets,
 )
@@ -27,8 +27,7 @@ def register(subparsers) -> None:
     p.add_argument("--model", help="model name (needed for a plain state_dict)")
     p.add_argument("--recipe", help="start from a recipe (its baseline training is skipped)")
     p.add_argument("--scheme", choices=[s for s in SCHEMES if s != "baseline"], help="default G")
-    p.add_argument("--conv", type=parse_ratio, nargs="+", help="target conv sparsities")
-    p.add_argument("--fc", type=parse_ratio, nargs="+", help="FC sparsities (default: conv)")
+    add_sparsity_args(p)
     p.add_argument("--fc-cap", type=parse_ratio, help="FC sparsity never above this")
     p.add_argument("--epochs", type=int, help="global fine-tuning epochs (grouping.global_epochs)")
     p.add_argument("--local-epochs", type=int, help="epochs after each LG / L step")
@@ -50,8 +49,7 @@ def run(args) -> int:
         {
             "checkpoint": "model.checkpoint",
             "scheme": "grouping.scheme",
-            "conv": "grouping.conv",
-            "fc": "grouping.fc",
+            **SPARSITY_SHORTCUTS,
             "fc_cap": "grouping.fc_cap",
             "epochs": "grouping.global_epochs",
             "local_epochs": "grouping.local_epochs",
@@ -61,7 +59,11 @@ def run(args) -> int:
     if args.scheme is None and not recipe.get("grouping", {}).get("scheme"):
         sets.append("grouping.scheme=G")
     sets += [*args.sets, "train.epochs=0"]
-    config = configure(recipe, sets)
-    default = f"{config.model.name}-{config.data.name}-{config.grouping.scheme}"
-    config.name = f"{name}-finetune" if name else (config.name or default)
-    return execute_and_print(config, output_dir(args, config, default), args)
+    return execute_named(
+        args,
+        name,
+        recipe,
+        sets,
+        "finetune",
+        lambda c: f"{c.model.name}-{c.data.name}-{c.grouping.scheme}",
+    )

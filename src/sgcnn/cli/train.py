@@ -4,14 +4,7 @@ from __future__ import annotations
 
 from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import positive_int
-from sgcnn.cli._pipeline import (
-    add_run_args,
-    configure,
-    execute_and_print,
-    output_dir,
-    recipe_from_args,
-    shortcut_sets,
-)
+from sgcnn.cli._pipeline import add_run_args, execute_named, recipe_from_args, shortcut_sets
 
 
 def register(subparsers) -> None:
@@ -41,7 +34,6 @@ def run(args) -> int:
         },
     )
     sets += [*args.sets, "grouping.scheme=baseline", "grouping.conv=[]"]
-    config = configure(recipe, sets)
-    default = f"{config.model.name}-{config.data.name}"
-    config.name = f"{name}-baseline" if name else (config.name or default)
-    return execute_and_print(config, output_dir(args, config, default), args)
+    return execute_named(
+        args, name, recipe, sets, "baseline", lambda c: f"{c.model.name}-{c.data.name}"
+    )

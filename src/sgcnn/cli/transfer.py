@@ -19,9 +19,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from sgcnn.cli import COMMANDS
-from sgcnn.cli._common import parse_ratio
 from sgcnn.cli._pipeline import (
+    SPARSITY_SHORTCUTS,
     add_run_args,
+    add_sparsity_args,
     checkpoint_model,
     configure,
     execute_and_print,
@@ -51,8 +52,7 @@ def register(subparsers) -> None:
     p.add_argument("--model", help="model name (needed for a plain state_dict)")
     p.add_argument("--recipe", help=f"the new task's settings (default {DEFAULT_RECIPE})")
     p.add_argument("--classes", nargs="+", help="only these class folders (data.classes)")
-    p.add_argument("--conv", type=parse_ratio, nargs="+", help="G / LG: target conv sparsities")
-    p.add_argument("--fc", type=parse_ratio, nargs="+", help="G / LG: FC sparsities")
+    add_sparsity_args(p, "G / LG: ")
     p.add_argument("--epochs", type=int, help="transfer fine-tuning epochs (train.epochs)")
     p.add_argument("--global-epochs", type=int, help="G / LG: epochs after re-grouping")
     p.add_argument("--local-epochs", type=int, help="LG: epochs after each pruning step")
@@ -91,8 +91,7 @@ def run(args) -> int:
         args,
         {
             "classes": "data.classes",
-            "conv": "grouping.conv",
-            "fc": "grouping.fc",
+            **SPARSITY_SHORTCUTS,
             "epochs": "train.epochs",
             "global_epochs": "grouping.global_epochs",
             "local_epochs": "grouping.local_epochs",

@@ -56,9 +56,8 @@ class LayerReport:
 
     ``kind`` is ``"conv"`` or ``"fc"``: the paper's two layer families, each with its own
     sparsity (``Conv-X/FC-Y``, ``conv_sparsity`` / ``fc_sparsity``, ``grouping.fc``), so the
-    grouping report, configs and recipes say "fc". The converter names the layer it compiles
-    by its module, ``"linear"`` (``torch.nn.Linear``); both names stay, since run folders,
-    recipes and saved reports already carry "fc".
+    grouping report, configs and recipes say "fc", and so does the converter
+    (:class:`sgcnn.deploy.fast.LayerSpec` ``kind``, a fast module's printed form).
     """
 
     name: str

@@ -27,37 +27,60 @@ adds the bias, an optional residual and an optional ReLU, so a following BatchNo
 into ``w`` and ``bias``), the residual addition and the ReLU cost no memory pass; where the
 output rows are the grid's rows (1x1 layers) it is applied straight from the registers.
 
-The C source (``csrc/dg_conv.c``, shipped with the package) is compiled on first use with the
-system C compiler (``$CC`` or ``cc``, ``-O3 -march=native -fopenmp``) into ``$SGCNN_CACHE``
-(default ``~/.cache/sgcnn``) under a key over the source, the compiler, the flags and the
-CPU's features, and loaded with ``ctypes``. The vector width follows the CPU: AVX-512F
-(16 lanes) or AVX2 + FMA (8 lanes). ``SGCNN_NATIVE=0`` disables it; :func:`available` says
-whether it can run. Both kernels are registered as PyTorch custom operators
-(``sgcnn::dg_conv2d``, ``sgcnn::dg_conv2d_accumulate_``, ``sgcnn::max_pool2d``) so that
-``torch.export`` and ``torch.jit.trace`` record them as calls.
+The C source (``csrc/dg_conv.c``) is compiled on first use and loaded with ``ctypes`` by
+:mod:`sgcnn.deploy._native_build` (its names are available here too): the vector width
+follows the CPU, AVX-512F (16 lanes) or AVX2 + FMA (8 lanes); ``SGCNN_NATIVE=0`` disables it;
+:func:`available` says whether it can run. Both kernels are registered as PyTorch custom
+operators (``sgcnn::dg_conv2d``, ``sgcnn::dg_conv2d_accumulate_``, ``sgcnn::max_pool2d``) so
+that ``torch.export`` and ``torch.jit.trace`` record them as calls.
 """
 
 from __future__ import annotations
 
 import ctypes
-import functools
-import hashlib
 import math
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import threading
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
+from sgcnn.deploy._native_build import (
+    FLAGS,
+    _CGeometry,
+    _need,
+    available,
+    build_key,
+    cpu_id,
+    isa,
+    lanes,
+    max_block,
+    unavailable_reason,
+)
+
+__all__ = [
+    "FLAGS",
+    "RMAX",
+    "SLACK",
+    "Geometry",
+    "accumulate_",
+    "available",
+    "build_key",
+    "conv2d",
+    "cpu_id",
+    "dg_conv2d",
+    "dg_conv2d_accumulate_",
+    "isa",
+    "lanes",
+    "max_block",
+    "max_pool2d",
+    "max_pool2d_op",
+    "op_args",
+    "output_size",
+    "pool_output_size",
+    "unavailable_reason",
+]
+
 RMAX = 16  # filters per chunk, at most
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 SLACK = 16  # floats readable past the end of an output (see conv2d)
 
 
@@ -101,167 +124,8 @@ class Geometry:
         )  # fmt: skip
 
 
-class _CGeometry(ctypes.Structure):
-    """``sg_geometry`` of ``csrc/dg_conv.c``, field for field."""
-
-    _fields_ = [
-        (name, ctypes.c_int64)
-        for name in (
-            *("batch", "channels", "height", "width", "filters", "kh", "kw", "sh", "sw"),
-            *("ph", "pw", "dh", "dw", "out_h", "out_w", "block", "border_h", "border_w"),
-            "input_padded",
-        )
-    ]
-
-
 def output_size(size: int, k: int, s: int, p: int, d: int) -> int:
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
-
-
-# ------------------------------------------------------------------------ building
-
-
-def _source() -> bytes:
-    return resources.files("sgcnn.deploy").joinpath("csrc", "dg_conv.c").read_bytes()
-
-
-def _cache_root() -> Path:
-    return Path(os.environ.get("SGCNN_CACHE") or Path.home() / ".cache" / "sgcnn")
-
-
-def _compiler() -> str:
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        raise RuntimeError("no C compiler found (set CC or install gcc)")
-    return compiler
-
-
-@functools.cache
-def cpu_id() -> str:
-    """The CPU model and its feature flags (what ``-march=native`` compiles for)."""
-    model, flags = platform.processor() or platform.machine(), ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and model in ("", platform.machine()):
-                    model = value.strip()
-                elif key.strip() == "flags" and not flags:
-                    flags = " ".join(sorted(value.split()))
-                if model and flags:
-                    break
-    except OSError:
-        pass
-    return f"{model} | {flags}"
-
-
-def _build_key(compiler: str) -> str:
-    try:
-        version = subprocess.run(
-            [compiler, "--version"], capture_output=True, text=True, timeout=30
-        ).stdout.splitlines()[0]
-    except (OSError, IndexError, subprocess.SubprocessError):
-        version = compiler
-    parts = [_source(), version.encode(), " ".join(FLAGS).encode(), cpu_id().encode()]
-    return hashlib.sha256(b"\0".join(parts)).hexdigest()[:20]
-
-
-def _compile(compiler: str, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        c_file = Path(tmp) / "dg_conv.c"
-        c_file.write_bytes(_source())
-        so_tmp = Path(tmp) / out.name
-        cmd = [compiler, *FLAGS, str(c_file), "-o", str(so_tmp)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip()[:500]}")
-        os.replace(so_tmp, out)  # atomic: concurrent builders never see half a library
-
-
-_lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
-_error: str | None = None
-_key: str | None = None
-
-
-def _load() -> ctypes.CDLL | None:
-    global _lib, _error, _key
-    with _lock:
-        if _lib is not None or _error is not None:
-            return _lib
-        try:
-            if os.environ.get("SGCNN_NATIVE", "1") == "0":
-                raise RuntimeError("disabled by SGCNN_NATIVE=0")
-            if platform.machine().lower() not in ("x86_64", "amd64"):
-                raise RuntimeError(f"needs an x86-64 CPU, this is {platform.machine()}")
-            compiler = _compiler()
-            key = _build_key(compiler)
-            path = _cache_root() / "kernels" / key / "libsgcnn_dg.so"
-            if not path.is_file():
-                _compile(compiler, path)
-            try:
-                lib = ctypes.CDLL(str(path))
-                lib.sg_geometry_size  # noqa: B018 (a library that lacks it is not ours)
-            except (OSError, AttributeError):  # a damaged cached build: build it again
-                _compile(compiler, path)
-                lib = ctypes.CDLL(str(path))
-            if not lib.sg_supported():
-                raise RuntimeError("this CPU lacks the AVX2 + FMA (or AVX-512F) the kernel needs")
-            i64, p = ctypes.c_int64, ctypes.c_void_p
-            for name in ("sg_lanes", "sg_max_block", "sg_max_rows", "sg_geometry_size"):
-                getattr(lib, name).restype = i64
-            lib.sg_isa.restype = ctypes.c_char_p
-            if lib.sg_geometry_size() != ctypes.sizeof(_CGeometry):
-                raise RuntimeError("the kernel library's geometry structure does not match")
-            lib.sg_dg_conv2d.argtypes = [p, ctypes.POINTER(_CGeometry), p, i64, p, i64, p, p, p]
-            lib.sg_dg_conv2d.argtypes += [p, p, ctypes.c_int]
-            lib.sg_dg_conv2d.restype = ctypes.c_int
-            lib.sg_max_pool2d.argtypes = [p, p] + [i64] * 11
-            lib.sg_max_pool2d.restype = None
-            _lib, _key = lib, key
-        except (OSError, RuntimeError) as err:
-            _error = str(err)
-        return _lib
-
-
-def available() -> bool:
-    """Whether the native kernels can run here (builds them on first call)."""
-    return _load() is not None
-
-
-def unavailable_reason() -> str | None:
-    """Why :func:`available` is false (``None`` when it is true)."""
-    _load()
-    return _error
-
-
-def _need() -> ctypes.CDLL:
-    lib = _load()
-    if lib is None:
-        raise RuntimeError(f"sgcnn native kernel unavailable: {_error}")
-    return lib
-
-
-def isa() -> str:
-    """The instruction set the kernels were built for: ``"avx512f"`` or ``"avx2"``."""
-    return _need().sg_isa().decode()
-
-
-def lanes() -> int:
-    """Floats per vector (16 with AVX-512F, 8 with AVX2)."""
-    return int(_need().sg_lanes())
-
-
-def max_block() -> int:
-    """The largest ``Geometry.block`` (vectors per work item)."""
-    return int(_need().sg_max_block())
-
-
-def build_key() -> str:
-    """Identifies the built library: source, compiler, flags and CPU features."""
-    _need()
-    return _key
 
 
 # ------------------------------------------------------------------------- calling
@@ -344,27 +208,23 @@ def op_args(geo: Geometry) -> tuple:
     )  # fmt: skip
 
 
-@torch.library.custom_op("sgcnn::dg_conv2d", mutates_args=())
-def dg_conv2d(
-    x: torch.Tensor,
-    entries: torch.Tensor,
-    weights: torch.Tensor,
-    chunks: torch.Tensor,
-    rowmap: torch.Tensor,
-    bias: torch.Tensor,
-    residual: torch.Tensor | None,
-    filters: int,
-    kernel: list[int],
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-    block: int,
-    border: list[int],
-    input_padded: bool,
-    relu: bool,
-) -> torch.Tensor:
+# Both convolution operators take the kernel's tensors, then the fields of Geometry and relu;
+# their schemas are written out once here (what torch.library would infer from annotations).
+_TENSORS = "Tensor entries, Tensor weights, Tensor chunks, Tensor rowmap, Tensor bias"
+_GEOMETRY = (
+    "SymInt filters, SymInt[] kernel, SymInt[] stride, SymInt[] padding, SymInt[] dilation, "
+    "SymInt block, SymInt[] border, bool input_padded, bool relu"
+)
+
+
+@torch.library.custom_op(
+    "sgcnn::dg_conv2d",
+    mutates_args=(),
+    schema=f"(Tensor x, {_TENSORS}, Tensor? residual, {_GEOMETRY}) -> Tensor",
+)
+def dg_conv2d(x, entries, weights, chunks, rowmap, bias, residual, *geo_relu) -> torch.Tensor:
     """:func:`conv2d` as the operator ``sgcnn::dg_conv2d``."""
-    geo = _geo(filters, kernel, stride, padding, dilation, block, border, input_padded)
+    geo, relu = _geo(*geo_relu[:-1]), geo_relu[-1]
     return conv2d(x, entries, weights, chunks, rowmap, bias, residual, geo, relu)
 
 
@@ -373,27 +233,14 @@ def _dg_conv2d_fake(x, entries, weights, chunks, rowmap, bias, residual, *geo_re
     return x.new_empty(_geo(*geo_relu[:-1]).output_shape(x.shape))
 
 
-@torch.library.custom_op("sgcnn::dg_conv2d_accumulate_", mutates_args=("residual",))
-def dg_conv2d_accumulate_(
-    residual: torch.Tensor,
-    x: torch.Tensor,
-    entries: torch.Tensor,
-    weights: torch.Tensor,
-    chunks: torch.Tensor,
-    rowmap: torch.Tensor,
-    bias: torch.Tensor,
-    filters: int,
-    kernel: list[int],
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-    block: int,
-    border: list[int],
-    input_padded: bool,
-    relu: bool,
-) -> None:
+@torch.library.custom_op(
+    "sgcnn::dg_conv2d_accumulate_",
+    mutates_args=("residual",),
+    schema=f"(Tensor(a0!) residual, Tensor x, {_TENSORS}, {_GEOMETRY}) -> ()",
+)
+def dg_conv2d_accumulate_(residual, x, entries, weights, chunks, rowmap, bias, *geo_relu) -> None:
     """:func:`accumulate_` as the operator ``sgcnn::dg_conv2d_accumulate_``."""
-    geo = _geo(filters, kernel, stride, padding, dilation, block, border, input_padded)
+    geo, relu = _geo(*geo_relu[:-1]), geo_relu[-1]
     accumulate_(residual, x, entries, weights, chunks, rowmap, bias, geo, relu)
 
 

@@ -1,0 +1,125 @@
+"""Checks around :func:`sgcnn.deploy.convert.convert`: the device and the example input, the
+model run on it, the equivalence of the result, and the progress line while layers are
+realized."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from sgcnn.errors import SgcnnError
+
+# ------------------------------------------------------------------------- checks
+
+
+def resolve_device(device, model: nn.Module) -> torch.device:
+    """``device`` as a ``torch.device`` (default: the model's), or a clear error."""
+    if device is None:
+        param = next(model.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise SgcnnError(f"{device!r} is not a device; use 'cpu' or 'cuda'") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SgcnnError(
+            f"device {str(dev)!r} is not available here (torch.cuda.is_available() is False); "
+            "use device='cpu' or run on a machine with a CUDA GPU"
+        )
+    if dev.type not in ("cpu", "cuda"):
+        raise SgcnnError(f"device {str(dev)!r} is not supported; use 'cpu' or 'cuda'")
+    return dev
+
+
+def example_tensor(example_input, device: torch.device) -> torch.Tensor:
+    """``example_input`` (a tensor, or a shape to draw a normal sample of) on ``device``."""
+    if isinstance(example_input, torch.Tensor):
+        return example_input.detach().to(device)
+    if isinstance(example_input, Sequence) and all(isinstance(s, int) for s in example_input):
+        return torch.randn(*example_input, device=device)
+    raise SgcnnError(
+        "example_input must be a tensor (or a shape like (1, 3, 224, 224)), "
+        f"got {type(example_input).__name__}"
+    )
+
+
+def _first_layer_hint(model: nn.Module) -> str:
+    first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
+    if isinstance(first, nn.Conv2d):
+        return f" (its first convolution expects {first.in_channels} input channels: N x C x H x W)"
+    if isinstance(first, nn.Linear):
+        return f" (its first linear layer expects {first.in_features} features)"
+    return ""
+
+
+@torch.no_grad()
+def run_checked(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)``, turning a shape mismatch into an :class:`SgcnnError` that says what to do."""
+    try:
+        return model(x)
+    except (RuntimeError, ValueError, IndexError) as err:
+        raise SgcnnError(
+            f"the model fails on an example input of shape {tuple(x.shape)}"
+            f"{_first_layer_hint(model)}: {str(err).splitlines()[0][:200]}. "
+            "Give an example input of the shape the model is used with."
+        ) from err
+
+
+@contextlib.contextmanager
+def _full_fp32():
+    """No TF32 inside the block (cuDNN enables it for fp32 convolutions by default): the
+    equivalence check compares fp32 results, not 10-bit-mantissa ones."""
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+
+
+@torch.no_grad()
+def check_equivalent(converted: nn.Module, reference, x: torch.Tensor) -> None:
+    """``torch.testing.assert_close(converted(x), reference)`` with atol 1e-5 (times the
+    outputs' scale when above 1) and rtol 1e-4; outputs may be nested tuples, lists and
+    dicts of tensors. A failure here is a bug in sgcnn."""
+    out = converted(x)
+    leaves = [t for t in torch.utils._pytree.tree_leaves(reference) if isinstance(t, torch.Tensor)]
+    scale = max([1.0, *(float(t.abs().max()) for t in leaves if t.numel())])
+    try:
+        torch.testing.assert_close(out, reference, atol=1e-5 * scale, rtol=1e-4)
+    except AssertionError as err:
+        raise RuntimeError(f"converted model differs from the masked model: {err}") from err
+
+
+# ------------------------------------------------------------------------ progress
+
+
+class _Progress:
+    """``convert: layer 12/53 layer3.1.conv2 (4 candidates)`` on stderr while layers are realized:
+    one line rewritten in place on a terminal, one line per layer otherwise."""
+
+    def __init__(self, enabled: bool | None, total: int, what: str = "convert") -> None:
+        self.tty = sys.stderr.isatty()
+        self.enabled = self.tty if enabled is None else bool(enabled)
+        self.total, self.what, self.done = total, what, 0
+
+    def step(self, name: str, candidates: int) -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        verb = f"tuning {candidates} candidates" if candidates > 1 else "realizing"
+        line = f"{self.what}: layer {self.done}/{self.total} {name} ({verb})"
+        if self.tty:
+            sys.stderr.write("\r\033[K" + line[:150])
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty and self.done:
+            sys.stderr.write("\n")
+            sys.stderr.flush()

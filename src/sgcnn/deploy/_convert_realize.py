@@ -1,0 +1,124 @@
+"""Realizing one layer for :func:`sgcnn.deploy.convert.convert`: the candidate realizations,
+the choice without measuring, and the measured choice (cached by :mod:`sgcnn.deploy.tuning`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from sgcnn.deploy import _arena, tuning
+from sgcnn.deploy import fast as F_
+from sgcnn.deploy._convert_checks import _Progress
+from sgcnn.deploy._convert_fusion import _Site
+from sgcnn.nn.masked import is_masked
+
+# --------------------------------------------------------------------- realizing
+
+
+def _candidates(site: _Site, device: torch.device, allowed: Sequence[str] | None):
+    """``{label: factory}`` of the realizations worth trying for ``site``."""
+    spec = F_.spec_from_layer(site.layer, site.bn, site.relu)
+    out: dict[str, object] = {}
+
+    def ok(kind: str) -> bool:
+        # dense realizes plain (fused) layers whatever the restriction says
+        return allowed is None or kind in allowed or (kind == "dense" and not is_masked(site.layer))
+
+    if spec.kind == "fc":
+        for kind, cls in F_.LINEAR_REALIZATIONS.items():
+            if ok(kind) and (kind == "dense" or is_masked(site.layer)):
+                out[kind] = lambda cls=cls: cls.from_spec(spec)
+        return spec, out
+    if ok("dense"):
+        for mode in F_.DenseConv2d.modes:
+            if mode == "matmul" and (
+                spec.taps != 1 or spec.conv_groups != 1 or spec.padding != (0, 0)
+            ):
+                continue
+            out[f"dense/{mode}"] = lambda mode=mode: F_.DenseConv2d.from_spec(spec, mode)
+    if ok("native") and F_.NativeGroupConv2d.supports(spec, device):
+        for block, rows in F_.NativeGroupConv2d.settings_to_try:
+            out[f"native/b{block}r{rows}"] = lambda b=block, r=rows: F_.NativeGroupConv2d.from_spec(
+                spec, b, r
+            )
+    # The gathering realizations never beat the gather-free kernel (measured on ResNet-50 at
+    # batch 1 and 16): where it runs they are not timed unless asked for by name.
+    gathering_needed = allowed is not None or not any(k.startswith("native/") for k in out)
+    if is_masked(site.layer) and gathering_needed:
+        if ok("grouped"):
+            out["grouped"] = lambda: F_.GroupedConv2d.from_spec(spec)
+        if ok("loop"):
+            out["loop"] = lambda: F_.GroupLoopConv2d.from_spec(spec)
+    return spec, out
+
+
+def _default_choice(labels: list[str], spec: F_.LayerSpec, masked: bool) -> str:
+    """Without measuring: dense for plain layers; for self-grouped ones the native kernel where
+    it runs, else the padded grouped form when it saves at least 30% of the dense work, else
+    dense."""
+    native = [label for label in labels if label.startswith("native/")]
+    if masked and native:
+        return "native/b8r6" if "native/b8r6" in native else native[0]
+    if masked and "grouped" in labels:
+        grouped = F_.GroupedConv2d.from_spec(spec) if spec.kind == "conv" else None
+        if grouped is not None and grouped.weight.numel() < 0.7 * spec.weight.numel():
+            return "grouped"
+    dense = [label for label in labels if label.startswith("dense")]
+    return dense[0] if dense else labels[0]
+
+
+def _realize(
+    site: _Site,
+    device: torch.device,
+    tune: bool,
+    allowed: Sequence[str] | None,
+    dtype,
+    progress: _Progress,
+) -> tuple[nn.Module, dict]:
+    spec, factories = _candidates(site, device, allowed)
+    if not factories:  # none of the allowed realizations applies: the dense fallback
+        spec, factories = _candidates(site, device, ("dense",))
+    progress.step(site.name, len(factories) if tune else 1)
+    record: dict = {"name": site.name, "input_shape": list(site.input_shape)}
+    if tune and len(factories) > 1:
+        # timings cached by layer and machine (sgcnn.deploy.tuning): measured once
+        key = tuning.layer_key(spec, site.input_shape, site.residual_shape, dtype)
+        results = tuning.lookup(key, factories, device)
+        if results is None:
+            modules = {label: f().to(device) for label, f in factories.items()}
+            x = torch.randn(site.input_shape, device=device, dtype=dtype)
+            res = (
+                torch.randn(site.residual_shape, device=device, dtype=dtype)
+                if site.residual_shape is not None
+                else None
+            )
+            calls = {
+                label: (lambda m=m: m(x, res) if res is not None else m(x))
+                for label, m in modules.items()
+            }
+            for m in modules.values():  # outputs reused between calls, as in the converted model
+                m.arena_slot = (_arena.Arena(1), 0)
+            results = tuning.time_candidates(calls, device)
+            for m in modules.values():
+                m.arena_slot = None
+            if not results:
+                raise RuntimeError(f"layer {site.name!r}: every realization failed to run")
+            tuning.store(key, factories, results, device)
+            module = modules[tuning.best(results)]
+        else:
+            module = factories[tuning.best(results)]().to(device)
+        choice = tuning.best(results)
+        record["times_ms"] = results
+    else:
+        choice = _default_choice(list(factories), spec, is_masked(site.layer))
+        module = factories[choice]().to(device)
+    executed, padding = module.macs(site.input_shape)
+    record.update(
+        realization=choice,
+        macs=executed,
+        padding_macs=padding,
+        useful_macs=F_.useful_macs(spec, site.input_shape),
+    )
+    return module, record

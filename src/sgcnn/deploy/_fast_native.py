@@ -1,0 +1,177 @@
+"""The native-kernel realization (see :mod:`sgcnn.deploy.fast` and
+:mod:`sgcnn.deploy._native`): gather-free, fp32 NCHW on the CPU."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from sgcnn.deploy import _native
+from sgcnn.deploy._fast_base import LayerSpec, _balanced_split, _Fast, _taker
+from sgcnn.errors import SgcnnError
+
+
+class NativeGroupConv2d(_Fast):
+    """The gather-free native kernel (:mod:`sgcnn.deploy._native`), fp32 NCHW on CPU.
+
+    Each group's filters are cut into chunks of at most ``rows`` (balanced sizes); a chunk's
+    packed weights are ``[entries, filters]`` with entries the group's (channel, ky, kx)
+    triples, so one weight broadcast per filter meets a vector of output positions. ``block``
+    is the number of 16-position runs per work item and ``rows`` the most filters per chunk
+    (taller chunks reuse each loaded input vector more; both tuned per layer).
+    """
+
+    realization = "native"
+    # (block, rows) pairs convert measures. Taller chunks (rows up to 16) gained at most ~10%
+    # on a few ResNet-50 layers: not worth the extra tuning time by default.
+    settings_to_try = ((4, 6), (8, 6), (12, 6))
+
+    def __init__(self, spec: LayerSpec, block: int = 8, rows: int = 6) -> None:
+        super().__init__(spec)
+        if not 1 <= rows <= _native.RMAX:
+            raise ValueError(f"rows must be in 1..{_native.RMAX}")
+        if spec.kind != "conv":
+            raise ValueError("the native kernel realizes convolutions only")
+        if spec.weight.dtype != torch.float32:
+            raise ValueError("the native kernel computes in float32 only")
+        if not 1 <= block <= 12:
+            raise ValueError("block must be in 1..12")
+        lanes = _native.lanes() if _native.available() else 16
+        w = spec.weight
+        cg = w.shape[1]
+        kh, kw = w.shape[2:]
+        taps = torch.cartesian_prod(torch.arange(kh), torch.arange(kw)).reshape(-1, 2)
+        entries, packed, chunks, rowmap = [], [], [], []
+        n_entries = n_weights = 0
+        for filters, channels in spec.groups:
+            ent = torch.cat(
+                [channels.repeat_interleave(len(taps))[:, None], taps.repeat(len(channels), 1)],
+                1,
+            )
+            entries.append(ent)
+            wg = w[filters][:, channels % cg].reshape(len(filters), -1)  # [n_j, K_j * taps]
+            for part in _balanced_split(torch.arange(len(filters)), rows):
+                block_w = wg[part].t().contiguous()  # [entries, rows]
+                chunks.append([len(ent), n_entries, n_weights, len(part), len(rowmap)])
+                packed.append(block_w.flatten())
+                rowmap.extend(filters[part].tolist())
+                n_weights += block_w.numel()
+            n_entries += len(ent)
+        self.register_buffer("entries", torch.cat(entries).to(torch.int32).contiguous())
+        self.register_buffer("chunks", torch.tensor(chunks, dtype=torch.long))
+        self.register_buffer("rowmap", torch.tensor(rowmap, dtype=torch.long))
+        self.weights = nn.Parameter(torch.cat(packed).contiguous(), requires_grad=False)
+        self.bias = nn.Parameter(spec.bias.clone().contiguous(), requires_grad=False)
+        self.block = block
+        self.rows = rows
+        self._vectors = block * 16 // lanes  # the kernel's block: vectors of `lanes` floats
+        # Set by convert's memory planning (both exact, see NativeGroupConv2d.forward):
+        self.out_pad = (0, 0)  # write a zero border of this size around each output plane
+        self.input_padded = False  # x already carries this layer's zero padding
+        self.accumulate = False  # add into the residual tensor in place
+
+    @classmethod
+    def from_spec(cls, spec: LayerSpec, block: int = 8, rows: int = 6) -> NativeGroupConv2d:
+        return cls(spec, block, rows)
+
+    @staticmethod
+    def supports(spec: LayerSpec, device: torch.device | str = "cpu") -> bool:
+        """Whether this realization can run ``spec`` on ``device``."""
+        return (
+            spec.kind == "conv"
+            and torch.device(device).type == "cpu"
+            and spec.weight.dtype == torch.float32
+            and _native.available()
+        )
+
+    def _executed_per_position(self) -> int:
+        return int((self.chunks[:, 0] * self.chunks[:, 3]).sum())
+
+    def _dense_weight(self) -> torch.Tensor:
+        dense = self.weights.new_zeros(self._weight_shape).cpu()
+        cg = self._weight_shape[1]
+        entries, weights = self.entries.long().cpu(), self.weights.detach().cpu()
+        for ne, e0, w0, rows, r0 in self.chunks.tolist():
+            ent = entries[e0 : e0 + ne]
+            filters = self.rowmap[r0 : r0 + rows].cpu()
+            w = weights[w0 : w0 + ne * rows].view(ne, rows).t()  # [rows, entries]
+            dense[filters[:, None], ent[:, 0] % cg, ent[:, 1], ent[:, 2]] = w
+        return dense
+
+    def geometry(self) -> _native.Geometry:
+        """What the kernel needs to know besides the tensors (see :class:`_native.Geometry`)."""
+        return _native.Geometry(
+            filters=self.out_features,
+            kernel=self.kernel_size,
+            stride=self.stride,
+            padding=(0, 0) if self.input_padded else self.padding,
+            dilation=self.dilation,
+            block=self._vectors,
+            border=self.out_pad,
+            input_padded=self.input_padded,
+        )
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``relu?(conv(x) + bias + residual?)``.
+
+        With ``input_padded``, ``x`` is the previous layer's output written with a zero border
+        of this layer's padding, so the convolution runs unpadded on it; with ``out_pad`` the
+        output carries such a border for the next layer; with ``accumulate`` the result is
+        written into ``residual`` (which convert only allows where nothing reads it later).
+        """
+        _refuse_onnx_export(self)
+        geo = self.geometry()
+        args = (self.entries, self.weights, self.chunks, self.rowmap, self.bias)
+        # Plain tensors: call the kernel directly; anything else (fake or functional tensors
+        # of torch.export, torch.jit.trace, a dispatch mode such as FlopCounterMode) goes
+        # through the registered operators, which tracers record.
+        eager = _plain(x, residual)
+        if self.accumulate and residual is not None:
+            if eager:
+                _native.accumulate_(residual, x, *args, geo, self.relu)
+            else:
+                op = torch.ops.sgcnn.dg_conv2d_accumulate_
+                op(residual, x, *args, *_native.op_args(geo), self.relu)
+            return residual
+        if eager:
+            return _native.conv2d(x, *args, residual, geo, self.relu, _taker(self, x.dtype))
+        return torch.ops.sgcnn.dg_conv2d(x, *args, residual, *_native.op_args(geo), self.relu)
+
+    def extra_repr(self) -> str:
+        extra = []
+        if self.out_pad != (0, 0):
+            extra.append(f"out_pad={self.out_pad}")
+        if self.input_padded:
+            extra.append("input_padded=True")
+        if self.accumulate:
+            extra.append("accumulate=True")
+        return ", ".join(
+            [
+                super().extra_repr(),
+                f"groups={len(self._groups)}",
+                f"block={self.block}",
+                *extra,
+            ]
+        )
+
+
+def _plain(*tensors) -> bool:
+    """Plain eager tensors, no dispatch mode, no tracer: the native kernels may be called
+    directly (``torch.jit.trace`` would not see a direct call)."""
+    return (
+        all(t is None or type(t) is torch.Tensor for t in tensors)
+        and _get_current_dispatch_mode() is None
+        and not torch.jit.is_tracing()
+    )
+
+
+def _refuse_onnx_export(module: nn.Module) -> None:
+    """The native kernels have no ONNX form: say what to do instead of failing deep inside
+    the exporter."""
+    if torch.onnx.is_in_onnx_export():
+        raise SgcnnError(
+            f"{type(module).__name__} runs sgcnn's native kernel, which ONNX cannot express; "
+            "export with sgcnn.export.export_onnx(model, path, x) (or `sgcnn export --format "
+            "onnx`), which realizes every layer with standard operators"
+        )
