@@ -188,9 +188,9 @@ def accumulate_(residual, x, entries, weights, chunks, rowmap, bias, geo: Geomet
 
 
 # The same functions as PyTorch custom operators, so that torch.export and torch.jit.trace
-# record them (and a saved program can call them after `import sgcnn`). Their geometry
-# arguments are the fields of Geometry, by name. Eager calls skip the dispatcher (about
-# 30 us a call) and use the functions above directly.
+# record them (and a saved program can call them once `sgcnn.deploy.fast` is imported, as
+# `sgcnn.load` does). Their geometry arguments are the fields of Geometry, by name. Eager
+# calls skip the dispatcher (about 30 us a call) and use the functions above directly.
 
 
 def _geo(filters, kernel, stride, padding, dilation, block, border, input_padded) -> Geometry:

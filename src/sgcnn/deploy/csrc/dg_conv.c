@@ -1,6 +1,6 @@
 /* sgcnn native kernels: diverse group convolution and 2-D max pooling, fp32, NCHW.
 
-   Compiled by sgcnn.deploy._native with -O3 -march=native -fopenmp. The vector width follows
+   Compiled by sgcnn.deploy._native_build with -O3 -march=native -fopenmp. The vector width follows
    the CPU the library is built for: AVX-512F (16 floats, 32 registers) or AVX2 + FMA
    (8 floats, 16 registers). See sgcnn/deploy/_native.py for the computation. */
 #include <immintrin.h>
@@ -55,7 +55,7 @@ static inline vmask v_mask(int64_t n) {
 #endif
 #define PBMAX (VL * VB)
 
-/* The convolution's geometry (mirrored by the ctypes structure in _native.py). */
+/* The convolution's geometry (mirrored by the ctypes structure in _native_build.py). */
 typedef struct {
   int64_t batch, channels, height, width;   /* input x: [batch][channels][height][width] */
   int64_t filters;                          /* output channels */
@@ -66,6 +66,24 @@ typedef struct {
   int64_t input_padded;                     /* x carries this layer's zero padding (slack) */
 } sg_geometry;
 
+/* acc[i][j] = sum_e w[e][i] * xb[offs[e] + VL j .. + VL] for i < R, j < V: the R x V
+   accumulators stay in vector registers (fully unrolled; R and V are constants). */
+#define SG_ACCUMULATE(acc, R, V, xb, offs, ne, w)                                  \
+  vf acc[RMAX][VB];                                                                \
+  _Pragma("GCC unroll 16") for (int i = 0; i < R; i++)                             \
+    _Pragma("GCC unroll 16") for (int j = 0; j < V; j++) acc[i][j] = V_ZERO();      \
+  for (int64_t e = 0; e < ne; e++) {                                               \
+    const float* p = xb + offs[e];                                                 \
+    vf x[VB];                                                                      \
+    _Pragma("GCC unroll 16") for (int j = 0; j < V; j++) x[j] = V_LOAD(p + VL * j); \
+    const float* wr = w + e * R;                                                   \
+    _Pragma("GCC unroll 16") for (int i = 0; i < R; i++) {                         \
+      const vf wv = V_SET1(wr[i]);                                                 \
+      _Pragma("GCC unroll 16") for (int j = 0; j < V; j++)                         \
+        acc[i][j] = V_FMA(wv, x[j], acc[i][j]);                                    \
+    }                                                                              \
+  }
+
 /* k_R_V: accumulate R filters x V vectors over a chunk's entries:
    out[i][j] = sum_e w[e][i] * xb[offs[e] + VL j .. + VL] (xb readable past the block). */
 static inline __attribute__((always_inline)) void kbody(const int R, const int V,
@@ -73,26 +91,7 @@ static inline __attribute__((always_inline)) void kbody(const int R, const int V
                                                         const int64_t* __restrict offs,
                                                         int64_t ne, const float* __restrict w,
                                                         float* __restrict out) {
-  vf acc[RMAX][VB];
-#pragma GCC unroll 16
-  for (int i = 0; i < R; i++)
-#pragma GCC unroll 16
-    for (int j = 0; j < V; j++) acc[i][j] = V_ZERO();
-  for (int64_t e = 0; e < ne; e++) {
-    const float* p = xb + offs[e];
-    vf x[VB];
-#pragma GCC unroll 16
-    for (int j = 0; j < V; j++) {
-      x[j] = V_LOAD(p + VL * j);
-    }
-    const float* wr = w + e * R;
-#pragma GCC unroll 16
-    for (int i = 0; i < R; i++) {
-      const vf wv = V_SET1(wr[i]);
-#pragma GCC unroll 16
-      for (int j = 0; j < V; j++) acc[i][j] = V_FMA(wv, x[j], acc[i][j]);
-    }
-  }
+  SG_ACCUMULATE(acc, R, V, xb, offs, ne, w)
 #pragma GCC unroll 16
   for (int i = 0; i < R; i++)
 #pragma GCC unroll 16
@@ -107,26 +106,7 @@ static inline __attribute__((always_inline)) void kfbody(
     const int R, const int V, const float* __restrict xb, const int64_t* __restrict offs,
     int64_t ne, const float* __restrict w, float* const* yp, const float* const* rp,
     const float* bv, int64_t q, int relu, int64_t valid) {
-  vf acc[RMAX][VB];
-#pragma GCC unroll 16
-  for (int i = 0; i < R; i++)
-#pragma GCC unroll 16
-    for (int j = 0; j < V; j++) acc[i][j] = V_ZERO();
-  for (int64_t e = 0; e < ne; e++) {
-    const float* p = xb + offs[e];
-    vf x[VB];
-#pragma GCC unroll 16
-    for (int j = 0; j < V; j++) {
-      x[j] = V_LOAD(p + VL * j);
-    }
-    const float* wr = w + e * R;
-#pragma GCC unroll 16
-    for (int i = 0; i < R; i++) {
-      const vf wv = V_SET1(wr[i]);
-#pragma GCC unroll 16
-      for (int j = 0; j < V; j++) acc[i][j] = V_FMA(wv, x[j], acc[i][j]);
-    }
-  }
+  SG_ACCUMULATE(acc, R, V, xb, offs, ne, w)
   const vmask ml = v_mask(valid);
 #pragma GCC unroll 16
   for (int i = 0; i < R; i++) {
