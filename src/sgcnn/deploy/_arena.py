@@ -43,17 +43,20 @@ class Arena:
         self._buffers: dict[int, list[torch.Tensor | None]] = {}
         self._lock = threading.Lock()
 
-    def take(self, slot: int, numel: int, dtype: torch.dtype) -> torch.Tensor:
+    def take(
+        self, slot: int, numel: int, dtype: torch.dtype, device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
         """A 1-D tensor of ``numel`` elements in ``slot``'s buffer of the calling thread (its
         contents are whatever the slot's last user left there)."""
+        device = torch.device(device)
         ident = threading.get_ident()
         buffers = self._buffers.get(ident)
         if buffers is None:
             with self._lock:
                 buffers = self._buffers.setdefault(ident, [None] * self.slots)
         buf = buffers[slot]
-        if buf is None or buf.numel() < numel or buf.dtype != dtype:
-            buf = buffers[slot] = torch.empty(numel, dtype=dtype)
+        if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
+            buf = buffers[slot] = torch.empty(numel, dtype=dtype, device=device)
         return buf[:numel]
 
     def nbytes(self) -> int:

@@ -227,11 +227,11 @@ def _balanced_split(filters: torch.Tensor, size: int) -> list[torch.Tensor]:
     return [p for p in torch.tensor_split(filters, parts) if len(p)]
 
 
-def _taker(module: nn.Module, dtype: torch.dtype):
+def _taker(module: nn.Module, like: torch.Tensor):
     """``take(numel)`` from the module's arena slot (see :mod:`sgcnn.deploy._arena`), if
-    convert planned one."""
+    convert planned one: a buffer of ``like``'s dtype on ``like``'s device."""
     slot = getattr(module, "arena_slot", None)
     if slot is None:
         return None
     arena, index = slot
-    return lambda numel: arena.take(index, numel, dtype)
+    return lambda numel: arena.take(index, numel, like.dtype, like.device)

@@ -46,7 +46,7 @@ class DenseConv2d(_Fast):
                 x = x[:, :, :: self.stride[0], :: self.stride[1]]
             b, c, h, w = x.shape
             w2 = self.weight.view(self.out_features, c)
-            take = _taker(self, x.dtype) if _plain(x) else None
+            take = _taker(self, x) if _plain(x) else None
             out = take(b * self.out_features * h * w) if take is not None else None
             y = torch.baddbmm(
                 self.bias.view(1, -1, 1).expand(b, -1, h * w),

@@ -135,7 +135,7 @@ class NativeGroupConv2d(_Fast):
                 op(residual, x, *args, *_native.op_args(geo), self.relu)
             return residual
         if eager:
-            return _native.conv2d(x, *args, residual, geo, self.relu, _taker(self, x.dtype))
+            return _native.conv2d(x, *args, residual, geo, self.relu, _taker(self, x))
         return torch.ops.sgcnn.dg_conv2d(x, *args, residual, *_native.op_args(geo), self.relu)
 
     def extra_repr(self) -> str:

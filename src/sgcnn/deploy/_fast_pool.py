@@ -30,7 +30,7 @@ class MaxPool2d(nn.Module):
         native = x.dim() == 4 and x.dtype == torch.float32 and x.device.type == "cpu"
         if native and _native.available() and not torch.onnx.is_in_onnx_export():
             if _plain(x):
-                return _native.max_pool2d(x, *args, _taker(self, x.dtype))
+                return _native.max_pool2d(x, *args, _taker(self, x))
             return torch.ops.sgcnn.max_pool2d(x, *args)
         return F.max_pool2d(
             x, self.kernel_size, self.stride, self.padding, ceil_mode=self.ceil_mode
