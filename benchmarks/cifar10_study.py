@@ -91,7 +91,7 @@ class Study:
         self.record.setdefault("runs", {})
 
     def save(self) -> None:
-        from sgcnn.engine.checkpoint import atomic_write
+        from sgcnn._io import atomic_write
 
         text = json.dumps(self.record, indent=2).encode()
         atomic_write(self.file, lambda f: f.write(text))

@@ -111,7 +111,7 @@ def _eval(args) -> int:
     )
     print(format_report(report))
     if args.json:
-        from sgcnn.engine.checkpoint import atomic_write
+        from sgcnn._io import atomic_write
 
         text = json.dumps(report, indent=2) + "\n"
         atomic_write(args.json, lambda f: f.write(text.encode()))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sgcnn.engine.checkpoint import atomic_write
+from sgcnn._io import atomic_write
 
 
 def _human(n: float | None) -> str:
