@@ -108,3 +108,25 @@ def test_threads_copies_and_pickles_get_their_own_buffers():
         assert other is not arena and other.slots == arena.slots and other.nbytes() == 0
         x = torch.randn(1, 3, 16, 16)
         torch.testing.assert_close(clone(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_buffers_made_in_inference_mode_serve_later_calls_outside_it():
+    model = _grouped(torchvision.models.resnet18(), 32)
+    x = torch.randn(2, 3, 32, 32)
+    converted = sgcnn.convert(model, x, tune=False, progress=False)
+    for m in converted.modules():  # the 1x1 shortcut projections through the out= matmul path
+        if type(m).__name__ == "DenseConv2d" and m.kernel_size == (1, 1):
+            m.mode = "matmul"
+    _arena.plan(converted)
+    assert any(
+        type(m).__name__ == "DenseConv2d" and getattr(m, "arena_slot", None)
+        for m in converted.modules()
+    )
+    with torch.no_grad():
+        reference = model(x)
+    with torch.inference_mode():
+        first = converted(x)
+    with torch.no_grad():
+        second = converted(x)
+    torch.testing.assert_close(first, reference, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(second, reference, rtol=1e-4, atol=1e-4)

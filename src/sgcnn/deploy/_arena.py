@@ -56,7 +56,8 @@ class Arena:
                 buffers = self._buffers.setdefault(ident, [None] * self.slots)
         buf = buffers[slot]
         if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
-            buf = buffers[slot] = torch.empty(numel, dtype=dtype, device=device)
+            with torch.inference_mode(False):  # a normal tensor: usable in and out of that mode
+                buf = buffers[slot] = torch.empty(numel, dtype=dtype, device=device)
         return buf[:numel]
 
     def nbytes(self) -> int:
