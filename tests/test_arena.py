@@ -130,3 +130,19 @@ def test_buffers_made_in_inference_mode_serve_later_calls_outside_it():
         second = converted(x)
     torch.testing.assert_close(first, reference, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(second, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_no_buffer_where_autograd_records_the_call():
+    from sgcnn.deploy import fast
+
+    conv = nn.Conv2d(8, 16, 1).eval()
+    layer = fast.DenseConv2d(fast.spec_from_layer(conv), mode="matmul")
+    layer.arena_slot = (_arena.Arena(1), 0)
+    x = torch.randn(2, 8, 5, 5, requires_grad=True)
+    y = layer(x)  # out= would raise: autograd cannot differentiate it
+    assert y.requires_grad and layer.arena_slot[0].nbytes() == 0
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, conv.weight.sum(0).view(1, 8, 1, 1).expand(2, 8, 5, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), conv(x), rtol=1e-5, atol=1e-5)
+    assert layer.arena_slot[0].nbytes() > 0

@@ -229,9 +229,10 @@ def _balanced_split(filters: torch.Tensor, size: int) -> list[torch.Tensor]:
 
 def _taker(module: nn.Module, like: torch.Tensor):
     """``take(numel)`` from the module's arena slot (see :mod:`sgcnn.deploy._arena`), if
-    convert planned one: a buffer of ``like``'s dtype on ``like``'s device."""
+    convert planned one: a buffer of ``like``'s dtype on ``like``'s device. None when there is
+    no slot or autograd records the call (an ``out=`` tensor cannot be differentiated)."""
     slot = getattr(module, "arena_slot", None)
-    if slot is None:
+    if slot is None or (like.requires_grad and torch.is_grad_enabled()):
         return None
     arena, index = slot
     return lambda numel: arena.take(index, numel, like.dtype, like.device)
