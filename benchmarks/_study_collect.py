@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from cifar10_study import STUDY_FILE, Row, finished, study_rows
+from _study_rows import STUDY_FILE, Row, finished, study_rows
 from sgcnn._io import atomic_write
 from sgcnn.engine import checkpoint as ckpt
 from sgcnn.engine.config import config_from_yaml

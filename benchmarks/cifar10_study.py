@@ -30,42 +30,16 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # the checkout's sgcnn, installed or not
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-SPARSITIES = (0.5, 0.7)
+from _study_rows import SPARSITIES, STUDY_FILE, Row, finished, study_rows  # noqa: E402, F401
+
 QUICK_SETS = ["train.limit_batches=4", "grouping.global_epochs=1", "grouping.local_epochs=1"]
-STUDY_FILE = "study.json"
-
-
-@dataclass(frozen=True)
-class Row:
-    """One fine-tune run of the study."""
-
-    method: str
-    scheme: str
-    conv: float
-    seed: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.method}-{self.scheme}-conv{round(self.conv * 100)}-s{self.seed}"
-
-
-def study_rows() -> list[Row]:
-    """All fine-tune rows, longest first (LG at the highest sparsity has the most epochs)."""
-    rows = []
-    for conv in sorted(SPARSITIES, reverse=True):
-        rows += [Row("sg", "LG", conv, s) for s in (0, 1)]
-    for conv in sorted(SPARSITIES, reverse=True):
-        rows += [Row("sg", "G", conv, s) for s in (0, 1)]
-        rows += [Row("groupconv", "G", conv, s) for s in (0, 1)]
-        rows += [Row(m, "G", conv, 0) for m in ("random", "l1filter", "kernel_l1")]
-    return rows
 
 
 def sgcnn_command(recipe: str, out: Path, sets: list[str], extra: list[str]) -> list[str]:
@@ -74,11 +48,6 @@ def sgcnn_command(recipe: str, out: Path, sets: list[str], extra: list[str]) -> 
     for item in sets:
         command += ["--set", item]
     return command
-
-
-def finished(run_dir: Path) -> bool:
-    """A run is complete once its report is written (the last thing a run does)."""
-    return (run_dir / "report.json").is_file()
 
 
 class Study:

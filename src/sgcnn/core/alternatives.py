@@ -38,27 +38,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from sgcnn.core._method_checks import _require_dense, _require_plain
 from sgcnn.core.grouper import SelfGrouper
 from sgcnn.core.importance import importance_vectors
 from sgcnn.errors import SgcnnError
 
 METHODS = ("sg", "groupconv", "random", "l1filter", "kernel_l1")
-
-
-def _require_dense(method: str, name: str, layer: nn.Module) -> None:
-    if not bool(layer.sg_mask.all()):
-        raise SgcnnError(
-            f"method {method} prunes once from a dense layer, but {name!r} is already pruned "
-            f"({layer.sparsity():.1%}); use the G scheme, starting from the unpruned model"
-        )
-
-
-def _require_plain(method: str, name: str, layer: nn.Module) -> None:
-    if getattr(layer, "groups", 1) != 1:
-        raise SgcnnError(
-            f"method {method} cannot regroup {name!r}, already a grouped convolution "
-            f"(groups={layer.groups}); exclude it (grouping.exclude) or use method sg"
-        )
 
 
 def check_reached(method: str, name: str, target: float, mask: torch.Tensor, why: str) -> None:

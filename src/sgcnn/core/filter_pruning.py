@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sgcnn.core.alternatives import _require_dense, _require_plain
+from sgcnn.core._method_checks import _require_dense, _require_plain
 from sgcnn.core.graph import trace_graph
 from sgcnn.core.grouper import GroupingReport, SelfGrouper, _check_ratio
 from sgcnn.errors import SgcnnError

@@ -1,0 +1,41 @@
+"""The CIFAR-10 study's rows and run states, shared by ``cifar10_study.py`` (which runs them)
+and ``_study_collect.py`` (which tabulates them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+SPARSITIES = (0.5, 0.7)
+STUDY_FILE = "study.json"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One fine-tune run of the study."""
+
+    method: str
+    scheme: str
+    conv: float
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-{self.scheme}-conv{round(self.conv * 100)}-s{self.seed}"
+
+
+def study_rows() -> list[Row]:
+    """All fine-tune rows, longest first (LG at the highest sparsity has the most epochs)."""
+    rows = []
+    for conv in sorted(SPARSITIES, reverse=True):
+        rows += [Row("sg", "LG", conv, s) for s in (0, 1)]
+    for conv in sorted(SPARSITIES, reverse=True):
+        rows += [Row("sg", "G", conv, s) for s in (0, 1)]
+        rows += [Row("groupconv", "G", conv, s) for s in (0, 1)]
+        rows += [Row(m, "G", conv, 0) for m in ("random", "l1filter", "kernel_l1")]
+    return rows
+
+
+def finished(run_dir: Path) -> bool:
+    """A run is complete once its report is written (the last thing a run does)."""
+    return (run_dir / "report.json").is_file()
