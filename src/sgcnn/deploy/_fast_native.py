@@ -23,6 +23,7 @@ class NativeGroupConv2d(_Fast):
     """
 
     realization = "native"
+    _winograd = False  # which kernel forward calls (see WinogradGroupConv2d)
     # (block, rows) pairs convert measures. Taller chunks (rows up to 16) gained at most ~10%
     # on a few ResNet-50 layers: not worth the extra tuning time by default.
     settings_to_try = ((4, 6), (8, 6), (12, 6))
@@ -123,20 +124,23 @@ class NativeGroupConv2d(_Fast):
         _refuse_onnx_export(self)
         geo = self.geometry()
         args = (self.entries, self.weights, self.chunks, self.rowmap, self.bias)
+        wino = self._winograd
+        ops = torch.ops.sgcnn
         # Plain tensors: call the kernel directly; anything else (fake or functional tensors
         # of torch.export, torch.jit.trace, a dispatch mode such as FlopCounterMode) goes
         # through the registered operators, which tracers record.
         eager = _plain(x, residual)
         if self.accumulate and residual is not None:
             if eager:
-                _native.accumulate_(residual, x, *args, geo, self.relu)
+                _native.accumulate_(residual, x, *args, geo, self.relu, wino)
             else:
-                op = torch.ops.sgcnn.dg_conv2d_accumulate_
+                op = ops.wino_conv2d_accumulate_ if wino else ops.dg_conv2d_accumulate_
                 op(residual, x, *args, *_native.op_args(geo), self.relu)
             return residual
         if eager:
-            return _native.conv2d(x, *args, residual, geo, self.relu, _taker(self, x))
-        return torch.ops.sgcnn.dg_conv2d(x, *args, residual, *_native.op_args(geo), self.relu)
+            return _native.conv2d(x, *args, residual, geo, self.relu, _taker(self, x), wino)
+        op = ops.wino_conv2d if wino else ops.dg_conv2d
+        return op(x, *args, residual, *_native.op_args(geo), self.relu)
 
     def extra_repr(self) -> str:
         extra = []

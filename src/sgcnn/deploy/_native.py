@@ -78,10 +78,12 @@ __all__ = [
     "output_size",
     "pool_output_size",
     "unavailable_reason",
+    "wino_conv2d",
+    "wino_conv2d_accumulate_",
 ]
 
 RMAX = 16  # filters per chunk, at most
-SLACK = 16  # floats readable past the end of an output (see conv2d)
+SLACK = 32  # floats readable past the end of an output (see conv2d)
 
 
 @dataclass(frozen=True)
@@ -135,9 +137,10 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def _run(x, entries, weights, chunks, rowmap, bias, residual, geo: Geometry, relu, y) -> None:
+def _run(x, entries, weights, chunks, rowmap, bias, residual, geo: Geometry, relu, y, winograd):
     lib = _need()
-    status = lib.sg_dg_conv2d(
+    kernel = lib.sg_wino_conv2d if winograd else lib.sg_dg_conv2d
+    status = kernel(
         _ptr(x),
         ctypes.byref(geo.c_struct(x.shape)),
         _ptr(entries),
@@ -153,19 +156,24 @@ def _run(x, entries, weights, chunks, rowmap, bias, residual, geo: Geometry, rel
     )
     if status == -2:
         raise ValueError(f"block must be in 1..{max_block()}")
+    if status == -3:
+        raise ValueError(f"the Winograd kernel computes 3x3 stride-1 convolutions only, not {geo}")
     if status != 0:
         raise MemoryError("sgcnn native kernel: out of memory for its workspace")
 
 
 def conv2d(
-    x, entries, weights, chunks, rowmap, bias, residual, geo: Geometry, relu: bool, take=None
-):
+    x, entries, weights, chunks, rowmap, bias, residual, geo: Geometry, relu: bool, take=None,
+    winograd: bool = False,
+):  # fmt: skip
     """Diverse group convolution (see the module docstring), float32 NCHW on CPU.
 
     ``entries`` int32 [E, 3] (input channel, ky, kx); ``chunks`` int64 [nchunks, 5] (entries,
     first entry, first weight, filters, first row of ``rowmap``); ``weights`` packed
     ``[entries, filters]`` per chunk; ``rowmap`` the output channel of every packed row.
     ``take(numel)``, if given, supplies the output's flat storage (an arena's buffer).
+    With ``winograd`` the kernel is F(2x2, 3x3) (:mod:`sgcnn.deploy._fast_winograd`):
+    ``entries`` int32 [E] are the groups' channels and ``weights`` the transformed filters.
     """
     x = x.contiguous()
     residual = residual.contiguous() if residual is not None else None
@@ -175,16 +183,19 @@ def conv2d(
     numel = math.prod(shape)
     flat = take(numel + SLACK) if take is not None else torch.empty(numel + SLACK, dtype=x.dtype)
     y = flat[:numel].view(shape)
-    _run(x, entries, weights, chunks, rowmap, bias, residual, geo, relu, y)
+    _run(x, entries, weights, chunks, rowmap, bias, residual, geo, relu, y, winograd)
     return y
 
 
-def accumulate_(residual, x, entries, weights, chunks, rowmap, bias, geo: Geometry, relu):
+def accumulate_(
+    residual, x, entries, weights, chunks, rowmap, bias, geo: Geometry, relu, winograd=False
+):
     """In place: ``residual <- act(residual + conv2d(x) + bias)``; saves allocating and
     writing a new output when the residual is dead after this layer."""
     if not residual.is_contiguous() or geo.border != (0, 0):
         raise ValueError("in-place accumulation needs a contiguous residual and no border")
-    _run(x.contiguous(), entries, weights, chunks, rowmap, bias, residual, geo, relu, residual)
+    x = x.contiguous()
+    _run(x, entries, weights, chunks, rowmap, bias, residual, geo, relu, residual, winograd)
 
 
 # The same functions as PyTorch custom operators, so that torch.export and torch.jit.trace
@@ -217,54 +228,68 @@ _GEOMETRY = (
 )
 
 
-@torch.library.custom_op(
-    "sgcnn::dg_conv2d",
-    mutates_args=(),
-    schema=f"(Tensor x, {_TENSORS}, Tensor? residual, {_GEOMETRY}) -> Tensor",
-)
-def dg_conv2d(x, entries, weights, chunks, rowmap, bias, residual, *geo_relu) -> torch.Tensor:
-    """:func:`conv2d` as the operator ``sgcnn::dg_conv2d``."""
-    geo, relu = _geo(*geo_relu[:-1]), geo_relu[-1]
-    return conv2d(x, entries, weights, chunks, rowmap, bias, residual, geo, relu)
+def _register(name: str, winograd: bool, flops_per_weight) -> tuple:
+    """The operators ``sgcnn::<name>`` and ``sgcnn::<name>_accumulate_`` for one kernel."""
 
+    @torch.library.custom_op(
+        f"sgcnn::{name}",
+        mutates_args=(),
+        schema=f"(Tensor x, {_TENSORS}, Tensor? residual, {_GEOMETRY}) -> Tensor",
+    )
+    def op(x, entries, weights, chunks, rowmap, bias, residual, *geo_relu) -> torch.Tensor:
+        geo, relu = _geo(*geo_relu[:-1]), geo_relu[-1]
+        return conv2d(
+            x, entries, weights, chunks, rowmap, bias, residual, geo, relu, winograd=winograd
+        )
 
-@dg_conv2d.register_fake
-def _dg_conv2d_fake(x, entries, weights, chunks, rowmap, bias, residual, *geo_relu):
-    return x.new_empty(_geo(*geo_relu[:-1]).output_shape(x.shape))
+    @op.register_fake
+    def _fake(x, entries, weights, chunks, rowmap, bias, residual, *geo_relu):
+        return x.new_empty(_geo(*geo_relu[:-1]).output_shape(x.shape))
 
+    @torch.library.custom_op(
+        f"sgcnn::{name}_accumulate_",
+        mutates_args=("residual",),
+        schema=f"(Tensor(a0!) residual, Tensor x, {_TENSORS}, {_GEOMETRY}) -> ()",
+    )
+    def op_acc(residual, x, entries, weights, chunks, rowmap, bias, *geo_relu) -> None:
+        geo, relu = _geo(*geo_relu[:-1]), geo_relu[-1]
+        accumulate_(residual, x, entries, weights, chunks, rowmap, bias, geo, relu, winograd)
 
-@torch.library.custom_op(
-    "sgcnn::dg_conv2d_accumulate_",
-    mutates_args=("residual",),
-    schema=f"(Tensor(a0!) residual, Tensor x, {_TENSORS}, {_GEOMETRY}) -> ()",
-)
-def dg_conv2d_accumulate_(residual, x, entries, weights, chunks, rowmap, bias, *geo_relu) -> None:
-    """:func:`accumulate_` as the operator ``sgcnn::dg_conv2d_accumulate_``."""
-    geo, relu = _geo(*geo_relu[:-1]), geo_relu[-1]
-    accumulate_(residual, x, entries, weights, chunks, rowmap, bias, geo, relu)
+    @op_acc.register_fake
+    def _fake_acc(residual, x, entries, weights, chunks, rowmap, bias, *geo_relu):
+        return None
 
+    @register_flop_formula(getattr(torch.ops.sgcnn, name))
+    def _op_flops(x, entries, weights, chunks, rowmap, bias, residual, *rest, **kwargs):
+        return flops_per_weight(x, weights, _geo(*rest[:8]))
 
-@dg_conv2d_accumulate_.register_fake
-def _dg_conv2d_accumulate_fake(residual, x, entries, weights, chunks, rowmap, bias, *geo_relu):
-    return None
+    @register_flop_formula(getattr(torch.ops.sgcnn, f"{name}_accumulate_"))
+    def _op_acc_flops(residual, x, entries, weights, chunks, rowmap, bias, *rest, **kwargs):
+        return flops_per_weight(x, weights, _geo(*rest[:8]))
+
+    return op, op_acc
 
 
 def _flops(x_shape, weights_shape, geo: Geometry) -> int:
-    """FLOPs (2 per multiply-accumulate) the kernel executes: every packed weight meets every
-    output position once (junk columns of the padded grid not counted)."""
+    """FLOPs (2 per multiply-accumulate) the direct kernel executes: every packed weight meets
+    every output position once (junk columns of the padded grid not counted)."""
     b, _, hy, wy = geo.output_shape(x_shape)
     positions = b * (hy - 2 * geo.border[0]) * (wy - 2 * geo.border[1])
     return 2 * math.prod(weights_shape) * positions
 
 
-@register_flop_formula(torch.ops.sgcnn.dg_conv2d)
-def _dg_conv2d_flops(x, entries, weights, chunks, rowmap, bias, residual, *rest, **kwargs):
-    return _flops(x, weights, _geo(*rest[:8]))
+def _winograd_flops(x_shape, weights_shape, geo: Geometry) -> int:
+    """FLOPs of the Winograd kernel's products: every packed (transformed) weight meets every
+    2x2 output tile once (the transforms' additions not counted)."""
+    b, _, hy, wy = geo.output_shape(x_shape)
+    tiles = b * math.ceil((hy - 2 * geo.border[0]) / 2) * math.ceil((wy - 2 * geo.border[1]) / 2)
+    return 2 * math.prod(weights_shape) * tiles
 
 
-@register_flop_formula(torch.ops.sgcnn.dg_conv2d_accumulate_)
-def _dg_conv2d_accumulate_flops(residual, x, entries, weights, chunks, rowmap, bias, *rest, **kw):
-    return _flops(x, weights, _geo(*rest[:8]))
+# sgcnn::dg_conv2d and sgcnn::dg_conv2d_accumulate_: :func:`conv2d` and :func:`accumulate_`
+dg_conv2d, dg_conv2d_accumulate_ = _register("dg_conv2d", False, _flops)
+# sgcnn::wino_conv2d and sgcnn::wino_conv2d_accumulate_: the same with ``winograd=True``
+wino_conv2d, wino_conv2d_accumulate_ = _register("wino_conv2d", True, _winograd_flops)
 
 
 # --------------------------------------------------------------------------- pooling

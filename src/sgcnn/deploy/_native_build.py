@@ -1,6 +1,7 @@
 """Building and loading the native kernels' C library (see :mod:`sgcnn.deploy._native`).
 
-The C source (``csrc/dg_conv.c``, shipped with the package) is compiled on first use with the
+The C sources (``csrc/``: ``dg_conv.c``, ``winograd.c`` and their shared header, shipped with
+the package) are compiled on first use with the
 system C compiler (``$CC`` or ``cc``, ``-O3 -march=native -fopenmp``) into ``$SGCNN_CACHE``
 (default ``~/.cache/sgcnn``) under a key over the source, the compiler, the flags and the
 CPU's features, and loaded with ``ctypes``. The vector width follows the CPU: AVX-512F
@@ -41,8 +42,16 @@ class _CGeometry(ctypes.Structure):
 # ------------------------------------------------------------------------ building
 
 
+_SOURCES = ("sg_simd.h", "dg_conv.c", "winograd.c")  # compiled together into one library
+
+
+def _read_source(name: str) -> bytes:
+    return resources.files("sgcnn.deploy").joinpath("csrc", name).read_bytes()
+
+
 def _source() -> bytes:
-    return resources.files("sgcnn.deploy").joinpath("csrc", "dg_conv.c").read_bytes()
+    """Every source file of the library, for the build key."""
+    return b"\0".join(name.encode() + b"\0" + _read_source(name) for name in _SOURCES)
 
 
 def _cache_root() -> Path:
@@ -89,10 +98,11 @@ def _build_key(compiler: str) -> str:
 def _compile(compiler: str, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        c_file = Path(tmp) / "dg_conv.c"
-        c_file.write_bytes(_source())
+        for name in _SOURCES:
+            (Path(tmp) / name).write_bytes(_read_source(name))
         so_tmp = Path(tmp) / out.name
-        cmd = [compiler, *FLAGS, str(c_file), "-o", str(so_tmp)]
+        c_files = [str(Path(tmp) / name) for name in _SOURCES if name.endswith(".c")]
+        cmd = [compiler, *FLAGS, *c_files, "-o", str(so_tmp)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip()[:500]}")
@@ -137,6 +147,8 @@ def _load() -> ctypes.CDLL | None:
             lib.sg_dg_conv2d.argtypes = [p, ctypes.POINTER(_CGeometry), p, i64, p, i64, p, p, p]
             lib.sg_dg_conv2d.argtypes += [p, p, ctypes.c_int]
             lib.sg_dg_conv2d.restype = ctypes.c_int
+            lib.sg_wino_conv2d.argtypes = lib.sg_dg_conv2d.argtypes
+            lib.sg_wino_conv2d.restype = ctypes.c_int
             lib.sg_max_pool2d.argtypes = [p, p] + [i64] * 11
             lib.sg_max_pool2d.restype = None
             _lib, _key = lib, key

@@ -20,6 +20,8 @@ Every realization below computes exactly this (up to fp32 summation order), from
 - :class:`GroupLoopConv2d` / :class:`GroupLoopLinear`: one convolution per group on its
   gathered channels, outputs concatenated and put back into filter order.
 - :class:`NativeGroupConv2d`: the gather-free native kernel (:mod:`sgcnn.deploy._native`).
+- :class:`WinogradGroupConv2d`: 3x3 stride-1 layers by Winograd's F(2x2, 3x3) on the native
+  kernels (2.25x fewer multiply-accumulates; :mod:`sgcnn.deploy._fast_winograd`).
 
 Each class has ``from_masked(layer, bn=None, relu=False)`` and ``from_spec(spec)``;
 ``macs(input_shape)`` returns the multiply-accumulates it really executes and how many of them
@@ -28,7 +30,7 @@ realization can be rebuilt from any other.
 
 The classes live in private modules of this package (``_fast_base``: :class:`LayerSpec`, the
 spec helpers and the shared base; ``_fast_dense``, ``_fast_grouped``, ``_fast_native``,
-``_fast_pool``) and are imported from here.
+``_fast_winograd``, ``_fast_pool``) and are imported from here.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from sgcnn.deploy._fast_grouped import (
 )
 from sgcnn.deploy._fast_native import NativeGroupConv2d
 from sgcnn.deploy._fast_pool import MaxPool2d
+from sgcnn.deploy._fast_winograd import WinogradGroupConv2d
 from sgcnn.nn.masked import MaskedConv2d, MaskedLinear
 
 __all__ = [
@@ -60,6 +63,7 @@ __all__ = [
     "LayerSpec",
     "MaxPool2d",
     "NativeGroupConv2d",
+    "WinogradGroupConv2d",
     "group_supports",
     "is_fast",
     "is_supported_layer",
@@ -73,6 +77,7 @@ CONV_REALIZATIONS = {
     "grouped": GroupedConv2d,
     "loop": GroupLoopConv2d,
     "native": NativeGroupConv2d,
+    "winograd": WinogradGroupConv2d,
 }
 LINEAR_REALIZATIONS = {"dense": DenseLinear, "grouped": GroupedLinear, "loop": GroupLoopLinear}
 FAST_TYPES = (
@@ -83,6 +88,7 @@ FAST_TYPES = (
     GroupLoopConv2d,
     GroupLoopLinear,
     NativeGroupConv2d,
+    WinogradGroupConv2d,
 )
 
 
