@@ -108,7 +108,7 @@ def test_every_conv_realization_matches_masked_layer_with_fused_epilogue(shape):
         executed, padding = module.macs(x.shape)
         useful = fast.useful_macs(spec, x.shape)
         if cls is fast.WinogradGroupConv2d:
-            useful = useful * 16 // 36  # 16 products per 2x2 tile where direct needs 36
+            useful = useful * 16 // 36  # F(2x2, 3x3): 16 products per tile where direct needs 36
         assert executed - padding == useful
         assert padding >= 0
 
@@ -306,10 +306,13 @@ def test_flop_counter_agrees_with_count_apart_from_reported_padding():
         layers = converted.sgcnn_conversion["layers"]
         padding = sum(r["padding_macs"] for r in layers)
         counted = sgcnn.count(masked, tuple(x.shape[1:]))["flops"] * x.shape[0]
-        # Winograd layers compute 16 products per 2x2 tile where the direct form needs 36
-        saved = sum(
-            r["useful_macs"] * 20 // 36 for r in layers if r["realization"].startswith("winograd")
-        )
+        # Winograd layers F(m x m, 3x3) compute (m + 2)^2 products per tile where the direct
+        # form needs 9 m^2
+        saved = 0
+        for r in layers:
+            if r["realization"].startswith("winograd/f"):
+                m = int(r["realization"][len("winograd/f")])
+                saved += r["useful_macs"] - r["useful_macs"] * (m + 2) ** 2 // (9 * m * m)
         assert executed - padding == counted - saved
 
 

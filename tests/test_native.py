@@ -102,10 +102,12 @@ def test_jit_trace_of_standard_realizations_follows_a_new_input():
 # ------------------------------------------------------------------------ hygiene
 
 
-def test_kernel_source_is_a_shipped_c_file():
-    source = resources.files("sgcnn.deploy").joinpath("csrc", "dg_conv.c")
-    assert source.is_file()
-    assert "sg_dg_conv2d" in source.read_text()
+def test_kernel_sources_are_shipped_c_files():
+    csrc = resources.files("sgcnn.deploy").joinpath("csrc")
+    assert "sg_dg_conv2d" in csrc.joinpath("dg_conv.c").read_text()
+    assert "sg_wino_conv2d" in csrc.joinpath("winograd.c").read_text()
+    for name in _native_build._SOURCES:
+        assert csrc.joinpath(name).is_file(), name
 
 
 def test_build_key_covers_source_compiler_and_cpu(monkeypatch):

@@ -1,5 +1,6 @@
-"""The Winograd realization F(2x2, 3x3): exact on any 3x3 stride-1 layer (odd sizes, padding,
-batch, residual, borders), planned like the direct kernel, and visible to tracers."""
+"""The Winograd realizations F(2x2, 3x3) and F(4x4, 3x3): exact on any 3x3 stride-1 layer
+(sizes not a multiple of the tile, padding, batch, residual, borders), planned like the direct
+kernel, and visible to tracers."""
 
 import pytest
 import torch
@@ -36,16 +37,17 @@ def _spec(cin=24, cout=40, padding=1, conv_groups=1, relu=True, seed=0):
 
 def _close(got, want):
     scale = max(1.0, float(want.abs().max()))
-    torch.testing.assert_close(got / scale, want / scale, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(got / scale, want / scale, atol=5e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("block", [1, 2, 3])
+@pytest.mark.parametrize("tile", [2, 4])
+@pytest.mark.parametrize("block", [1, 3])
 @pytest.mark.parametrize(
     "batch,h,w,padding", [(2, 14, 14, 1), (3, 7, 9, 1), (1, 1, 1, 1), (2, 6, 5, 0), (1, 5, 8, 2)]
 )
-def test_matches_the_direct_convolution_with_its_epilogue(block, batch, h, w, padding):
+def test_matches_the_direct_convolution_with_its_epilogue(tile, block, batch, h, w, padding):
     spec = _spec(padding=padding)
-    module = fast.WinogradGroupConv2d.from_spec(spec, block)
+    module = fast.WinogradGroupConv2d.from_spec(spec, block, tile=tile)
     x = torch.randn(batch, 24, h, w) * 3
     with torch.no_grad():
         plain = F.conv2d(x, spec.weight, spec.bias, 1, padding)
@@ -54,12 +56,23 @@ def test_matches_the_direct_convolution_with_its_epilogue(block, batch, h, w, pa
         _close(module(x, residual.clone()), (plain + residual).relu())
 
 
-def test_convolution_groups_and_no_relu():
+@pytest.mark.parametrize("tile", [2, 4])
+def test_convolution_groups_and_no_relu(tile):
     spec = _spec(cin=16, cout=32, conv_groups=2, relu=False)
-    module = fast.WinogradGroupConv2d.from_spec(spec)
+    module = fast.WinogradGroupConv2d.from_spec(spec, tile=tile)
     x = torch.randn(2, 16, 10, 11)
     with torch.no_grad():
         _close(module(x), F.conv2d(x, spec.weight, spec.bias, 1, 1, groups=2))
+
+
+def test_outputs_stay_finite_when_the_input_holds_huge_values():
+    # F(4x4, 3x3) adds inputs with coefficients that cancel only in exact arithmetic: reads past
+    # the valid input are zeros or real values, never garbage that could turn into inf / NaN
+    spec = _spec()
+    module = fast.WinogradGroupConv2d.from_spec(spec, tile=4)
+    x = torch.randn(2, 24, 9, 7)
+    with torch.no_grad():
+        assert torch.isfinite(module(x)).all()
 
 
 def test_refuses_what_it_cannot_compute():
@@ -68,11 +81,14 @@ def test_refuses_what_it_cannot_compute():
         assert not fast.WinogradGroupConv2d.supports(spec)
         with pytest.raises(ValueError, match="3x3 stride-1"):
             fast.WinogradGroupConv2d.from_spec(spec)
+    with pytest.raises(ValueError, match="tile"):
+        fast.WinogradGroupConv2d.from_spec(_spec(), tile=3)
 
 
-def test_spec_gives_the_layer_back_up_to_rounding_without_a_dense_copy():
+@pytest.mark.parametrize("tile", [2, 4])
+def test_spec_gives_the_layer_back_up_to_rounding_without_a_dense_copy(tile):
     spec = _spec()
-    module = fast.WinogradGroupConv2d.from_spec(spec)
+    module = fast.WinogradGroupConv2d.from_spec(spec, tile=tile)
     assert all(t.shape != spec.weight.shape for t in [*module.parameters(), *module.buffers()])
     back = module.spec()
     torch.testing.assert_close(back.weight, spec.weight, atol=1e-6, rtol=1e-6)
@@ -80,14 +96,16 @@ def test_spec_gives_the_layer_back_up_to_rounding_without_a_dense_copy():
     assert torch.equal(back.bias, spec.bias) and back.kept_kernels == spec.kept_kernels
 
 
-def test_executes_16_of_36_multiply_adds_and_the_flop_counter_agrees():
+@pytest.mark.parametrize("tile,products", [(2, 16), (4, 36)])
+def test_executes_fewer_multiply_adds_and_the_flop_counter_agrees(tile, products):
     spec = _spec()
-    module = fast.WinogradGroupConv2d.from_spec(spec)
-    for size, dropped in ((8, 0), (7, 15)):  # 7x7 outputs: 4x4 tiles compute 8x8, drop 15
+    module = fast.WinogradGroupConv2d.from_spec(spec, tile=tile)
+    for size, dropped in ((8, 0), (7, 15)):  # 7x7 outputs: tiles compute 8x8, drop 15
         x = torch.randn(2, 24, size, size)
         executed, padding = module.macs(x.shape)
         useful = fast.useful_macs(spec, x.shape)
-        assert (executed - padding) * 9 == useful * 4
+        # (m + 2)^2 products per m x m outputs, where the direct convolution needs 9 m^2
+        assert (executed - padding) * 9 * tile**2 == useful * products
         assert padding * size * size == (executed - padding) * dropped
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             module(x)
@@ -128,3 +146,14 @@ def test_tracers_record_the_operator_and_follow_a_new_input():
         _close(traced(new), masked(new))
         program = torch.export.export(converted, (x,))
         _close(program.module()(new), masked(new))
+
+
+def test_tracers_record_the_4x4_tile_operator():
+    spec = _spec()
+    module = nn.Sequential(fast.WinogradGroupConv2d.from_spec(spec, tile=4))
+    x, new = torch.randn(2, 24, 9, 9), torch.randn(3, 24, 9, 9)
+    with torch.no_grad():
+        traced = torch.jit.trace(module, x)
+        assert "sgcnn::wino4_conv2d" in {node.kind() for node in traced.inlined_graph.nodes()}
+        _close(traced(new), module(new))
+        _close(torch.export.export(module, (x,)).module()(x), module(x))

@@ -23,7 +23,7 @@ class NativeGroupConv2d(_Fast):
     """
 
     realization = "native"
-    _winograd = False  # which kernel forward calls (see WinogradGroupConv2d)
+    _winograd = 0  # the kernel forward calls: direct (0) or Winograd F(m x m, 3x3), m = 2 / 4
     # (block, rows) pairs convert measures. Taller chunks (rows up to 16) gained at most ~10%
     # on a few ResNet-50 layers: not worth the extra tuning time by default.
     settings_to_try = ((4, 6), (8, 6), (12, 6))
@@ -134,12 +134,12 @@ class NativeGroupConv2d(_Fast):
             if eager:
                 _native.accumulate_(residual, x, *args, geo, self.relu, wino)
             else:
-                op = ops.wino_conv2d_accumulate_ if wino else ops.dg_conv2d_accumulate_
+                op = getattr(ops, f"{_OPS[wino]}_accumulate_")
                 op(residual, x, *args, *_native.op_args(geo), self.relu)
             return residual
         if eager:
             return _native.conv2d(x, *args, residual, geo, self.relu, _taker(self, x), wino)
-        op = ops.wino_conv2d if wino else ops.dg_conv2d
+        op = getattr(ops, _OPS[wino])
         return op(x, *args, residual, *_native.op_args(geo), self.relu)
 
     def extra_repr(self) -> str:
@@ -158,6 +158,9 @@ class NativeGroupConv2d(_Fast):
                 *extra,
             ]
         )
+
+
+_OPS = {0: "dg_conv2d", 2: "wino_conv2d", 4: "wino4_conv2d"}  # operator by kernel
 
 
 def _plain(*tensors) -> bool:

@@ -1,28 +1,38 @@
-"""The Winograd realization of 3x3 stride-1 diverse group convolutions (native kernel
+"""The Winograd realizations of 3x3 stride-1 diverse group convolutions (native kernel
 ``csrc/winograd.c``), fp32 NCHW on the CPU.
 
-Winograd's minimal filtering F(2x2, 3x3) computes a 2x2 tile of outputs of a 3x3 convolution
-from its 4x4 input patch ``d`` with 16 multiplications instead of 36::
+Winograd's minimal filtering F(m x m, 3x3) computes an m x m tile of outputs of a 3x3
+convolution from its (m + 2) x (m + 2) input patch ``d`` with ``(m + 2)^2`` multiplications
+instead of ``9 m^2``::
 
-    Y = A^T [ U .* V ] A,   U = G w G^T (4x4, per filter and channel),   V = B^T d B
+    Y = A^T [ U .* V ] A,   U = G w G^T (per filter and input channel),   V = B^T d B
 
-    B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]
-    G   = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
-    A^T = [1 1 1 0; 0 1 -1 -1]
+    F(2x2, 3x3): B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]
+                 G   = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
+                 A^T = [1 1 1 0; 0 1 -1 -1]
+    F(4x4, 3x3): B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0;
+                        0 2 -1 -2 1 0; 0 4 0 -5 0 1]
+                 G   = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6;
+                        1/24 -1/12 1/6; 0 0 1]
+                 A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1]
 
 The transforms are linear, so for filter ``n`` of a self-group ``j`` with kept input channels
 ``C_j`` the sum over channels moves inside: ``Y = A^T [sum_{c in C_j} U[n, c] .* V_c] A``. Per
-transform point (16 of them) this sum is a matrix product of the group's ``U`` (filters x kept
-channels) with the ``V`` of its kept channels (kept channels x tiles), which the native kernel's
-register-blocked products compute straight from a per-block panel of ``V``, without gathering.
-So a self-grouped 3x3 layer executes ``16 / 36`` of its direct multiply-accumulates (2.25x
-fewer, on top of what self-grouping saves), plus the transforms' additions. The input
-transform is shared by all groups (each channel is transformed once per block of tiles); the
-output transform adds the bias, the residual and the ReLU as the direct kernel does.
+transform point (``(m + 2)^2`` of them) this sum is a matrix product of the group's ``U``
+(filters x kept channels) with the ``V`` of its kept channels (kept channels x tiles), which
+the native kernel's register-blocked products compute straight from a per-block panel of
+``V``, without gathering. So a self-grouped 3x3 layer executes ``16 / 36`` (m = 2, 2.25x
+fewer) or ``36 / 144`` (m = 4, 4x fewer) of its direct multiply-accumulates, on top of what
+self-grouping saves, plus the transforms' additions. The input transform is shared by all
+groups (each channel is transformed once per block of tiles); the output transform adds the
+bias, the residual and the ReLU as the direct kernel does.
 
-F(2x2, 3x3) is numerically close to the direct convolution (its matrices hold 0, +-1 and
-+-1/2): on ResNet-50 layers the largest difference is a few 1e-6. Conversion tunes it against
-the direct kernel per layer and keeps whichever is faster.
+Accuracy: F(2x2, 3x3) (matrices of 0, +-1, +-1/2) differs from the direct convolution by a
+few 1e-6 on ResNet-50 layers, F(4x4, 3x3) by up to about 4e-5 (outputs of magnitude 10-30),
+well inside conversion's equivalence check. F(4x4) adds inputs with coefficients that cancel
+only in exact arithmetic, so every value it reads past the valid input is a zero or a real
+activation, never uninitialised memory. Conversion times both tile sizes against the direct
+kernel per layer and keeps the fastest.
 """
 
 from __future__ import annotations
@@ -34,27 +44,41 @@ from sgcnn.deploy import _native
 from sgcnn.deploy._fast_base import LayerSpec, _balanced_split, _Fast
 from sgcnn.deploy._fast_native import NativeGroupConv2d
 
-# float64, so that U = G w G^T and its inverse (for spec()) lose nothing beyond fp32 rounding
-_G = torch.tensor([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=torch.float64)
-_G_PINV = torch.linalg.pinv(_G)  # G^+ G = I: w = G^+ U G^+T
+# G of F(m x m, 3x3) by tile size m, in float64, so that U = G w G^T and its inverse (for
+# spec()) lose nothing beyond fp32 rounding
+_G2 = [[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]]
+_G4 = [
+    [1 / 4, 0, 0],
+    [-1 / 6, -1 / 6, -1 / 6],
+    [-1 / 6, 1 / 6, -1 / 6],
+    [1 / 24, 1 / 12, 1 / 6],
+    [1 / 24, -1 / 12, 1 / 6],
+    [0, 0, 1],
+]
+_G = {2: torch.tensor(_G2, dtype=torch.float64), 4: torch.tensor(_G4, dtype=torch.float64)}
+_G_PINV = {m: torch.linalg.pinv(g) for m, g in _G.items()}  # G^+ G = I: w = G^+ U G^+T
 
 
 class WinogradGroupConv2d(NativeGroupConv2d):
-    """Diverse group convolution of a 3x3, stride-1, dilation-1 layer by F(2x2, 3x3) (see the
-    module docstring), on the native kernels; the same interface, fused epilogue and memory
-    planning (padded hand-off, in-place residual, arena) as :class:`NativeGroupConv2d`.
+    """Diverse group convolution of a 3x3, stride-1, dilation-1 layer by F(m x m, 3x3) with
+    ``tile`` m = 2 or 4 (see the module docstring), on the native kernels; the same interface,
+    fused epilogue and memory planning (padded hand-off, in-place residual, arena) as
+    :class:`NativeGroupConv2d`.
 
     ``entries`` holds each group's kept channels (one entry per channel, not per tap) and each
-    chunk's ``weights`` its transformed filters packed ``[16][channels][filters]``. ``block``
-    counts runs of 16 output *tiles* (2x2 positions each) per work item.
+    chunk's ``weights`` its transformed filters packed ``[(m + 2)^2][channels][filters]``.
+    ``block`` counts runs of 16 output *tiles* (m x m positions each) per work item. ``spec()``
+    rebuilds the masked weight from ``U`` (exact zeros, other values to fp32 rounding).
     """
 
     realization = "winograd"
-    _winograd = True
-    settings_to_try = ((1, 6), (2, 6), (3, 6))
+    # (tile, block, rows) triples convert measures
+    settings_to_try = ((2, 2, 6), (2, 3, 6), (4, 2, 6), (4, 3, 6))
 
-    def __init__(self, spec: LayerSpec, block: int = 2, rows: int = 6) -> None:
+    def __init__(self, spec: LayerSpec, block: int = 2, rows: int = 6, tile: int = 2) -> None:
         _Fast.__init__(self, spec)
+        if tile not in _G:
+            raise ValueError(f"tile must be one of {sorted(_G)}")
         if not self.handles(spec):
             raise ValueError("the Winograd kernel realizes 3x3 stride-1 float32 convolutions only")
         if not 1 <= rows <= _native.RMAX:
@@ -64,13 +88,14 @@ class WinogradGroupConv2d(NativeGroupConv2d):
         lanes = _native.lanes() if _native.available() else 16
         w = spec.weight.double()
         cg = w.shape[1]
+        g, npts = _G[tile], (tile + 2) ** 2
         channels_all, packed, chunks, rowmap = [], [], [], []
         n_entries = n_weights = 0
         for filters, channels in spec.groups:
-            u = (_G @ w[filters][:, channels % cg] @ _G.t()).reshape(len(filters), -1, 16)
+            u = (g @ w[filters][:, channels % cg] @ g.t()).reshape(len(filters), -1, npts)
             channels_all.append(channels)
             for part in _balanced_split(torch.arange(len(filters)), rows):
-                block_u = u[part].permute(2, 1, 0).float().contiguous()  # [16, channels, rows]
+                block_u = u[part].permute(2, 1, 0).float().contiguous()  # [npts, channels, rows]
                 chunks.append([len(channels), n_entries, n_weights, len(part), len(rowmap)])
                 packed.append(block_u.flatten())
                 rowmap.extend(filters[part].tolist())
@@ -83,6 +108,8 @@ class WinogradGroupConv2d(NativeGroupConv2d):
         self.bias = nn.Parameter(spec.bias.clone().contiguous(), requires_grad=False)
         self.block = block
         self.rows = rows
+        self.tile = tile
+        self._winograd = tile  # the kernel forward calls
         self._vectors = block * 16 // lanes
         self.out_pad = (0, 0)
         self.input_padded = False
@@ -101,8 +128,10 @@ class WinogradGroupConv2d(NativeGroupConv2d):
         )
 
     @classmethod
-    def from_spec(cls, spec: LayerSpec, block: int = 2, rows: int = 6) -> WinogradGroupConv2d:
-        return cls(spec, block, rows)
+    def from_spec(
+        cls, spec: LayerSpec, block: int = 2, rows: int = 6, tile: int = 2
+    ) -> WinogradGroupConv2d:
+        return cls(spec, block, rows, tile)
 
     @staticmethod
     def supports(spec: LayerSpec, device: torch.device | str = "cpu") -> bool:
@@ -114,30 +143,34 @@ class WinogradGroupConv2d(NativeGroupConv2d):
         )
 
     def _executed_per_position(self) -> int:
-        # 16 products per kept (filter, channel) pair and 2x2 tile: 4 per output position
-        return int((self.chunks[:, 0] * self.chunks[:, 3]).sum()) * 4
+        # (m + 2)^2 products per kept (filter, channel) pair and m x m tile
+        pairs = int((self.chunks[:, 0] * self.chunks[:, 3]).sum())
+        return pairs * (self.tile + 2) ** 2 // self.tile**2
 
     def macs(self, shape) -> tuple[int, int]:
-        """``(executed, padding)`` products for an input of ``shape``: 16 per kept (filter,
-        channel) pair and 2x2 output tile (``16 / 36`` of the direct convolution's); padding
-        counts those of the outputs that tiles over an odd height or width compute and drop."""
+        """``(executed, padding)`` products for an input of ``shape``: ``(m + 2)^2`` per kept
+        (filter, channel) pair and m x m output tile (F(2x2, 3x3): ``16 / 36`` of the direct
+        convolution's, F(4x4, 3x3): ``36 / 144``); padding counts those of the outputs that
+        tiles over a height or width not a multiple of m compute and drop."""
         b, _, h, w = shape
+        m = self.tile
         ph, pw = (0, 0) if self.input_padded else self.padding
         ho, wo = h + 2 * ph - 2, w + 2 * pw - 2
-        per_tile = int((self.chunks[:, 0] * self.chunks[:, 3]).sum()) * 16
-        executed = per_tile * b * -(-ho // 2) * -(-wo // 2)
-        return executed, executed - per_tile * b * ho * wo // 4
+        per_tile = int((self.chunks[:, 0] * self.chunks[:, 3]).sum()) * (m + 2) ** 2
+        executed = per_tile * b * -(-ho // m) * -(-wo // m)
+        return executed, executed - per_tile * b * ho * wo // m**2
 
     def _dense_weight(self) -> torch.Tensor:
         dense = torch.zeros(self._weight_shape, dtype=torch.float64)
         cg = self._weight_shape[1]
         channels, weights = self.entries.long().cpu(), self.weights.detach().cpu().double()
+        a, pinv = self.tile + 2, _G_PINV[self.tile]
         for ne, e0, w0, rows, r0 in self.chunks.tolist():
             ch = channels[e0 : e0 + ne] % cg
             filters = self.rowmap[r0 : r0 + rows].cpu()
-            u = weights[w0 : w0 + 16 * ne * rows].view(4, 4, ne, rows).permute(3, 2, 0, 1)
-            dense[filters[:, None], ch] = _G_PINV @ u @ _G_PINV.t()
+            u = weights[w0 : w0 + a * a * ne * rows].view(a, a, ne, rows).permute(3, 2, 0, 1)
+            dense[filters[:, None], ch] = pinv @ u @ pinv.t()
         return dense.to(self.weights.dtype)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + ", winograd=F(2x2,3x3)"
+        return super().extra_repr() + f", winograd=F({self.tile}x{self.tile},3x3)"

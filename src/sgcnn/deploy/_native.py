@@ -78,12 +78,14 @@ __all__ = [
     "output_size",
     "pool_output_size",
     "unavailable_reason",
+    "wino4_conv2d",
+    "wino4_conv2d_accumulate_",
     "wino_conv2d",
     "wino_conv2d_accumulate_",
 ]
 
 RMAX = 16  # filters per chunk, at most
-SLACK = 32  # floats readable past the end of an output (see conv2d)
+SLACK = 80  # floats readable past the end of an output, zeros (see conv2d)
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,7 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 
 def _run(x, entries, weights, chunks, rowmap, bias, residual, geo: Geometry, relu, y, winograd):
     lib = _need()
+    tile = (winograd,) if winograd else ()
     kernel = lib.sg_wino_conv2d if winograd else lib.sg_dg_conv2d
     status = kernel(
         _ptr(x),
@@ -153,6 +156,7 @@ def _run(x, entries, weights, chunks, rowmap, bias, residual, geo: Geometry, rel
         _ptr(residual),
         _ptr(y),
         int(relu),
+        *tile,
     )
     if status == -2:
         raise ValueError(f"block must be in 1..{max_block()}")
@@ -164,7 +168,7 @@ def _run(x, entries, weights, chunks, rowmap, bias, residual, geo: Geometry, rel
 
 def conv2d(
     x, entries, weights, chunks, rowmap, bias, residual, geo: Geometry, relu: bool, take=None,
-    winograd: bool = False,
+    winograd: int = 0,
 ):  # fmt: skip
     """Diverse group convolution (see the module docstring), float32 NCHW on CPU.
 
@@ -172,7 +176,7 @@ def conv2d(
     first entry, first weight, filters, first row of ``rowmap``); ``weights`` packed
     ``[entries, filters]`` per chunk; ``rowmap`` the output channel of every packed row.
     ``take(numel)``, if given, supplies the output's flat storage (an arena's buffer).
-    With ``winograd`` the kernel is F(2x2, 3x3) (:mod:`sgcnn.deploy._fast_winograd`):
+    With ``winograd`` = m (2 or 4) the kernel is F(m x m, 3x3) (:mod:`sgcnn.deploy._fast_winograd`):
     ``entries`` int32 [E] are the groups' channels and ``weights`` the transformed filters.
     """
     x = x.contiguous()
@@ -182,13 +186,15 @@ def conv2d(
     # a few floats past the end of the last plane.
     numel = math.prod(shape)
     flat = take(numel + SLACK) if take is not None else torch.empty(numel + SLACK, dtype=x.dtype)
+    # the slack is read by a Winograd consumer's last tiles: zeros, never stale values
+    ctypes.memset(flat.data_ptr() + numel * flat.element_size(), 0, SLACK * flat.element_size())
     y = flat[:numel].view(shape)
     _run(x, entries, weights, chunks, rowmap, bias, residual, geo, relu, y, winograd)
     return y
 
 
 def accumulate_(
-    residual, x, entries, weights, chunks, rowmap, bias, geo: Geometry, relu, winograd=False
+    residual, x, entries, weights, chunks, rowmap, bias, geo: Geometry, relu, winograd=0
 ):
     """In place: ``residual <- act(residual + conv2d(x) + bias)``; saves allocating and
     writing a new output when the residual is dead after this layer."""
@@ -228,7 +234,7 @@ _GEOMETRY = (
 )
 
 
-def _register(name: str, winograd: bool, flops_per_weight) -> tuple:
+def _register(name: str, winograd: int, flops_per_weight) -> tuple:
     """The operators ``sgcnn::<name>`` and ``sgcnn::<name>_accumulate_`` for one kernel."""
 
     @torch.library.custom_op(
@@ -278,18 +284,22 @@ def _flops(x_shape, weights_shape, geo: Geometry) -> int:
     return 2 * math.prod(weights_shape) * positions
 
 
-def _winograd_flops(x_shape, weights_shape, geo: Geometry) -> int:
-    """FLOPs of the Winograd kernel's products: every packed (transformed) weight meets every
-    2x2 output tile once (the transforms' additions not counted)."""
-    b, _, hy, wy = geo.output_shape(x_shape)
-    tiles = b * math.ceil((hy - 2 * geo.border[0]) / 2) * math.ceil((wy - 2 * geo.border[1]) / 2)
-    return 2 * math.prod(weights_shape) * tiles
+def _winograd_flops(m: int):
+    def flops(x_shape, weights_shape, geo: Geometry) -> int:
+        """FLOPs of the Winograd kernel's products: every packed (transformed) weight meets
+        every m x m output tile once (the transforms' additions not counted)."""
+        b, _, hy, wy = geo.output_shape(x_shape)
+        ho, wo = hy - 2 * geo.border[0], wy - 2 * geo.border[1]
+        return 2 * math.prod(weights_shape) * b * math.ceil(ho / m) * math.ceil(wo / m)
+
+    return flops
 
 
 # sgcnn::dg_conv2d and sgcnn::dg_conv2d_accumulate_: :func:`conv2d` and :func:`accumulate_`
-dg_conv2d, dg_conv2d_accumulate_ = _register("dg_conv2d", False, _flops)
-# sgcnn::wino_conv2d and sgcnn::wino_conv2d_accumulate_: the same with ``winograd=True``
-wino_conv2d, wino_conv2d_accumulate_ = _register("wino_conv2d", True, _winograd_flops)
+dg_conv2d, dg_conv2d_accumulate_ = _register("dg_conv2d", 0, _flops)
+# sgcnn::wino_conv2d(_accumulate_), sgcnn::wino4_conv2d(_accumulate_): ``winograd`` = 2, 4
+wino_conv2d, wino_conv2d_accumulate_ = _register("wino_conv2d", 2, _winograd_flops(2))
+wino4_conv2d, wino4_conv2d_accumulate_ = _register("wino4_conv2d", 4, _winograd_flops(4))
 
 
 # --------------------------------------------------------------------------- pooling

@@ -147,7 +147,7 @@ def _load() -> ctypes.CDLL | None:
             lib.sg_dg_conv2d.argtypes = [p, ctypes.POINTER(_CGeometry), p, i64, p, i64, p, p, p]
             lib.sg_dg_conv2d.argtypes += [p, p, ctypes.c_int]
             lib.sg_dg_conv2d.restype = ctypes.c_int
-            lib.sg_wino_conv2d.argtypes = lib.sg_dg_conv2d.argtypes
+            lib.sg_wino_conv2d.argtypes = [*lib.sg_dg_conv2d.argtypes, ctypes.c_int]
             lib.sg_wino_conv2d.restype = ctypes.c_int
             lib.sg_max_pool2d.argtypes = [p, p] + [i64] * 11
             lib.sg_max_pool2d.restype = None

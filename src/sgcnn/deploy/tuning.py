@@ -64,12 +64,14 @@ def time_candidates(
     warmup: int = 1,
     budget_s: float = 0.3,
     cutoff: float = 1.5,
+    min_rounds: int = 2,
 ) -> dict[str, dict[str, float]]:
     """``{name: {"min_ms", "median_ms", "runs"}}`` for each callable in ``candidates``
     (``runs`` 0: cut after its warm-up call, whose time is given).
 
-    Candidates that raise are left out. At most ``rounds`` timed calls each, fewer when the
-    total time passes ``budget_s`` (every survivor gets at least one timed call).
+    Candidates that raise are left out. ``rounds`` timed calls each, fewer (but at least
+    ``min_rounds``) when the total time passes ``budget_s``: a candidate is never judged on a
+    single call, which one burst of load elsewhere on the machine can spoil.
     """
     clock = time.perf_counter
     if device.type == "cpu" and os.environ.get("SGCNN_TUNE_CLOCK", _clock) == "cpu":
@@ -106,7 +108,7 @@ def time_candidates(
             for name in list(alive):
                 if min(times[name]) > cutoff * best:
                     del alive[name]
-        if time.perf_counter() - start > budget_s:
+        if time.perf_counter() - start > budget_s and r + 1 >= min_rounds:
             break
     results = {
         name: {

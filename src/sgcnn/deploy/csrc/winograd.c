@@ -1,14 +1,15 @@
 /* sgcnn native kernels: diverse group convolution of 3x3 stride-1 layers by Winograd's
-   minimal filtering F(2x2, 3x3), fp32, NCHW. See sgcnn/deploy/_winograd.py for the method.
+   minimal filtering F(m x m, 3x3), m = 2 or 4, fp32, NCHW. See sgcnn/deploy/_fast_winograd.py.
 
-   Per 2x2 output tile and filter n of group j (kept input channels C_j):
+   Per m x m output tile and filter n of group j (kept input channels C_j):
 
        Y = A^T [ sum_{c in C_j} U[n, c] .* (B^T d_c B) ] A,    U[n, c] = G w[n, c] G^T
 
-   d_c the tile's 4x4 input patch of channel c (zero padding included). The 16 element-wise
-   sums are 16 small matrix products, one per transform point xi, run by the same
-   register-blocked kernels as sg_dg_conv2d: 16 * |C_j| multiply-adds per filter and tile,
-   against 36 * |C_j| for the direct convolution (2.25x fewer). */
+   d_c the tile's (m + 2) x (m + 2) input patch of channel c (zero padding included). The
+   (m + 2)^2 element-wise sums are as many small matrix products, one per transform point xi,
+   run by the same register-blocked kernels as sg_dg_conv2d: (m + 2)^2 / m^2 multiply-adds per
+   output and kept (filter, channel) pair, against 9 for the direct convolution (F(2x2, 3x3):
+   4, 2.25x fewer; F(4x4, 3x3): 2.25, 4x fewer). */
 #include "sg_simd.h"
 
 #if VL == 16
@@ -29,6 +30,21 @@ static inline void v_interleave(vf a, vf b, vf* lo, vf* hi) {
   *lo = _mm512_permutex2var_ps(a, i0, b);
   *hi = _mm512_permutex2var_ps(a, i1, b);
 }
+/* 4x4 transposes within each 128-bit lane of a, b, c, d */
+static inline void v_transpose4(vf* a, vf* b, vf* c, vf* d) {
+  const vf t0 = _mm512_unpacklo_ps(*a, *b), t1 = _mm512_unpackhi_ps(*a, *b);
+  const vf t2 = _mm512_unpacklo_ps(*c, *d), t3 = _mm512_unpackhi_ps(*c, *d);
+  *a = _mm512_shuffle_ps(t0, t2, 0x44);
+  *b = _mm512_shuffle_ps(t0, t2, 0xEE);
+  *c = _mm512_shuffle_ps(t1, t3, 0x44);
+  *d = _mm512_shuffle_ps(t1, t3, 0xEE);
+}
+/* lane i of the result = tile i, from the transposes' order (tile i at lane 4 (i % 4) + i / 4) */
+static inline vf v_from_lanes(vf v) {
+  const __m512i i = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  return _mm512_permutexvar_ps(i, v);
+}
+static inline vf v_to_lanes(vf v) { return v_from_lanes(v); } /* the permutation is an involution */
 #else
 #define V_SUB(a, b) _mm256_sub_ps((a), (b))
 static inline void v_deinterleave(const float* p, vf* even, vf* odd) {
@@ -43,7 +59,23 @@ static inline void v_interleave(vf a, vf b, vf* lo, vf* hi) {
   *lo = _mm256_permute2f128_ps(l, h, 0x20);
   *hi = _mm256_permute2f128_ps(l, h, 0x31);
 }
+static inline void v_transpose4(vf* a, vf* b, vf* c, vf* d) {
+  const vf t0 = _mm256_unpacklo_ps(*a, *b), t1 = _mm256_unpackhi_ps(*a, *b);
+  const vf t2 = _mm256_unpacklo_ps(*c, *d), t3 = _mm256_unpackhi_ps(*c, *d);
+  *a = _mm256_shuffle_ps(t0, t2, 0x44);
+  *b = _mm256_shuffle_ps(t0, t2, 0xEE);
+  *c = _mm256_shuffle_ps(t1, t3, 0x44);
+  *d = _mm256_shuffle_ps(t1, t3, 0xEE);
+}
+/* after the transposes tile i sits at lane (i % 2) * 4 + i / 2 */
+static inline vf v_from_lanes(vf v) {
+  return _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+static inline vf v_to_lanes(vf v) {
+  return _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+}
 #endif
+#define V_MUL(a, s) V_FMA(V_SET1(s), (a), V_ZERO())
 
 /* v + res?, ReLU?, to the first n floats of p (masked stores are slow on some CPUs: only
    a partial vector uses them) */
@@ -113,6 +145,104 @@ static inline void output_transform(const float* m, int64_t mstride, vf bias, vf
   *y11 = V_ADD(V_SUB(V_SUB(p1[1], p1[2]), p1[3]), bias);
 }
 
+/* ---- F(4x4, 3x3): B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0;
+   0 2 -1 -2 1 0; 0 4 0 -5 0 1], A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0;
+   0 1 -1 8 -8 1], G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6;
+   1/24 -1/12 1/6; 0 0 1] */
+
+/* t = B^T d over 6 vectors */
+static inline void bt6(const vf* d, vf* t) {
+  const vf four = V_SET1(4.f), two = V_SET1(2.f);
+  t[0] = V_ADD(V_FMA(four, d[0], d[4]), V_MUL(d[2], -5.f));
+  t[1] = V_SUB(V_ADD(d[3], d[4]), V_FMA(four, d[1], V_MUL(d[2], 4.f)));
+  t[2] = V_ADD(V_SUB(d[4], d[3]), V_MUL(V_SUB(d[1], d[2]), 4.f));
+  t[3] = V_FMA(two, V_SUB(d[3], d[1]), V_SUB(d[4], d[2]));
+  t[4] = V_SUB(V_SUB(d[4], d[2]), V_MUL(V_SUB(d[3], d[1]), 2.f));
+  t[5] = V_SUB(V_FMA(four, d[1], d[5]), V_MUL(d[3], 5.f));
+}
+
+/* y = A^T m over 6 vectors */
+static inline void at6(const vf* m, vf* y) {
+  const vf s12 = V_ADD(m[1], m[2]), d12 = V_SUB(m[1], m[2]);
+  const vf s34 = V_ADD(m[3], m[4]), d34 = V_SUB(m[3], m[4]);
+  y[0] = V_ADD(V_ADD(m[0], s12), s34);
+  y[1] = V_FMA(V_SET1(2.f), d34, d12);
+  y[2] = V_FMA(V_SET1(4.f), s34, s12);
+  y[3] = V_ADD(V_FMA(V_SET1(8.f), d34, d12), m[5]);
+}
+
+/* c[k] = row[4 t + k] for the VL tiles t from col / 4 on (k < 6), tiles in lane order */
+static inline void columns6(const float* row, vf* c) {
+  vf a = V_LOAD(row), b = V_LOAD(row + VL), e = V_LOAD(row + 2 * VL), f = V_LOAD(row + 3 * VL);
+  v_transpose4(&a, &b, &e, &f);
+  c[0] = v_from_lanes(a);
+  c[1] = v_from_lanes(b);
+  c[2] = v_from_lanes(e);
+  c[3] = v_from_lanes(f);
+  a = V_LOAD(row + 4), b = V_LOAD(row + 4 + VL), e = V_LOAD(row + 4 + 2 * VL);
+  f = V_LOAD(row + 4 + 3 * VL);
+  v_transpose4(&a, &b, &e, &f);
+  c[4] = v_from_lanes(a);
+  c[5] = v_from_lanes(b);
+}
+
+/* V = B^T d B of VL consecutive tiles of one tile row (6 input rows), the 36 results to
+   out + xi * xistride, first n lanes only */
+static inline void input_transform4(const float* const* rows, int64_t col, float* out,
+                                    int64_t xistride, int64_t n) {
+  vf u[6][6];
+#pragma GCC unroll 6
+  for (int a = 0; a < 6; a++) { /* across the row: u[a] = d[a] B */
+    vf c[6];
+    columns6(rows[a] + col, c);
+    bt6(c, u[a]);
+  }
+#pragma GCC unroll 6
+  for (int l = 0; l < 6; l++) { /* down the columns: V[., l] = B^T u[., l] */
+    vf d[6], t[6];
+#pragma GCC unroll 6
+    for (int a = 0; a < 6; a++) d[a] = u[a][l];
+    bt6(d, t);
+#pragma GCC unroll 6
+    for (int k = 0; k < 6; k++) store_part(out + (6 * k + l) * xistride, 0, t[k], n, 0);
+  }
+}
+
+/* The 4x4 outputs A^T M A (+ bias, + residual, ReLU) of VL tiles of tile row ti, tiles from
+   column j: rows 4 ti + a < rows_valid, n_out floats of each row. */
+static inline void output_transform4(const float* m, int64_t mstride, vf bias, float* yb,
+                                     const float* rb, int64_t Wy, int64_t Wo, int64_t q,
+                                     int64_t qr, int64_t rows_valid, int64_t n_out, int relu) {
+  vf p[6][4];
+#pragma GCC unroll 6
+  for (int k = 0; k < 6; k++) { /* across: p[k] = M[k] A */
+    vf mk[6];
+#pragma GCC unroll 6
+    for (int l = 0; l < 6; l++) mk[l] = V_LOAD(m + (6 * k + l) * mstride);
+    at6(mk, p[k]);
+  }
+  vf yv[4][4];
+#pragma GCC unroll 4
+  for (int b = 0; b < 4; b++) { /* down: Y[., b] = A^T p[., b] */
+    vf col[6], out[4];
+#pragma GCC unroll 6
+    for (int k = 0; k < 6; k++) col[k] = p[k][b];
+    at6(col, out);
+#pragma GCC unroll 4
+    for (int a = 0; a < 4; a++) yv[a][b] = v_to_lanes(V_ADD(out[a], bias));
+  }
+  for (int a = 0; a < 4 && a < rows_valid; a++) {
+    vf r0 = yv[a][0], r1 = yv[a][1], r2 = yv[a][2], r3 = yv[a][3];
+    v_transpose4(&r0, &r1, &r2, &r3); /* r0: the 4 columns of tiles 0, 1 (AVX2) ... */
+    float* yr = yb + q + a * Wy;
+    const float* rr = rb ? rb + qr + a * Wo : 0;
+    const vf parts[4] = {r0, r1, r2, r3};
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; k++)
+      if (n_out > k * VL) store_part(yr + k * VL, rr ? rr + k * VL : 0, parts[k], n_out - k * VL, relu);
+  }
+}
+
 /* The run of tiles from s0 (of one image's tile row) within [s0, t1): tiles are numbered
    over the batch, image by image, row by row (ntiles per image, tw per tile row). */
 typedef struct {
@@ -128,16 +258,12 @@ static inline segment segment_at(int64_t s0, int64_t t1, int64_t ntiles, int64_t
   return g;
 }
 
-/* y[b, n] = relu?(bias[n] + res?[b, n] + conv3x3(x)[b, n]) by F(2x2, 3x3), stride 1,
-   dilation 1, any zero padding. chan: [E] int32, the groups' kept channels, group after
-   group; upk: per chunk, U packed [16][channels][filters]; chunks [nchunks][5] (channels,
-   first channel entry, first weight, filters, first row of rowmap). geo->block: vectors of
-   VL tiles per work item (its tiles may span images). y, res and borders as in sg_dg_conv2d. Returns 0, -1 when memory
-   ran out, -2 for a bad block, -3 for a geometry this kernel does not compute. */
-int sg_wino_conv2d(const float* x, const sg_geometry* geo, const int32_t* chan, int64_t E,
-                   const float* upk, int64_t nchunks, const int64_t* chunks,
-                   const int64_t* rowmap, const float* bias, const float* res, float* y,
-                   int relu) {
+/* The kernel for tile size m (2 or 4, a constant in each instance): see sg_wino_conv2d. */
+static inline __attribute__((always_inline)) int wino_run(
+    const int m, const float* x, const sg_geometry* geo, const int32_t* chan, int64_t E,
+    const float* upk, int64_t nchunks, const int64_t* chunks, const int64_t* rowmap,
+    const float* bias, const float* res, float* y, int relu) {
+  const int alpha = m + 2, npts = alpha * alpha; /* input tile size, transform points */
   const int64_t B = geo->batch, C = geo->channels, H = geo->height, W = geo->width;
   const int64_t N = geo->filters, ph = geo->ph, pw = geo->pw, pbv = geo->block;
   const int64_t oph = geo->border_h, opw = geo->border_w;
@@ -148,12 +274,14 @@ int sg_wino_conv2d(const float* x, const sg_geometry* geo, const int32_t* chan, 
   const int64_t Hp = H + 2 * ph, Wp = W + 2 * pw, plane = Hp * Wp;
   const int64_t Ho = Hp - 2, Wo = Wp - 2;
   if (Ho < 1 || Wo < 1 || Ho != geo->out_h || Wo != geo->out_w) return -3;
-  const int64_t th = (Ho + 1) / 2, tw = (Wo + 1) / 2, ntiles = th * tw;
-  /* the zero-padded input: x itself when it carries the padding (and 2 VL floats of slack,
-     read by the last tiles' loads and dropped), else a padded copy */
+  const int64_t th = (Ho + m - 1) / m, tw = (Wo + m - 1) / m, ntiles = th * tw;
+  /* the zero-padded input: x itself when it carries the padding (and SLACK floats after it,
+     read by the last tiles' loads), else a padded copy. Reads past a row's end or below the
+     last row (the last row again) only feed outputs that are dropped, or (m = 4) enter them
+     multiplied by coefficients that cancel: they must be finite, and are. */
   const float* xp = x;
   if (ph || pw) {
-    ws = (float*)grow(ws, &ws_cap, sizeof(float) * (size_t)(B * C * plane + 2 * VL));
+    ws = (float*)grow(ws, &ws_cap, sizeof(float) * (size_t)(B * C * plane + 4 * VL + 8));
     if (!ws) return -1;
     float* dst = ws;
 #pragma omp parallel for schedule(static)
@@ -169,7 +297,7 @@ int sg_wino_conv2d(const float* x, const sg_geometry* geo, const int32_t* chan, 
       }
       memset(d + (ph + H) * Wp, 0, sizeof(float) * ph * Wp);
     }
-    memset(dst + B * C * plane, 0, sizeof(float) * 2 * VL);
+    memset(dst + B * C * plane, 0, sizeof(float) * (4 * VL + 8));
     xp = dst;
   }
   /* work items: (block of T tiles of the batch, share of the chunks) */
@@ -199,15 +327,15 @@ int sg_wino_conv2d(const float* x, const sg_geometry* geo, const int32_t* chan, 
   int failed = 0;
 #pragma omp parallel
   {
-    /* V: [16][C][T] (xi, channel, tile), then M: [16][rows][T] (xi, filter, tile) */
+    /* V: [npts][C][T] (xi, channel, tile), then M: [npts][rows][T] (xi, filter, tile) */
     float* panel = (float*)grow(ws_panel, &ws_panel_cap,
-                                sizeof(float) * (size_t)(16 * (xistride + mstride) + 16));
+                                sizeof(float) * (size_t)(npts * (xistride + mstride) + 16));
     ws_panel = panel;
     if (!panel) {
 #pragma omp atomic write
       failed = 1;
     }
-    float* mb = panel ? panel + 16 * xistride : 0;
+    float* mb = panel ? panel + npts * xistride : 0;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < items; it++) {
       if (!panel) continue;
@@ -219,19 +347,23 @@ int sg_wino_conv2d(const float* x, const sg_geometry* geo, const int32_t* chan, 
         for (int64_t s0 = t0; s0 < t1;) {
           const segment g = segment_at(s0, t1, ntiles, tw);
           const float* xc = xp + (g.b * C + c) * plane;
-          const float* rows[4];
-          for (int a = 0; a < 4; a++) /* a row past the input feeds dropped outputs only */
-            rows[a] = xc + (2 * g.ti + a < Hp ? 2 * g.ti + a : Hp - 1) * Wp;
+          const float* rows[6];
+          for (int a = 0; a < alpha; a++)
+            rows[a] = xc + (m * g.ti + a < Hp ? m * g.ti + a : Hp - 1) * Wp;
           float* out = panel + c * T + (s0 - t0);
-          for (int64_t j = g.ja; j < g.jb; j += VL)
-            input_transform(rows, 2 * j, out + (j - g.ja), xistride, g.jb - j);
+          for (int64_t j = g.ja; j < g.jb; j += VL) {
+            if (m == 2)
+              input_transform(rows, 2 * j, out + (j - g.ja), xistride, g.jb - j);
+            else
+              input_transform4(rows, 4 * j, out + (j - g.ja), xistride, g.jb - j);
+          }
           s0 += g.jb - g.ja;
         }
       }
       /* M[xi] = U[xi] V[xi], transform point by transform point (its V stays in L1) */
       const int nv = (int)((t1 - t0 + VL - 1) / VL);
       const int64_t c0 = nchunks * part / nsplit, c1 = nchunks * (part + 1) / nsplit;
-      for (int xi = 0; xi < 16; xi++)
+      for (int xi = 0; xi < npts; xi++)
         for (int64_t ci = c0; ci < c1; ci++) {
           const int64_t* ch = chunks + 5 * ci;
           const int64_t ne = ch[0];
@@ -253,13 +385,17 @@ int sg_wino_conv2d(const float* x, const sg_geometry* geo, const int32_t* chan, 
           const int64_t ti = g.ti, ja = g.ja, jb = g.jb;
           float* yb = y + (g.b * N + n) * yplane + oph * Wy + opw;
           const float* rb = res ? res + (g.b * N + n) * rplane : 0;
-          const float* m = mb + row * T + (s0 - t0);
-          for (int64_t j = ja; j < jb; j += VL, m += VL) {
-            vf y00, y01, y10, y11, lo, hi;
-            output_transform(m, mstride, bv, &y00, &y01, &y10, &y11);
+          const float* mt = mb + row * T + (s0 - t0);
+          for (int64_t j = ja; j < jb; j += VL, mt += VL) {
             const int64_t tiles = jb - j < VL ? jb - j : VL;
-            const int64_t n_out = 2 * j + 2 * tiles > Wo ? Wo - 2 * j : 2 * tiles;
-            const int64_t q = 2 * ti * Wy + 2 * j, qr = 2 * ti * Wo + 2 * j;
+            const int64_t n_out = m * (j + tiles) > Wo ? Wo - m * j : m * tiles;
+            const int64_t q = m * ti * Wy + m * j, qr = m * ti * Wo + m * j;
+            if (m == 4) {
+              output_transform4(mt, mstride, bv, yb, rb, Wy, Wo, q, qr, Ho - 4 * ti, n_out, relu);
+              continue;
+            }
+            vf y00, y01, y10, y11, lo, hi;
+            output_transform(mt, mstride, bv, &y00, &y01, &y10, &y11);
             v_interleave(y00, y01, &lo, &hi);
             store_row(yb + q, rb ? rb + qr : 0, lo, hi, n_out, relu);
             if (2 * ti + 1 < Ho) {
@@ -268,8 +404,8 @@ int sg_wino_conv2d(const float* x, const sg_geometry* geo, const int32_t* chan, 
             }
           }
           /* the zero border around the output plane, written by the tiles at its edges */
-          for (int64_t a = 0; opw > 0 && a < 2 && 2 * ti + a < Ho; a++) {
-            float* yr = yb + (2 * ti + a) * Wy;
+          for (int64_t a = 0; opw > 0 && a < m && m * ti + a < Ho; a++) {
+            float* yr = yb + (m * ti + a) * Wy;
             if (ja == 0)
               for (int64_t k = 1; k <= opw; k++) yr[-k] = 0.f;
             if (jb == tw)
@@ -285,4 +421,22 @@ int sg_wino_conv2d(const float* x, const sg_geometry* geo, const int32_t* chan, 
   }
   free(used);
   return failed ? -1 : 0;
+}
+
+/* y[b, n] = relu?(bias[n] + res?[b, n] + conv3x3(x)[b, n]) by F(tile x tile, 3x3), tile 2 or
+   4, stride 1, dilation 1, any zero padding. chan: [E] int32, the groups' kept channels, group
+   after group; upk: per chunk, U packed [(tile + 2)^2][channels][filters]; chunks [nchunks][5]
+   (channels, first channel entry, first weight, filters, first row of rowmap). geo->block:
+   vectors of VL tiles per work item (its tiles may span images). y, res and borders as in
+   sg_dg_conv2d. Returns 0, -1 when memory ran out, -2 for a bad block, -3 for a geometry or
+   tile size this kernel does not compute. */
+int sg_wino_conv2d(const float* x, const sg_geometry* geo, const int32_t* chan, int64_t E,
+                   const float* upk, int64_t nchunks, const int64_t* chunks,
+                   const int64_t* rowmap, const float* bias, const float* res, float* y,
+                   int relu, int tile) {
+  if (tile == 2)
+    return wino_run(2, x, geo, chan, E, upk, nchunks, chunks, rowmap, bias, res, y, relu);
+  if (tile == 4)
+    return wino_run(4, x, geo, chan, E, upk, nchunks, chunks, rowmap, bias, res, y, relu);
+  return -3;
 }
