@@ -111,3 +111,16 @@ def test_stale_entries_are_measured_again(cache, model, monkeypatch):
     monkeypatch.setattr(_native, "build_key", lambda: "another build")
     monkeypatch.setattr(_native, "available", lambda: True)
     assert tuning._cache_file(torch.device("cpu")) != path
+
+
+def test_other_candidate_sets_of_the_same_layer_keep_their_own_entries(cache, model, monkeypatch):
+    from sgcnn.deploy.convert import fuse_dense
+
+    m, x = model
+    calls = _count_timings(monkeypatch)
+    convert(m, x)
+    fuse_dense(m, x)  # the same plain layers (stem), offered the dense forms only
+    measured = len(calls)
+    convert(m, x)
+    fuse_dense(m, x)
+    assert len(calls) == measured  # neither overwrote the other's entries

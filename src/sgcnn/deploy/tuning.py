@@ -64,7 +64,7 @@ def time_candidates(
     warmup: int = 1,
     budget_s: float = 0.3,
     cutoff: float = 1.5,
-    min_rounds: int = 2,
+    min_rounds: int = 3,
 ) -> dict[str, dict[str, float]]:
     """``{name: {"min_ms", "median_ms", "runs"}}`` for each callable in ``candidates``
     (``runs`` 0: cut after its warm-up call, whose time is given).
@@ -135,11 +135,11 @@ def best(results: dict[str, dict[str, float]]) -> str:
 #
 # Measurements are kept as JSON in $SGCNN_CACHE/tuning/<context>.json, one file per context
 # (realization set, torch version, threads, CPU model and features, native kernel build,
-# device), holding one entry per layer key (geometry, group sizes, input shape, dtype). An
-# entry is reused only when it names exactly the candidates offered now and every time is a
-# finite non-negative number; anything else is re-measured.
+# device), holding one entry per layer key (geometry, group sizes, input shape, dtype) and
+# set of candidates. An entry is reused only when it names exactly the candidates offered now
+# and every time is a finite non-negative number; anything else is re-measured.
 
-REALIZATION_SET = 5  # bump when realizations change in a way that invalidates timings
+REALIZATION_SET = 6  # bump when realizations change in a way that invalidates timings
 _CACHE_FORMAT = "sgcnn.tuning"
 
 
@@ -206,13 +206,19 @@ def _valid(entry, labels) -> bool:
     return True
 
 
+def _entry_key(key: str, labels) -> str:
+    """One entry per layer *and* candidate set: converting the same layer with other
+    candidates (e.g. ``fuse_dense``, which offers only the dense forms) keeps both results."""
+    return key + ":" + hashlib.sha256(json.dumps(sorted(labels)).encode()).hexdigest()[:8]
+
+
 def lookup(key: str, labels, device: torch.device) -> dict[str, dict[str, float]] | None:
     """The cached timings of layer ``key`` if they are for exactly these candidate
     ``labels``; ``None`` when absent, stale or malformed (a malformed entry also warns)."""
     if os.environ.get("SGCNN_TUNING_CACHE", "1") == "0":
         return None
     path = _cache_file(device)
-    entry = _read(path).get(key)
+    entry = _read(path).get(_entry_key(key, labels))
     if entry is None:
         return None
     if not _valid(entry, list(labels)):
@@ -233,7 +239,7 @@ def store(key: str, labels, results: dict, device: torch.device) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             entries = _read(path)
-        entries[key] = {"candidates": sorted(labels), "times_ms": results}
+        entries[_entry_key(key, labels)] = {"candidates": sorted(labels), "times_ms": results}
         data = {"format": _CACHE_FORMAT, "version": 1, "entries": entries}
         text = json.dumps(data).encode("utf-8")
         atomic_write(path, lambda f: f.write(text))
