@@ -60,18 +60,19 @@ def synchronize(device: torch.device) -> None:
 def time_candidates(
     candidates: dict[str, Callable[[], object]],
     device: torch.device,
-    rounds: int = 3,
+    rounds: int = 10,
     warmup: int = 1,
-    budget_s: float = 0.3,
+    budget_s: float = 0.2,
     cutoff: float = 1.5,
     min_rounds: int = 3,
 ) -> dict[str, dict[str, float]]:
     """``{name: {"min_ms", "median_ms", "runs"}}`` for each callable in ``candidates``
     (``runs`` 0: cut after its warm-up call, whose time is given).
 
-    Candidates that raise are left out. ``rounds`` timed calls each, fewer (but at least
-    ``min_rounds``) when the total time passes ``budget_s``: a candidate is never judged on a
-    single call, which one burst of load elsewhere on the machine can spoil.
+    Candidates that raise are left out. Up to ``rounds`` timed calls each, fewer (but at least
+    ``min_rounds``) when the total time passes ``budget_s``: small layers get many rounds for
+    little time, and no candidate is judged on a single call, which one burst of load
+    elsewhere on the machine can spoil.
     """
     clock = time.perf_counter
     if device.type == "cpu" and os.environ.get("SGCNN_TUNE_CLOCK", _clock) == "cpu":
