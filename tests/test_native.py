@@ -17,14 +17,6 @@ from sgcnn.errors import SgcnnError
 needs_native = pytest.mark.skipif(not _native.available(), reason="native kernel unavailable")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _grouped(name="resnet20", size=16):
     model = sgcnn.create_model(name).eval()
     sgcnn.self_group_(

@@ -17,14 +17,6 @@ pytestmark = pytest.mark.skipif(not _native.available(), reason="native kernel u
 FAST_KMEANS = KMeansSettings(n_init=1, max_iter=30)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _spec(cin=24, cout=40, padding=1, conv_groups=1, relu=True, seed=0):
     torch.manual_seed(seed)
     layer = nn.Conv2d(cin, cout, 3, 1, padding, groups=conv_groups)

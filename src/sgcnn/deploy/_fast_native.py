@@ -23,7 +23,7 @@ class NativeGroupConv2d(_Fast):
     """
 
     realization = "native"
-    _winograd = 0  # the kernel forward calls: direct (0) or Winograd F(m x m, 3x3), m = 2 / 4
+    tile = 0  # the kernel forward calls: direct (0) or Winograd F(tile x tile, 3x3)
     # (block, rows) pairs convert measures. Taller chunks (rows up to 16) gained at most ~10%
     # on a few ResNet-50 layers: not worth the extra tuning time by default.
     settings_to_try = ((4, 6), (8, 6), (12, 6))
@@ -38,22 +38,33 @@ class NativeGroupConv2d(_Fast):
             raise ValueError("the native kernel computes in float32 only")
         if not 1 <= block <= 12:
             raise ValueError("block must be in 1..12")
-        lanes = _native.lanes() if _native.available() else 16
         w = spec.weight
         cg = w.shape[1]
         kh, kw = w.shape[2:]
         taps = torch.cartesian_prod(torch.arange(kh), torch.arange(kw)).reshape(-1, 2)
-        entries, packed, chunks, rowmap = [], [], [], []
-        n_entries = n_weights = 0
+        per_group = []
         for filters, channels in spec.groups:
             ent = torch.cat(
                 [channels.repeat_interleave(len(taps))[:, None], taps.repeat(len(channels), 1)],
                 1,
             )
-            entries.append(ent)
             wg = w[filters][:, channels % cg].reshape(len(filters), -1)  # [n_j, K_j * taps]
+            per_group.append((filters, ent, wg))
+        self._pack(spec, per_group, block, rows)
+
+    def _pack(self, spec: LayerSpec, per_group, block: int, rows: int) -> None:
+        """Store the kernel's tensors from ``(filters, entries, weights)`` per self-group,
+        ``weights`` with the filters first (``[filters, entries]``, or ``[filters, entries,
+        points]`` for Winograd): each group is cut into chunks of at most ``rows`` filters whose
+        weights are packed with the dimensions reversed (``[entries, filters]``, ``[points,
+        entries, filters]``), so that one weight broadcast per filter meets a vector of
+        outputs."""
+        entries, packed, chunks, rowmap = [], [], [], []
+        n_entries = n_weights = 0
+        for filters, ent, wg in per_group:
+            entries.append(ent)
             for part in _balanced_split(torch.arange(len(filters)), rows):
-                block_w = wg[part].t().contiguous()  # [entries, rows]
+                block_w = wg[part].permute(*range(wg.dim() - 1, -1, -1)).float().contiguous()
                 chunks.append([len(ent), n_entries, n_weights, len(part), len(rowmap)])
                 packed.append(block_w.flatten())
                 rowmap.extend(filters[part].tolist())
@@ -66,6 +77,7 @@ class NativeGroupConv2d(_Fast):
         self.bias = nn.Parameter(spec.bias.clone().contiguous(), requires_grad=False)
         self.block = block
         self.rows = rows
+        lanes = _native.lanes() if _native.available() else 16
         self._vectors = block * 16 // lanes  # the kernel's block: vectors of `lanes` floats
         # Set by convert's memory planning (both exact, see NativeGroupConv2d.forward):
         self.out_pad = (0, 0)  # write a zero border of this size around each output plane
@@ -124,22 +136,21 @@ class NativeGroupConv2d(_Fast):
         _refuse_onnx_export(self)
         geo = self.geometry()
         args = (self.entries, self.weights, self.chunks, self.rowmap, self.bias)
-        wino = self._winograd
-        ops = torch.ops.sgcnn
+        name = _native.OPERATORS[self.tile]
         # Plain tensors: call the kernel directly; anything else (fake or functional tensors
         # of torch.export, torch.jit.trace, a dispatch mode such as FlopCounterMode) goes
         # through the registered operators, which tracers record.
         eager = _plain(x, residual)
         if self.accumulate and residual is not None:
             if eager:
-                _native.accumulate_(residual, x, *args, geo, self.relu, wino)
+                _native.accumulate_(residual, x, *args, geo, self.relu, self.tile)
             else:
-                op = getattr(ops, f"{_OPS[wino]}_accumulate_")
+                op = getattr(torch.ops.sgcnn, f"{name}_accumulate_")
                 op(residual, x, *args, *_native.op_args(geo), self.relu)
             return residual
         if eager:
-            return _native.conv2d(x, *args, residual, geo, self.relu, _taker(self, x), wino)
-        op = getattr(ops, _OPS[wino])
+            return _native.conv2d(x, *args, residual, geo, self.relu, _taker(self, x), self.tile)
+        op = getattr(torch.ops.sgcnn, name)
         return op(x, *args, residual, *_native.op_args(geo), self.relu)
 
     def extra_repr(self) -> str:
@@ -158,9 +169,6 @@ class NativeGroupConv2d(_Fast):
                 *extra,
             ]
         )
-
-
-_OPS = {0: "dg_conv2d", 2: "wino_conv2d", 4: "wino4_conv2d"}  # operator by kernel
 
 
 def _plain(*tensors) -> bool:

@@ -38,10 +38,9 @@ kernel per layer and keeps the fastest.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from sgcnn.deploy import _native
-from sgcnn.deploy._fast_base import LayerSpec, _balanced_split, _Fast
+from sgcnn.deploy._fast_base import LayerSpec, _Fast
 from sgcnn.deploy._fast_native import NativeGroupConv2d
 
 # G of F(m x m, 3x3) by tile size m, in float64, so that U = G w G^T and its inverse (for
@@ -85,35 +84,15 @@ class WinogradGroupConv2d(NativeGroupConv2d):
             raise ValueError(f"rows must be in 1..{_native.RMAX}")
         if not 1 <= block <= 6:
             raise ValueError("block must be in 1..6")
-        lanes = _native.lanes() if _native.available() else 16
         w = spec.weight.double()
         cg = w.shape[1]
         g, npts = _G[tile], (tile + 2) ** 2
-        channels_all, packed, chunks, rowmap = [], [], [], []
-        n_entries = n_weights = 0
-        for filters, channels in spec.groups:
-            u = (g @ w[filters][:, channels % cg] @ g.t()).reshape(len(filters), -1, npts)
-            channels_all.append(channels)
-            for part in _balanced_split(torch.arange(len(filters)), rows):
-                block_u = u[part].permute(2, 1, 0).float().contiguous()  # [npts, channels, rows]
-                chunks.append([len(channels), n_entries, n_weights, len(part), len(rowmap)])
-                packed.append(block_u.flatten())
-                rowmap.extend(filters[part].tolist())
-                n_weights += block_u.numel()
-            n_entries += len(channels)
-        self.register_buffer("entries", torch.cat(channels_all).to(torch.int32).contiguous())
-        self.register_buffer("chunks", torch.tensor(chunks, dtype=torch.long))
-        self.register_buffer("rowmap", torch.tensor(rowmap, dtype=torch.long))
-        self.weights = nn.Parameter(torch.cat(packed).contiguous(), requires_grad=False)
-        self.bias = nn.Parameter(spec.bias.clone().contiguous(), requires_grad=False)
-        self.block = block
-        self.rows = rows
+        per_group = []
+        for filters, channels in spec.groups:  # U = G w G^T: [filters, kept channels, points]
+            u = g @ w[filters][:, channels % cg] @ g.t()
+            per_group.append((filters, channels, u.reshape(len(filters), -1, npts)))
+        self._pack(spec, per_group, block, rows)
         self.tile = tile
-        self._winograd = tile  # the kernel forward calls
-        self._vectors = block * 16 // lanes
-        self.out_pad = (0, 0)
-        self.input_padded = False
-        self.accumulate = False
 
     @staticmethod
     def handles(spec: LayerSpec) -> bool:

@@ -59,6 +59,7 @@ from sgcnn.deploy._native_build import (
 
 __all__ = [
     "FLAGS",
+    "OPERATORS",
     "RMAX",
     "SLACK",
     "Geometry",
@@ -139,10 +140,9 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def _run(x, entries, weights, chunks, rowmap, bias, residual, geo: Geometry, relu, y, winograd):
+def _run(x, entries, weights, chunks, rowmap, bias, residual, geo: Geometry, relu, y, tile):
     lib = _need()
-    tile = (winograd,) if winograd else ()
-    kernel = lib.sg_wino_conv2d if winograd else lib.sg_dg_conv2d
+    kernel = lib.sg_wino_conv2d if tile else lib.sg_dg_conv2d
     status = kernel(
         _ptr(x),
         ctypes.byref(geo.c_struct(x.shape)),
@@ -156,7 +156,7 @@ def _run(x, entries, weights, chunks, rowmap, bias, residual, geo: Geometry, rel
         _ptr(residual),
         _ptr(y),
         int(relu),
-        *tile,
+        *((tile,) if tile else ()),
     )
     if status == -2:
         raise ValueError(f"block must be in 1..{max_block()}")
@@ -168,7 +168,7 @@ def _run(x, entries, weights, chunks, rowmap, bias, residual, geo: Geometry, rel
 
 def conv2d(
     x, entries, weights, chunks, rowmap, bias, residual, geo: Geometry, relu: bool, take=None,
-    winograd: int = 0,
+    tile: int = 0,
 ):  # fmt: skip
     """Diverse group convolution (see the module docstring), float32 NCHW on CPU.
 
@@ -176,8 +176,9 @@ def conv2d(
     first entry, first weight, filters, first row of ``rowmap``); ``weights`` packed
     ``[entries, filters]`` per chunk; ``rowmap`` the output channel of every packed row.
     ``take(numel)``, if given, supplies the output's flat storage (an arena's buffer).
-    With ``winograd`` = m (2 or 4) the kernel is F(m x m, 3x3) (:mod:`sgcnn.deploy._fast_winograd`):
-    ``entries`` int32 [E] are the groups' channels and ``weights`` the transformed filters.
+    With ``tile`` m = 2 or 4 the kernel is Winograd's F(m x m, 3x3)
+    (:mod:`sgcnn.deploy._fast_winograd`): ``entries`` int32 [E] are the groups' channels and
+    ``weights`` the transformed filters.
     """
     x = x.contiguous()
     residual = residual.contiguous() if residual is not None else None
@@ -189,19 +190,17 @@ def conv2d(
     # the slack is read by a Winograd consumer's last tiles: zeros, never stale values
     ctypes.memset(flat.data_ptr() + numel * flat.element_size(), 0, SLACK * flat.element_size())
     y = flat[:numel].view(shape)
-    _run(x, entries, weights, chunks, rowmap, bias, residual, geo, relu, y, winograd)
+    _run(x, entries, weights, chunks, rowmap, bias, residual, geo, relu, y, tile)
     return y
 
 
-def accumulate_(
-    residual, x, entries, weights, chunks, rowmap, bias, geo: Geometry, relu, winograd=0
-):
+def accumulate_(residual, x, entries, weights, chunks, rowmap, bias, geo: Geometry, relu, tile=0):
     """In place: ``residual <- act(residual + conv2d(x) + bias)``; saves allocating and
     writing a new output when the residual is dead after this layer."""
     if not residual.is_contiguous() or geo.border != (0, 0):
         raise ValueError("in-place accumulation needs a contiguous residual and no border")
     x = x.contiguous()
-    _run(x, entries, weights, chunks, rowmap, bias, residual, geo, relu, residual, winograd)
+    _run(x, entries, weights, chunks, rowmap, bias, residual, geo, relu, residual, tile)
 
 
 # The same functions as PyTorch custom operators, so that torch.export and torch.jit.trace
@@ -227,6 +226,7 @@ def op_args(geo: Geometry) -> tuple:
 
 # Both convolution operators take the kernel's tensors, then the fields of Geometry and relu;
 # their schemas are written out once here (what torch.library would infer from annotations).
+OPERATORS = {0: "dg_conv2d", 2: "wino_conv2d", 4: "wino4_conv2d"}  # by Winograd tile (0: direct)
 _TENSORS = "Tensor entries, Tensor weights, Tensor chunks, Tensor rowmap, Tensor bias"
 _GEOMETRY = (
     "SymInt filters, SymInt[] kernel, SymInt[] stride, SymInt[] padding, SymInt[] dilation, "
@@ -234,8 +234,10 @@ _GEOMETRY = (
 )
 
 
-def _register(name: str, winograd: int, flops_per_weight) -> tuple:
-    """The operators ``sgcnn::<name>`` and ``sgcnn::<name>_accumulate_`` for one kernel."""
+def _register(tile: int, flops_per_weight) -> tuple:
+    """The operators ``sgcnn::<name>`` and ``sgcnn::<name>_accumulate_`` of one kernel
+    (``name = OPERATORS[tile]``)."""
+    name = OPERATORS[tile]
 
     @torch.library.custom_op(
         f"sgcnn::{name}",
@@ -244,9 +246,7 @@ def _register(name: str, winograd: int, flops_per_weight) -> tuple:
     )
     def op(x, entries, weights, chunks, rowmap, bias, residual, *geo_relu) -> torch.Tensor:
         geo, relu = _geo(*geo_relu[:-1]), geo_relu[-1]
-        return conv2d(
-            x, entries, weights, chunks, rowmap, bias, residual, geo, relu, winograd=winograd
-        )
+        return conv2d(x, entries, weights, chunks, rowmap, bias, residual, geo, relu, tile=tile)
 
     @op.register_fake
     def _fake(x, entries, weights, chunks, rowmap, bias, residual, *geo_relu):
@@ -259,7 +259,7 @@ def _register(name: str, winograd: int, flops_per_weight) -> tuple:
     )
     def op_acc(residual, x, entries, weights, chunks, rowmap, bias, *geo_relu) -> None:
         geo, relu = _geo(*geo_relu[:-1]), geo_relu[-1]
-        accumulate_(residual, x, entries, weights, chunks, rowmap, bias, geo, relu, winograd)
+        accumulate_(residual, x, entries, weights, chunks, rowmap, bias, geo, relu, tile)
 
     @op_acc.register_fake
     def _fake_acc(residual, x, entries, weights, chunks, rowmap, bias, *geo_relu):
@@ -295,11 +295,11 @@ def _winograd_flops(m: int):
     return flops
 
 
-# sgcnn::dg_conv2d and sgcnn::dg_conv2d_accumulate_: :func:`conv2d` and :func:`accumulate_`
-dg_conv2d, dg_conv2d_accumulate_ = _register("dg_conv2d", 0, _flops)
-# sgcnn::wino_conv2d(_accumulate_), sgcnn::wino4_conv2d(_accumulate_): ``winograd`` = 2, 4
-wino_conv2d, wino_conv2d_accumulate_ = _register("wino_conv2d", 2, _winograd_flops(2))
-wino4_conv2d, wino4_conv2d_accumulate_ = _register("wino4_conv2d", 4, _winograd_flops(4))
+# :func:`conv2d` and :func:`accumulate_` as operators, by kernel: direct (tile 0), Winograd
+# F(2x2, 3x3) and F(4x4, 3x3)
+dg_conv2d, dg_conv2d_accumulate_ = _register(0, _flops)
+wino_conv2d, wino_conv2d_accumulate_ = _register(2, _winograd_flops(2))
+wino4_conv2d, wino4_conv2d_accumulate_ = _register(4, _winograd_flops(4))
 
 
 # --------------------------------------------------------------------------- pooling

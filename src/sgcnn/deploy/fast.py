@@ -20,8 +20,9 @@ Every realization below computes exactly this (up to fp32 summation order), from
 - :class:`GroupLoopConv2d` / :class:`GroupLoopLinear`: one convolution per group on its
   gathered channels, outputs concatenated and put back into filter order.
 - :class:`NativeGroupConv2d`: the gather-free native kernel (:mod:`sgcnn.deploy._native`).
-- :class:`WinogradGroupConv2d`: 3x3 stride-1 layers by Winograd's F(2x2, 3x3) on the native
-  kernels (2.25x fewer multiply-accumulates; :mod:`sgcnn.deploy._fast_winograd`).
+- :class:`WinogradGroupConv2d`: 3x3 stride-1 layers by Winograd's F(2x2, 3x3) or F(4x4, 3x3)
+  on the native kernels (2.25x or 4x fewer multiply-accumulates;
+  :mod:`sgcnn.deploy._fast_winograd`).
 
 Each class has ``from_masked(layer, bn=None, relu=False)`` and ``from_spec(spec)``;
 ``macs(input_shape)`` returns the multiply-accumulates it really executes and how many of them

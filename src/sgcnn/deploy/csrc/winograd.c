@@ -14,6 +14,7 @@
 
 #if VL == 16
 #define V_SUB(a, b) _mm512_sub_ps((a), (b))
+#define V_MUL(a, s) _mm512_mul_ps((a), V_SET1(s))
 /* even[t] = p[2 t], odd[t] = p[2 t + 1] for t < VL */
 static inline void v_deinterleave(const float* p, vf* even, vf* odd) {
   const vf a = V_LOAD(p), b = V_LOAD(p + VL);
@@ -47,6 +48,7 @@ static inline vf v_from_lanes(vf v) {
 static inline vf v_to_lanes(vf v) { return v_from_lanes(v); } /* the permutation is an involution */
 #else
 #define V_SUB(a, b) _mm256_sub_ps((a), (b))
+#define V_MUL(a, s) _mm256_mul_ps((a), V_SET1(s))
 static inline void v_deinterleave(const float* p, vf* even, vf* odd) {
   const vf a = V_LOAD(p), b = V_LOAD(p + VL);
   const __m256d e = _mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88));
@@ -75,7 +77,6 @@ static inline vf v_to_lanes(vf v) {
   return _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
 }
 #endif
-#define V_MUL(a, s) V_FMA(V_SET1(s), (a), V_ZERO())
 
 /* v + res?, ReLU?, to the first n floats of p (masked stores are slow on some CPUs: only
    a partial vector uses them) */
@@ -101,7 +102,7 @@ static inline void store_row(float* yr, const float* rr, vf lo, vf hi, int64_t n
 /* V = B^T d B for VL consecutive tiles of one tile row (rows: the 4 input rows of the tile
    row, at the first tile's column); the 16 results go to out + xi * xistride, the first
    `n` lanes only. B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]. */
-static inline void input_transform(const float* const* rows, int64_t col, float* out,
+static inline void input_transform2(const float* const* rows, int64_t col, float* out,
                                    int64_t xistride, int64_t n) {
   vf d[4][4], t[4][4];
 #pragma GCC unroll 4
@@ -128,7 +129,7 @@ static inline void input_transform(const float* const* rows, int64_t col, float*
 
 /* The 2x2 outputs Y = A^T M A of VL tiles (M: 16 vectors, m + xi * mstride), A^T = [1 1 1 0;
    0 1 -1 -1]; y00..y11 (row, column) with the bias added. */
-static inline void output_transform(const float* m, int64_t mstride, vf bias, vf* y00,
+static inline void output_transform2(const float* m, int64_t mstride, vf bias, vf* y00,
                                     vf* y01, vf* y10, vf* y11) {
   vf p0[4], p1[4];
 #pragma GCC unroll 4
@@ -353,7 +354,7 @@ static inline __attribute__((always_inline)) int wino_run(
           float* out = panel + c * T + (s0 - t0);
           for (int64_t j = g.ja; j < g.jb; j += VL) {
             if (m == 2)
-              input_transform(rows, 2 * j, out + (j - g.ja), xistride, g.jb - j);
+              input_transform2(rows, 2 * j, out + (j - g.ja), xistride, g.jb - j);
             else
               input_transform4(rows, 4 * j, out + (j - g.ja), xistride, g.jb - j);
           }
@@ -395,7 +396,7 @@ static inline __attribute__((always_inline)) int wino_run(
               continue;
             }
             vf y00, y01, y10, y11, lo, hi;
-            output_transform(mt, mstride, bv, &y00, &y01, &y10, &y11);
+            output_transform2(mt, mstride, bv, &y00, &y01, &y10, &y11);
             v_interleave(y00, y01, &lo, &hi);
             store_row(yb + q, rb ? rb + qr : 0, lo, hi, n_out, relu);
             if (2 * ti + 1 < Ho) {
