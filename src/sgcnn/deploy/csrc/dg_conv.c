@@ -39,7 +39,7 @@ int sg_dg_conv2d(const float* x, const sg_geometry* geo, const int32_t* ent, int
   const int direct = (sh == 1 && sw == 1 && ph == 0 && pw == 0 && (kh * kw == 1 || inslack));
   const float* src;
   int64_t cs, psq = 0, wq, xs;
-  ows = (int64_t*)grow(ows, &ows_cap, sizeof(int64_t) * (E + 16));
+  ows = (int64_t*)grow(ows, &ows_cap, sizeof(int64_t) * (E + OFFS_SLACK));
   if (!ows) return -1;
   if (direct) {
     src = x; cs = H * W; wq = W; xs = C * cs;
@@ -126,7 +126,7 @@ int sg_dg_conv2d(const float* x, const sg_geometry* geo, const int32_t* ent, int
     used[row] = 1;
     ows[e] = row * pitch + shift;
   }
-  for (int64_t e = E; e < E + 16; e++) ows[e] = 0;
+  for (int64_t e = E; e < E + OFFS_SLACK; e++) ows[e] = 0;
   const int64_t* offs = ows;
   const int64_t srclen = B * xs; /* floats readable from src */
   /* work items: (image, block, share of the chunks); enough of them to keep threads busy */

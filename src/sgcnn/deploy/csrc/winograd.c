@@ -309,7 +309,7 @@ static inline __attribute__((always_inline)) int wino_run(
   if (xistride % 1024 == 0) xistride += 16;      /* 4 KiB apart: the same L1 sets */
   if (mstride % 1024 == 0) mstride += 16;
   unsigned char* used = (unsigned char*)calloc((size_t)C, 1);
-  ows = (int64_t*)grow(ows, &ows_cap, sizeof(int64_t) * (E + 16));
+  ows = (int64_t*)grow(ows, &ows_cap, sizeof(int64_t) * (E + OFFS_SLACK));
   if (!used || !ows) {
     free(used);
     return -1;
@@ -318,6 +318,7 @@ static inline __attribute__((always_inline)) int wino_run(
     used[chan[e]] = 1;
     ows[e] = chan[e] * T;
   }
+  for (int64_t e = E; e < E + OFFS_SLACK; e++) ows[e] = 0;
   const int64_t* offs = ows;
   const int64_t threads = omp_get_max_threads();
   int64_t nsplit = (3 * threads + nblk - 1) / nblk;
