@@ -252,8 +252,8 @@ def test_tuning_keeps_the_fastest_measured_candidate_and_records_it(monkeypatch)
     def fake_times(calls, device, **kwargs):
         labels = list(calls)
         offered.append(labels)
-        return {
-            name: {"min_ms": 10.0 - i, "median_ms": 10.0 - i, "runs": 3}
+        return {  # every output faulted in while timed: no allocation cost is added
+            name: {"min_ms": 10.0 - i, "median_ms": 10.0 - i, "runs": 3, "faults": 10**9}
             for i, name in enumerate(labels)
         }
 
@@ -268,6 +268,54 @@ def test_tuning_keeps_the_fastest_measured_candidate_and_records_it(monkeypatch)
         assert record["realization"] == labels[-1]
         assert record["times_ms"][labels[-1]]["min_ms"] == 10.0 - (len(labels) - 1)
     assert any(len(labels) > 1 and not labels[-1].startswith("dense") for labels in offered)
+
+
+def test_tuning_charges_an_allocated_output_the_faults_its_timing_did_not_see(monkeypatch):
+    """A candidate that allocates its output (dense NCHW) and took no page faults while timed
+    is charged the first-touch time of that output; the arena-backed candidates are not. With
+    dense NCHW 1 ms faster but 5 ms to fault in, an arena-backed candidate is kept; when the
+    timed calls did fault the whole output in, dense NCHW is kept."""
+    from sgcnn.deploy import tuning
+
+    def fake_times(faults):
+        def times(calls, device, **kwargs):
+            return {
+                name: {
+                    "min_ms": 1.0 if name == "dense/nchw" else 2.0,
+                    "median_ms": 2.0,
+                    "runs": 3,
+                    "faults": faults if name == "dense/nchw" else 0,
+                }
+                for name in calls
+            }
+
+        return times
+
+    monkeypatch.setattr(tuning, "first_touch_ms", lambda nbytes: 5.0 if nbytes else 0.0)
+    masked, x = _grouped("test_resnet")
+    for faults, kept_dense in ((0, False), (10**9, True)):
+        monkeypatch.setattr(tuning, "time_candidates", fake_times(faults))
+        converted = convert(masked, x, tune=True, realizations=["dense", "native"])
+        records = [
+            r for r in converted.sgcnn_conversion["layers"] if "dense/nchw" in r.get("times_ms", {})
+        ]
+        assert records
+        for record in records:
+            charged = record["times_ms"]["dense/nchw"]["alloc_ms"]
+            assert charged == (0.0 if kept_dense else 5.0)
+            assert (record["realization"] == "dense/nchw") == kept_dense
+            assert all(
+                "alloc_ms" not in t
+                for name, t in record["times_ms"].items()
+                if name.startswith("native")
+            )
+
+
+def test_first_touch_cost_grows_with_the_bytes():
+    from sgcnn.deploy import tuning
+
+    assert tuning.first_touch_ms(0) == 0.0
+    assert tuning.first_touch_ms(64 << 20) == 2 * tuning.first_touch_ms(32 << 20) >= 0.0
 
 
 def test_fusion_folds_batchnorm_relu_and_residual_into_layers():

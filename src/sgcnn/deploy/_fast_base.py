@@ -149,6 +149,11 @@ def _positions(spec: LayerSpec, shape) -> int:
     return b * ho * wo
 
 
+def output_numel(spec: LayerSpec, shape) -> int:
+    """Elements of the layer's output for an input of ``shape``."""
+    return _positions(spec, shape) * spec.out_features
+
+
 def useful_macs(spec: LayerSpec, shape) -> int:
     """MACs of the nonzero weights (what ``sgcnn.count`` counts) for an input of ``shape``."""
     return spec.kept_kernels * spec.taps * _positions(spec, shape)
@@ -158,6 +163,8 @@ class _Fast(nn.Module):
     """Shared parts: the spec's geometry and the fused epilogue flag."""
 
     realization = "?"
+    # forward writes its output into the arena slot convert plans (no allocation per call)
+    output_in_arena = False
 
     def __init__(self, spec: LayerSpec) -> None:
         super().__init__()

@@ -27,6 +27,7 @@ class DenseConv2d(_Fast):
         if mode == "matmul" and (spec.taps != 1 or spec.conv_groups != 1 or spec.padding != (0, 0)):
             raise ValueError("matmul mode needs a 1x1 convolution without padding or groups")
         self.mode = mode
+        self.output_in_arena = mode == "matmul"
         self.weight = nn.Parameter(spec.weight.clone(), requires_grad=False)
         self.bias = nn.Parameter(spec.bias.clone(), requires_grad=False)
 

@@ -23,6 +23,7 @@ class NativeGroupConv2d(_Fast):
     """
 
     realization = "native"
+    output_in_arena = True
     tile = 0  # the kernel forward calls: direct (0) or Winograd F(tile x tile, 3x3)
     # (block, rows) pairs convert measures. Taller chunks (rows up to 16) gained at most ~10%
     # on a few ResNet-50 layers: not worth the extra tuning time by default.
