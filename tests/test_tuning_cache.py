@@ -124,3 +124,19 @@ def test_other_candidate_sets_of_the_same_layer_keep_their_own_entries(cache, mo
     convert(m, x)
     fuse_dense(m, x)
     assert len(calls) == measured  # neither overwrote the other's entries
+
+
+def test_time_candidates_stops_timing_clear_losers():
+    """A candidate three times slower than the fastest is cut after its warm-up call, one 30%
+    slower after two timed rounds; the fastest gets every round the budget allows."""
+    import time
+
+    def sleeper(seconds):
+        return lambda: time.sleep(seconds)
+
+    calls = {"fast": sleeper(0.002), "close": sleeper(0.0026), "slow": sleeper(0.008)}
+    results = tuning.time_candidates(calls, torch.device("cpu"), rounds=6, budget_s=10.0)
+    assert results["slow"]["runs"] == 0
+    assert results["close"]["runs"] == 2
+    assert results["fast"]["runs"] == 6
+    assert tuning.best(results) == "fast"

@@ -65,6 +65,7 @@ def time_candidates(
     budget_s: float = 0.2,
     cutoff: float = 1.5,
     min_rounds: int = 3,
+    close: float = 1.2,
 ) -> dict[str, dict[str, float]]:
     """``{name: {"min_ms", "median_ms", "runs", "faults"}}`` for each callable in
     ``candidates`` (``runs`` 0: cut after its warm-up call, whose time is given; ``faults``:
@@ -73,7 +74,9 @@ def time_candidates(
     Candidates that raise are left out. Up to ``rounds`` timed calls each, fewer (but at least
     ``min_rounds``) when the total time passes ``budget_s``: small layers get many rounds for
     little time, and no candidate is judged on a single call, which one burst of load
-    elsewhere on the machine can spoil.
+    elsewhere on the machine can spoil. Clear losers stop early: after the warm-up those over
+    ``2 * cutoff`` times the fastest, after the first round those over ``cutoff`` times, after
+    the second those over ``close`` times the best so far.
     """
     clock = time.perf_counter
     if device.type == "cpu" and os.environ.get("SGCNN_TUNE_CLOCK", _clock) == "cpu":
@@ -108,10 +111,10 @@ def time_candidates(
             synchronize(device)
             times[name].append(clock() - t0)
             faults[name].append(_page_faults() - f0)
-        if r == 0 and len(alive) > 1:
+        if r <= 1 and len(alive) > 1:
             best = min(min(v) for v in times.values())
             for name in list(alive):
-                if min(times[name]) > cutoff * best:
+                if min(times[name]) > (cutoff if r == 0 else close) * best:
                     del alive[name]
         if time.perf_counter() - start > budget_s and r + 1 >= min_rounds:
             break
