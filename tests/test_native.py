@@ -179,3 +179,52 @@ def test_a_damaged_cached_build_is_rebuilt(tmp_path, monkeypatch):
     monkeypatch.setattr(_native_build, "_error", None)
     assert _native.available(), _native.unavailable_reason()
     assert path.read_bytes()[:4] == b"\x7fELF"
+
+
+# ------------------------------------------------------------------ call plans
+
+
+def _plain_spec():
+    torch.manual_seed(0)
+    layer = nn.Conv2d(12, 20, 3, 1, 1)
+    sgcnn.self_group_(
+        nn.Sequential(layer),
+        0.5,
+        groups=4,
+        kmeans=KMeansSettings(n_init=1, max_iter=30),
+        default_exclusions=False,
+    )
+    return fast.spec_from_layer(layer, relu=True)
+
+
+@needs_native
+def test_call_plans_follow_the_input_shape_and_the_geometry_settings():
+    """A module keeps one plan per input shape (and border / padding setting): calls at
+    alternating shapes, and after its output border is changed, stay exact; copies and
+    pickles start without plans; a plan used at another shape is refused."""
+    import copy
+    import pickle
+
+    from torch.nn import functional as F
+
+    spec = _plain_spec()
+    module = fast.NativeGroupConv2d.from_spec(spec, 4)
+    with torch.inference_mode():
+        for shape in [(2, 12, 9, 9), (1, 12, 5, 7), (2, 12, 9, 9), (3, 12, 4, 4)]:
+            x = torch.randn(shape)
+            _close(module(x), F.conv2d(x, spec.weight, spec.bias, 1, 1).relu())
+        assert len(module._plans) == 3
+        module.out_pad = (1, 1)
+        x = torch.randn(2, 12, 9, 9)
+        want = F.pad(F.conv2d(x, spec.weight, spec.bias, 1, 1).relu(), (1, 1, 1, 1))
+        _close(module(x), want)
+        for clone in (copy.deepcopy(module), pickle.loads(pickle.dumps(module))):
+            assert len(clone._plans) == 0
+            _close(clone(x), want)
+        plan = module._plan(x)
+        other = torch.randn(1, 12, 9, 9)
+        with pytest.raises(ValueError, match="the plan is for inputs of shape"):
+            _native.conv2d(
+                other, module.entries, module.weights, module.chunks, module.rowmap,
+                module.bias, None, plan.geo, True, plan=plan,
+            )  # fmt: skip

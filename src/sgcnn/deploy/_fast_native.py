@@ -126,6 +126,21 @@ class NativeGroupConv2d(_Fast):
             input_padded=self.input_padded,
         )
 
+    def _plan(self, x: torch.Tensor) -> _native.Plan:
+        """The kernel's :class:`_native.Plan` for ``x``'s shape and the current geometry
+        settings, built on the first call and kept (about 25 us a call saved: ResNet-50 makes
+        53 such calls per image)."""
+        plans = self.__dict__.get("_plans")
+        if plans is None:
+            plans = self.__dict__["_plans"] = _native.Plans()
+        key = (x.shape, self.out_pad, self.input_padded, self._vectors)
+        plan = plans.get(key)
+        if plan is None:
+            if len(plans) > 16:  # many input shapes: start over rather than grow
+                plans.clear()
+            plan = plans[key] = _native.Plan(self.geometry(), x.shape)
+        return plan
+
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """``relu?(conv(x) + bias + residual?)``.
 
@@ -135,22 +150,27 @@ class NativeGroupConv2d(_Fast):
         written into ``residual`` (which convert only allows where nothing reads it later).
         """
         _refuse_onnx_export(self)
-        geo = self.geometry()
-        args = (self.entries, self.weights, self.chunks, self.rowmap, self.bias)
-        name = _native.OPERATORS[self.tile]
+        params, buffers = self._parameters, self._buffers  # (faster than attribute lookups)
+        args = (buffers["entries"], params["weights"], buffers["chunks"], buffers["rowmap"])
+        args += (params["bias"],)
         # Plain tensors: call the kernel directly; anything else (fake or functional tensors
         # of torch.export, torch.jit.trace, a dispatch mode such as FlopCounterMode) goes
         # through the registered operators, which tracers record.
-        eager = _plain(x, residual)
+        if _plain(x, residual):
+            plan = self._plan(x)
+            if self.accumulate and residual is not None:
+                _native.accumulate_(residual, x, *args, plan.geo, self.relu, self.tile, plan)
+                return residual
+            take = _taker(self, x)
+            return _native.conv2d(
+                x, *args, residual, plan.geo, self.relu, take, self.tile, plan
+            )  # fmt: skip
+        geo = self.geometry()
+        name = _native.OPERATORS[self.tile]
         if self.accumulate and residual is not None:
-            if eager:
-                _native.accumulate_(residual, x, *args, geo, self.relu, self.tile)
-            else:
-                op = getattr(torch.ops.sgcnn, f"{name}_accumulate_")
-                op(residual, x, *args, *_native.op_args(geo), self.relu)
+            op = getattr(torch.ops.sgcnn, f"{name}_accumulate_")
+            op(residual, x, *args, *_native.op_args(geo), self.relu)
             return residual
-        if eager:
-            return _native.conv2d(x, *args, residual, geo, self.relu, _taker(self, x), self.tile)
         op = getattr(torch.ops.sgcnn, name)
         return op(x, *args, residual, *_native.op_args(geo), self.relu)
 

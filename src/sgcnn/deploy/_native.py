@@ -129,6 +129,28 @@ class Geometry:
         )  # fmt: skip
 
 
+class Plan:
+    """What a call at one input shape needs besides the tensors: the output's shape and the C
+    geometry structure, built once (a converted model calls each layer at the same shapes)."""
+
+    __slots__ = ("c_geo", "c_ref", "geo", "numel", "shape", "x_shape")
+
+    def __init__(self, geo: Geometry, x_shape) -> None:
+        self.geo, self.x_shape = geo, tuple(x_shape)
+        self.shape = geo.output_shape(x_shape)
+        self.numel = math.prod(self.shape)
+        self.c_geo = geo.c_struct(x_shape)
+        self.c_ref = ctypes.byref(self.c_geo)
+
+
+class Plans(dict):
+    """A module's plans by call key; copies and pickles start empty (ctypes structures are
+    neither copied nor pickled, and are rebuilt on the next call)."""
+
+    def __reduce__(self):
+        return (Plans, ())
+
+
 def output_size(size: int, k: int, s: int, p: int, d: int) -> int:
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
@@ -140,12 +162,15 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def _run(x, entries, weights, chunks, rowmap, bias, residual, geo: Geometry, relu, y, tile):
+def _run(x, entries, weights, chunks, rowmap, bias, residual, plan: Plan, relu, y, tile):
     lib = _need()
     kernel = lib.sg_wino_conv2d if tile else lib.sg_dg_conv2d
+    if tuple(x.shape) != plan.x_shape:
+        raise ValueError(f"the plan is for inputs of shape {plan.x_shape}, not {tuple(x.shape)}")
+    geo = plan.geo
     status = kernel(
         _ptr(x),
-        ctypes.byref(geo.c_struct(x.shape)),
+        plan.c_ref,
         _ptr(entries),
         entries.shape[0],
         _ptr(weights),
@@ -168,7 +193,7 @@ def _run(x, entries, weights, chunks, rowmap, bias, residual, geo: Geometry, rel
 
 def conv2d(
     x, entries, weights, chunks, rowmap, bias, residual, geo: Geometry, relu: bool, take=None,
-    tile: int = 0,
+    tile: int = 0, plan: Plan | None = None,
 ):  # fmt: skip
     """Diverse group convolution (see the module docstring), float32 NCHW on CPU.
 
@@ -178,29 +203,34 @@ def conv2d(
     ``take(numel)``, if given, supplies the output's flat storage (an arena's buffer).
     With ``tile`` m = 2 or 4 the kernel is Winograd's F(m x m, 3x3)
     (:mod:`sgcnn.deploy._fast_winograd`): ``entries`` int32 [E] are the groups' channels and
-    ``weights`` the transformed filters.
+    ``weights`` the transformed filters. ``plan``: :class:`Plan` of ``geo`` at ``x``'s shape,
+    if the caller keeps one.
     """
     x = x.contiguous()
     residual = residual.contiguous() if residual is not None else None
-    shape = geo.output_shape(x.shape)
+    plan = plan if plan is not None else Plan(geo, x.shape)
+    shape, numel = plan.shape, plan.numel
     # Slack behind the output: a consumer running the junk columns of its last row may read
     # a few floats past the end of the last plane.
-    numel = math.prod(shape)
     flat = take(numel + SLACK) if take is not None else torch.empty(numel + SLACK, dtype=x.dtype)
     # the slack is read by a Winograd consumer's last tiles: zeros, never stale values
     ctypes.memset(flat.data_ptr() + numel * flat.element_size(), 0, SLACK * flat.element_size())
     y = flat[:numel].view(shape)
-    _run(x, entries, weights, chunks, rowmap, bias, residual, geo, relu, y, tile)
+    _run(x, entries, weights, chunks, rowmap, bias, residual, plan, relu, y, tile)
     return y
 
 
-def accumulate_(residual, x, entries, weights, chunks, rowmap, bias, geo: Geometry, relu, tile=0):
+def accumulate_(
+    residual, x, entries, weights, chunks, rowmap, bias, geo: Geometry, relu, tile=0,
+    plan: Plan | None = None,
+):  # fmt: skip
     """In place: ``residual <- act(residual + conv2d(x) + bias)``; saves allocating and
     writing a new output when the residual is dead after this layer."""
     if not residual.is_contiguous() or geo.border != (0, 0):
         raise ValueError("in-place accumulation needs a contiguous residual and no border")
     x = x.contiguous()
-    _run(x, entries, weights, chunks, rowmap, bias, residual, geo, relu, residual, tile)
+    plan = plan if plan is not None else Plan(geo, x.shape)
+    _run(x, entries, weights, chunks, rowmap, bias, residual, plan, relu, residual, tile)
 
 
 # The same functions as PyTorch custom operators, so that torch.export and torch.jit.trace
