@@ -78,6 +78,8 @@ def test_corrupt_cache_file_warns_and_is_measured_again_and_rewritten(cache, mod
         lambda e: e["times_ms"].update({"rm -rf": {"min_ms": 0.0, "median_ms": 0.0, "runs": 1}}),
         lambda e: next(iter(e["times_ms"].values())).update(min_ms=float("nan")),
         lambda e: e.update(times_ms=[1, 2]),
+        lambda e: next(iter(e["times_ms"].values())).update(alloc_ms=-1e9),
+        lambda e: next(iter(e["times_ms"].values())).update(faults=float("inf")),
     ],
 )
 def test_hostile_entries_are_never_trusted(cache, model, monkeypatch, poison):

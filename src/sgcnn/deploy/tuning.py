@@ -148,6 +148,7 @@ def _page_faults() -> int:
 
 
 def page_size() -> int:
+    """Bytes per memory page (4096 where the platform does not say)."""
     try:
         import resource
     except ImportError:
@@ -263,6 +264,7 @@ def _valid(entry, labels) -> bool:
         if name not in labels or not isinstance(t, dict):
             return False
         values = [t.get("min_ms"), t.get("median_ms"), t.get("runs")]
+        values += [t[k] for k in ("faults", "alloc_ms") if k in t]  # optional fields
         if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in values):
             return False
     return True
