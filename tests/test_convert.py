@@ -1,6 +1,7 @@
 """Converted models compute exactly what the masked models compute."""
 
 import operator
+import sys
 
 import pytest
 import torch
@@ -315,7 +316,9 @@ def test_first_touch_cost_grows_with_the_bytes():
     from sgcnn.deploy import tuning
 
     assert tuning.first_touch_ms(0) == 0.0
-    assert tuning.first_touch_ms(64 << 20) == 2 * tuning.first_touch_ms(32 << 20) >= 0.0
+    assert tuning.first_touch_ms(64 << 20) == 2 * tuning.first_touch_ms(32 << 20)
+    if sys.platform.startswith("linux"):  # fresh anonymous pages fault in on first write
+        assert tuning.first_touch_ms(32 << 20) > 0.0
 
 
 def test_fusion_folds_batchnorm_relu_and_residual_into_layers():

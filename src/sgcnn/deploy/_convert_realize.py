@@ -12,6 +12,7 @@ from sgcnn.deploy import _arena, tuning
 from sgcnn.deploy import fast as F_
 from sgcnn.deploy._convert_checks import _Progress
 from sgcnn.deploy._convert_fusion import _Site
+from sgcnn.deploy._fast_base import output_numel
 from sgcnn.nn.masked import is_masked
 
 # --------------------------------------------------------------------- realizing
@@ -114,13 +115,10 @@ def _realize(
             for m in modules.values():  # outputs reused between calls, as in the converted model
                 m.arena_slot = (_arena.Arena(1), 0)
             results = tuning.time_candidates(calls, device)
-            if device.type == "cpu":  # allocating the output: see tuning.first_touch_ms
-                out_bytes = F_.output_numel(spec, site.input_shape) * x.element_size()
-                for label, m in modules.items():
-                    if label in results and not m.output_in_arena:
-                        faulted = results[label].get("faults", 0) * tuning.page_size()
-                        unseen = max(0, out_bytes - faulted)
-                        results[label]["alloc_ms"] = tuning.first_touch_ms(unseen)
+            if device.type == "cpu":
+                allocating = [label for label, m in modules.items() if not m.output_in_arena]
+                out_bytes = output_numel(spec, site.input_shape) * x.element_size()
+                tuning.charge_allocation(results, allocating, out_bytes)
             for m in modules.values():
                 m.arena_slot = None
             if not results:

@@ -128,8 +128,8 @@ class NativeGroupConv2d(_Fast):
 
     def _plan(self, x: torch.Tensor) -> _native.Plan:
         """The kernel's :class:`_native.Plan` for ``x``'s shape and the current geometry
-        settings, built on the first call and kept (about 25 us a call saved: ResNet-50 makes
-        53 such calls per image)."""
+        settings, built on the first call and kept (measured: about 8 us less per call;
+        ResNet-50 makes 53 such calls per forward pass)."""
         plans = self.__dict__.get("_plans")
         if plans is None:
             plans = self.__dict__["_plans"] = _native.Plans()

@@ -38,13 +38,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from sgcnn.deploy._fast_base import (
-    LayerSpec,
-    group_supports,
-    output_numel,
-    spec_from_layer,
-    useful_macs,
-)
+from sgcnn.deploy._fast_base import LayerSpec, group_supports, spec_from_layer, useful_macs
 from sgcnn.deploy._fast_dense import DenseConv2d, DenseLinear
 from sgcnn.deploy._fast_grouped import (
     GroupedConv2d,
@@ -74,7 +68,6 @@ __all__ = [
     "group_supports",
     "is_fast",
     "is_supported_layer",
-    "output_numel",
     "spec_from_layer",
     "useful_macs",
 ]

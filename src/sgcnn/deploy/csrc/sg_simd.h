@@ -16,6 +16,7 @@
    OFFS_SLACK readable entries past their end. */
 #define PF_AHEAD 12
 #define OFFS_SLACK 16
+_Static_assert(PF_AHEAD <= OFFS_SLACK, "the prefetch reads offsets past the end");
 
 #if defined(__AVX512F__)
 #define ISA "avx512f"
