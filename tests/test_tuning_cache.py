@@ -142,3 +142,30 @@ def test_time_candidates_stops_timing_clear_losers():
     assert results["close"]["runs"] == 2
     assert results["fast"]["runs"] == 6
     assert tuning.best(results) == "fast"
+
+
+def test_a_slow_first_call_is_not_judged_when_warming_up_twice():
+    """cuDNN's algorithm search makes a layer's first call on CUDA up to 5,000 times slower
+    than the next (measured on an H200): with two warm-up calls (the CUDA default) such a
+    candidate is timed and can win; with one it would be cut on its first call."""
+    import time
+
+    def first_call_slow():
+        state = {"calls": 0}
+
+        def call():
+            state["calls"] += 1
+            time.sleep(0.05 if state["calls"] == 1 else 0.001)
+
+        return call
+
+    def others():
+        return {"a": lambda: time.sleep(0.003), "b": lambda: time.sleep(0.003)}
+
+    cpu = torch.device("cpu")
+    once = tuning.time_candidates({"search": first_call_slow(), **others()}, cpu, warmup=1)
+    assert once["search"]["runs"] == 0 and tuning.best(once) != "search"
+    twice = tuning.time_candidates({"search": first_call_slow(), **others()}, cpu, warmup=2)
+    assert twice["search"]["runs"] > 0 and tuning.best(twice) == "search"
+    assert tuning.warmup_calls(torch.device("cuda")) == 2
+    assert tuning.warmup_calls(cpu) == 1
