@@ -163,11 +163,11 @@ def converted_half(grouped, x32, dtype, device, tune, fp32_converted):
         return copy.deepcopy(fp32_converted).to(dtype), f"fp32 conversion cast ({reason})"
 
 
-def run_batch(args, dense, grouped, device, batch: int) -> dict:
+def run_batch(args, dense, grouped, device, batch: int, rows: dict, save) -> dict:
+    """Fills ``rows`` (one entry per variant) and calls ``save()`` after each variant."""
     size = args.size
     torch.manual_seed(1)
     x32 = torch.randn(batch, 3, size, size, device=device)
-    rows: dict[str, dict] = {}
     reference: dict[str, torch.Tensor] = {}
 
     def section(label: str, make, dtype=torch.float32, ref_key: str | None = None):
@@ -187,12 +187,15 @@ def run_batch(args, dense, grouped, device, batch: int) -> dict:
                 row.update(difference(out, reference[ref_key]))
             row.update(time_model(fn, x, args.runs, args.warmup))
             rows[label] = row
+            add_speedups(rows)
+            save()
             return out
         except Exception as err:  # record it, keep going with the others
             row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
             if args.verbose:
                 traceback.print_exc()
             rows[label] = row
+            save()
             return None
 
     import copy
@@ -248,6 +251,11 @@ def run_batch(args, dense, grouped, device, batch: int) -> dict:
             dtype,
             f"masked_{tag}",
         )
+    return {"batch": batch, "models": rows}
+
+
+def add_speedups(rows: dict) -> None:
+    """Each timed row's speed-up over dense fp32 and over the fastest dense row so far."""
     base = rows.get("dense_fp32", {}).get("median_ms")
     best_dense = min(
         (r["median_ms"] for k, r in rows.items() if k.startswith("dense_") and "median_ms" in r),
@@ -259,7 +267,6 @@ def run_batch(args, dense, grouped, device, batch: int) -> dict:
             row["speedup_vs_best_dense"] = (
                 best_dense / row["median_ms"] if best_dense else float("nan")
             )
-    return {"batch": batch, "models": rows}
 
 
 def markdown(result: dict) -> str:
@@ -352,12 +359,19 @@ def main() -> int:
         "environment": environment(device),
         "batches": [],
     }
-    for i, batch in enumerate(args.batches):
-        result["batches"].append(run_batch(args, dense, grouped, device, batch))
-        result["complete"] = i == len(args.batches) - 1
+    result["complete"] = False
+
+    def save() -> None:  # after every variant: a run cut short keeps what it measured
         result["total_s"] = time.perf_counter() - t_start
-        if args.out:  # after every batch size: a run cut short keeps what it measured
+        if args.out:
             write(args.out, result, markdown(result))
+
+    for batch in args.batches:
+        entry = {"batch": batch, "models": {}}
+        result["batches"].append(entry)
+        entry.update(run_batch(args, dense, grouped, device, batch, entry["models"], save))
+    result["complete"] = True
+    save()
     print(markdown(result))
     if args.out:
         print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.md')}")
