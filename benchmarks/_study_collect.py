@@ -59,32 +59,48 @@ def _result(run_dir: Path, baseline: bool) -> dict | None:
     return {**rows[-1], "epochs": total_epochs(plan(config))}
 
 
-def _latency(path: Path, batch: int, threads: int) -> tuple[float | None, str]:
+def _deployable(path: Path, batch: int):
+    """The checkpoint as deployed on the CPU: converted (self-grouped) or fused (dense)."""
     import sgcnn
     from sgcnn.deploy.convert import fuse_dense
-    from sgcnn.metrics.latency import compare_latency
     from sgcnn.nn.masked import is_masked
 
-    torch.set_num_threads(threads)
     model, _, _ = ckpt.build_model(ckpt.load_checkpoint(path), str(path))
     model.eval()
     x = torch.randn(batch, 3, 32, 32)
-    try:
-        grouped = any(is_masked(m) for m in model.modules())
-        fast = sgcnn.convert(model, x) if grouped else fuse_dense(model, x)
-        with torch.inference_mode():
-            clock = "cpu" if threads == 1 else "wall"  # 1 thread: immune to preemption
-            ms = compare_latency({"m": fast}, x, runs=30, warmup=5, clock=clock)["m"]["median_ms"]
-    except Exception as err:  # one model that does not convert must not stop the table
-        return None, f"{type(err).__name__}: {err}"[:200]
-    return round(ms, 4), "converted" if grouped else "dense, fused"
+    grouped = any(is_masked(m) for m in model.modules())
+    fast = sgcnn.convert(model, x) if grouped else fuse_dense(model, x)
+    return fast, "converted" if grouped else "dense, fused"
+
+
+def _latencies(paths: dict[str, Path], batch: int, threads: int) -> dict[str, tuple]:
+    """``{run: (median ms or None, note)}``: every model built first, then all timed in the
+    same interleaved rounds (one model's slow moment is every model's), 100 rounds after 10
+    warm-up ones. One thread: the calling thread's CPU time, immune to preemption."""
+    from sgcnn.metrics.latency import compare_latency
+
+    torch.set_num_threads(threads)
+    models, out = {}, {}
+    for name, path in paths.items():
+        try:
+            models[name], out[name] = _deployable(path, batch)
+        except Exception as err:  # one model that does not convert must not stop the table
+            out[name] = (None, f"{type(err).__name__}: {err}"[:200])
+    x = torch.randn(batch, 3, 32, 32)
+    clock = "cpu" if threads == 1 else "wall"
+    with torch.inference_mode():
+        times = compare_latency(models, x, runs=100, warmup=10, clock=clock) if models else {}
+    for name, t in times.items():
+        out[name] = (round(t["median_ms"], 4), out[name])
+        print(f"  {name}: {out[name][0]} ms ({out[name][1]})", flush=True)
+    return out
 
 
 def collect(runs: Path, lenet: Path | None, out: Path, latency: bool, threads: int, batch: int):
     runs, out = runs.resolve(), out.resolve()
     study = json.loads((runs / STUDY_FILE).read_text()) if (runs / STUDY_FILE).is_file() else {}
     records = study.get("runs", {})
-    entries = []
+    entries, to_time = [], {}
     specs = [("baseline", None)] + [(r.name, r) for r in study_rows()]
     for name, row in specs:
         run_dir = runs / name
@@ -112,15 +128,20 @@ def collect(runs: Path, lenet: Path | None, out: Path, latency: bool, threads: i
             entry.update({k: result[k] for k in ("top1", "top5", "params", "flops", "epochs")})
             path = run_dir / result["checkpoint"]
             if latency and path.is_file():
-                entry["latency_ms"], entry["latency_note"] = _latency(path, batch, threads)
-                print(f"  {name}: {entry['latency_ms']} ms ({entry['latency_note']})", flush=True)
+                to_time[name] = path
             if name in CHECKPOINTS and path.is_file() and status == "done":
                 target = out / "checkpoints" / CHECKPOINTS[name]
                 atomic_write(target, lambda f, p=path: shutil.copyfileobj(p.open("rb"), f))
         entries.append(entry)
+    if to_time:
+        measured = _latencies(to_time, batch, threads)
+        for entry in entries:
+            if entry["run"] in measured:
+                entry["latency_ms"], entry["latency_note"] = measured[entry["run"]]
     out.mkdir(parents=True, exist_ok=True)
     doc = {
         "machine": study.get("machine", {}),
+        "baseline_machine": study.get("machine_baseline"),
         "archive": study.get("archive"),
         "quick": study.get("quick", False),
         "rows": entries,
@@ -224,20 +245,24 @@ def _markdown(doc: dict, records: dict) -> str:
                 f"ms; below 1.00x is faster): {order}."
             )
     lines += ["", "## How it was made", ""]
+    keys = ("gpu", "cuda", "cpu", "cores", "torch", "python", "date", "git")
+    bm = doc.get("baseline_machine")  # a baseline trained elsewhere, copied into the study
     lines.append(
-        "Training machine: "
-        + ", ".join(
-            f"{k} {m[k]}"
-            for k in ("gpu", "cuda", "cpu", "cores", "torch", "python", "date", "git")
-            if m.get(k) is not None
-        )
+        ("Fine-tuning machine: " if bm else "Training machine: ")
+        + ", ".join(f"{k} {m[k]}" for k in keys if m.get(k) is not None)
     )
+    if bm:
+        lines.append(
+            "Baseline training machine: "
+            + ", ".join(f"{k} {bm[k]}" for k in keys if bm.get(k) is not None)
+        )
     lat = doc.get("latency_machine")
     if lat:
         b = next((e["latency_batch"] for e in entries), None)
         t = next((e["latency_threads"] for e in entries), None)
         lines.append(
-            f"Latency: CPU, batch {b}, {t} threads, median of 30 runs after sgcnn.convert "
+            f"Latency: CPU, batch {b}, {t} threads, median of 100 interleaved rounds (all "
+            "models in one process) after sgcnn.convert "
             f"({'thread CPU time' if t == 1 else 'wall clock'}) "
             f"(baseline: dense with the same fusion), on {lat.get('host_cpu')}, torch "
             f"{lat.get('torch')}, {lat.get('date')}. l1filter is converted like the other "
