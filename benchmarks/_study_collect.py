@@ -56,7 +56,22 @@ def _result(run_dir: Path, baseline: bool) -> dict | None:
     if not rows:
         return None
     config = config_from_yaml((run_dir / "config.yaml").read_text(), str(run_dir))
-    return {**rows[-1], "epochs": total_epochs(plan(config))}
+    return {
+        **rows[-1],
+        "epochs": total_epochs(plan(config)),
+        "protocol": (config.data.val_fraction, config.train.select),
+    }
+
+
+def _protocol_text(protocol) -> str:
+    """How the reported epoch was chosen, from the baseline run's configuration."""
+    if not protocol:
+        return "(the epoch is chosen on validation images held out from train)"
+    fraction, select = protocol
+    if fraction == 0:
+        return f"(trained on all training images; the {select} epoch is kept: no validation split)"
+    held = round(50000 * fraction)
+    return f"(the epoch is chosen by {select} on {held:,} validation images held out from train)"
 
 
 def _deployable(path: Path, batch: int):
@@ -100,7 +115,7 @@ def collect(runs: Path, lenet: Path | None, out: Path, latency: bool, threads: i
     runs, out = runs.resolve(), out.resolve()
     study = json.loads((runs / STUDY_FILE).read_text()) if (runs / STUDY_FILE).is_file() else {}
     records = study.get("runs", {})
-    entries, to_time = [], {}
+    entries, to_time, protocol = [], {}, None
     specs = [("baseline", None)] + [(r.name, r) for r in study_rows()]
     for name, row in specs:
         run_dir = runs / name
@@ -126,6 +141,8 @@ def collect(runs: Path, lenet: Path | None, out: Path, latency: bool, threads: i
         }
         if result is not None:
             entry.update({k: result[k] for k in ("top1", "top5", "params", "flops", "epochs")})
+            if name == "baseline":
+                protocol = result["protocol"]
             path = run_dir / result["checkpoint"]
             if latency and path.is_file():
                 to_time[name] = path
@@ -142,6 +159,7 @@ def collect(runs: Path, lenet: Path | None, out: Path, latency: bool, threads: i
     doc = {
         "machine": study.get("machine", {}),
         "baseline_machine": study.get("machine_baseline"),
+        "protocol": _protocol_text(protocol),
         "archive": study.get("archive"),
         "quick": study.get("quick", False),
         "rows": entries,
@@ -189,7 +207,7 @@ def _markdown(doc: dict, records: dict) -> str:
         "Every row starts from the same baseline checkpoint, prunes the same layers (all 3x3 "
         "convolutions but the stem; the classifier stays dense) to the conv sparsity shown, "
         "and is fine-tuned with the same schedule. Top-1 / Top-5 on the 10,000 test images "
-        "(the epoch is chosen on 5,000 validation images held out from train). Mean over "
+        f"{doc.get('protocol', _protocol_text(None))}. Mean over "
         "seeds; spread = max - min. FLOPs are multiply-accumulates per image.",
         "",
         "| method | scheme | conv | seeds | Top-1 | spread | vs base | Top-5 | Params | FLOPs "

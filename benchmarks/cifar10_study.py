@@ -148,7 +148,9 @@ def cmd_run(args) -> int:
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     common = ["--data-root", str(args.archive.resolve()), "--device", args.device]
     quick = [*QUICK_SETS, "train.epochs=1"] if args.quick else []
-    base_sets = quick or [f"train.epochs={args.epochs}"]
+    # --full-train: all 50,000 training images, each run's last epoch (no validation split)
+    protocol = ["data.val_fraction=0", "train.select=last"] if args.full_train else []
+    base_sets = [*protocol, *(quick or [f"train.epochs={args.epochs}"])]
     print(f"baseline ({args.epochs if not args.quick else 1} epochs)", flush=True)
     study.run_all(
         [
@@ -175,6 +177,7 @@ def cmd_run(args) -> int:
             f"grouping.seed={row.seed}",
             f"train.seed={row.seed}",
             f"train.threads={threads}",
+            *protocol,
         ]
         sets += quick or [f"grouping.global_epochs={args.ft_epochs}"]
         commands.append(
@@ -279,6 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=80, help="baseline epochs")
     p.add_argument("--ft-epochs", type=int, default=12, help="global fine-tune epochs")
     p.add_argument("--quick", action="store_true", help="smoke test: 1 epoch of 4 batches")
+    p.add_argument(
+        "--full-train",
+        action="store_true",
+        help="train on all 50,000 images and keep each run's last epoch (no validation split)",
+    )
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("lenet", help="the LeNet-5 table on mnist5k (G and LG, CPU)")
     p.add_argument("--out", type=Path, required=True)
