@@ -32,3 +32,26 @@ def test_collect_on_an_empty_study_lists_every_row_as_missing(tmp_path):
     assert "missing: sg-LG-conv70-s0 (missing)" in table
     assert (tmp_path / "out" / "cifar10.png").stat().st_size > 0
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("full_train", [False, True])
+def test_full_train_reaches_the_baseline_and_every_row(tmp_path, monkeypatch, full_train):
+    """``--full-train`` trains every run on all training images and keeps its last epoch; without
+    it no run is told so (the recipes hold out a validation split)."""
+    launched = []
+
+    def run_all(self, commands):
+        launched.extend(commands)
+        checkpoint = tmp_path / "study" / "baseline" / "baseline" / "model.pt"
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.touch()
+
+    monkeypatch.setattr(study.Study, "run_all", run_all)
+    argv = ["run", "--archive", str(tmp_path / "c.tar.gz"), "--out", str(tmp_path / "study")]
+    assert study.main(argv + (["--full-train"] if full_train else [])) == 0
+    assert len(launched) == 19
+    for _, command in launched:
+        sets = {command[i + 1] for i, arg in enumerate(command) if arg == "--set"}
+        protocol = {"data.val_fraction=0", "train.select=last"}
+        assert (protocol <= sets) == full_train
+        assert not (protocol & sets) or full_train
