@@ -571,3 +571,21 @@ def test_timm_families_convert_exactly(name):
     model.eval()
     x = torch.randn(2, 3, 64, 64)
     _assert_equivalent(convert(model, x, tune=False), model, x)
+
+
+def test_per_group_loop_is_timed_on_cuda_only_when_asked_for():
+    """On CUDA the loop lost on every measured layer and cost most of the tuning time, so it is
+    a candidate there only by name; grouped and dense stay; the CPU's candidates are as before
+    (nothing runs: the candidates are listed, not built)."""
+    from sgcnn.deploy._convert_fusion import _Site
+    from sgcnn.deploy._convert_realize import _candidates
+
+    model = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1))
+    sgcnn.self_group_(model, 0.5, groups=4, kmeans=FAST_KMEANS, default_exclusions=False)
+    site = _Site("0", model[0], None, False, (1, 16, 8, 8), None)
+    _, cuda = _candidates(site, torch.device("cuda"), None)
+    assert "loop" not in cuda and "grouped" in cuda and "dense/nchw" in cuda
+    _, asked = _candidates(site, torch.device("cuda"), ("loop", "grouped"))
+    assert set(asked) == {"loop", "grouped"}
+    _, cpu = _candidates(site, torch.device("cpu"), ("loop", "grouped"))
+    assert set(cpu) == {"loop", "grouped"}
