@@ -174,8 +174,8 @@ def _fuse_sites(gm: fx.GraphModule, fuse: bool) -> list[tuple[_Site, fx.Node, li
                 if user is not None and _is_relu(user, modules):
                     relu, cur = True, user
                     chain.append(cur)
-        if not is_masked(layer) and len(chain) == 1:
-            continue  # a plain layer with nothing fused stays as it is
+        if not is_masked(layer) and len(chain) == 1 and not isinstance(layer, nn.Conv2d):
+            continue  # a plain linear layer with nothing fused stays as it is
         claimed.update(chain)
         name = str(node.target)
         if name in used_names:  # a layer called more than once: one fast module per call
