@@ -231,6 +231,37 @@ def test_call_plans_follow_the_input_shape_and_the_geometry_settings():
 
 
 @needs_native
+def test_a_plan_follows_the_layer_tensors_and_its_arena_buffer():
+    """A plan keeps the layer's own kernel arguments while their addresses stay the same:
+    after the weights are replaced (new storage, same parameter) the call reads the new
+    ones. In an arena the output view is handed out again for the same buffer, rebuilt for
+    a new one, and the floats behind it are zeros whatever was there before."""
+    from torch.nn import functional as F
+
+    from sgcnn.deploy._arena import Arena
+
+    spec = _plain_spec()
+    module = fast.NativeGroupConv2d.from_spec(spec, 4)
+    module.arena_slot = (Arena(1), 0)
+    x = torch.randn(2, 12, 9, 9)
+    with torch.inference_mode():
+        first = module(x)
+        _close(first, F.conv2d(x, spec.weight, spec.bias, 1, 1).relu())
+        assert module(x) is first  # the same view of the same arena buffer
+        with torch.inference_mode(False):
+            module.weights.data = module.weights.data * 2  # new storage, same parameter
+            module.bias.data = module.bias.data * 2
+        _close(module(x), F.conv2d(x, 2 * spec.weight, 2 * spec.bias, 1, 1).relu())
+        plan = module._plan(x)
+        with torch.inference_mode(False):  # as the arena makes its buffers
+            flat = torch.full((plan.numel + _native.SLACK + 7,), 5.0)
+        out = plan.output(flat, keep=True)
+        assert plan.output(flat, keep=True) is out and out.shape == plan.shape
+        assert bool((flat[plan.numel : plan.numel + _native.SLACK] == 0).all())
+        assert plan.output(flat.clone(), keep=True) is not out
+
+
+@needs_native
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_shares_of_one_block_on_several_threads(threads):
     """Batch 1 on a small map: one block of positions whose chunks are split into several work

@@ -48,17 +48,20 @@ class Arena:
     ) -> torch.Tensor:
         """A 1-D tensor of ``numel`` elements in ``slot``'s buffer of the calling thread (its
         contents are whatever the slot's last user left there)."""
-        device = torch.device(device)
-        ident = threading.get_ident()
-        buffers = self._buffers.get(ident)
+        return self.buffer(slot, numel, dtype, torch.device(device))[:numel]
+
+    def buffer(self, slot: int, numel: int, dtype: torch.dtype, device: torch.device):
+        """``slot``'s whole 1-D buffer of the calling thread, at least ``numel`` elements (the
+        same tensor call after call until a larger one is needed)."""
+        buffers = self._buffers.get(threading.get_ident())
         if buffers is None:
             with self._lock:
-                buffers = self._buffers.setdefault(ident, [None] * self.slots)
+                buffers = self._buffers.setdefault(threading.get_ident(), [None] * self.slots)
         buf = buffers[slot]
         if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
             with torch.inference_mode(False):  # a normal tensor: usable in and out of that mode
                 buf = buffers[slot] = torch.empty(numel, dtype=dtype, device=device)
-        return buf[:numel]
+        return buf
 
     def nbytes(self) -> int:
         """Bytes held by all threads' buffers."""

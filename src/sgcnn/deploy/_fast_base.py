@@ -243,3 +243,12 @@ def _taker(module: nn.Module, like: torch.Tensor):
         return None
     arena, index = slot
     return lambda numel: arena.take(index, numel, like.dtype, like.device)
+
+
+def _arena_buffer(module: nn.Module, like: torch.Tensor, numel: int) -> torch.Tensor | None:
+    """The module's whole arena buffer of at least ``numel`` elements (the same tensor call
+    after call), or None where :func:`_taker` would give none."""
+    slot = module.__dict__.get("arena_slot")
+    if slot is None or (like.requires_grad and torch.is_grad_enabled()):
+        return None
+    return slot[0].buffer(slot[1], numel, like.dtype, like.device)

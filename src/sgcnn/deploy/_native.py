@@ -133,7 +133,7 @@ class Plan:
     """What a call at one input shape needs besides the tensors: the output's shape and the C
     geometry structure, built once (a converted model calls each layer at the same shapes)."""
 
-    __slots__ = ("c_geo", "c_ref", "geo", "numel", "shape", "x_shape")
+    __slots__ = ("_out", "_static", "c_geo", "c_ref", "geo", "numel", "shape", "x_shape")
 
     def __init__(self, geo: Geometry, x_shape) -> None:
         self.geo, self.x_shape = geo, tuple(x_shape)
@@ -141,6 +141,42 @@ class Plan:
         self.numel = math.prod(self.shape)
         self.c_geo = geo.c_struct(x_shape)
         self.c_ref = ctypes.byref(self.c_geo)
+        self._static = None  # the kernel and the layer's own arguments (see call)
+        self._out = None  # the output view last made in an arena buffer (see output)
+
+    def call(self, x, entries, weights, chunks, rowmap, bias, residual, y, relu, tile) -> None:
+        """Run the kernel: ``y <- relu?(conv(x) + bias + residual?)``, ``x`` contiguous and of
+        this plan's shape. The layer's own arguments (its tensors' addresses and sizes, the
+        kernel) are gathered once and reused while those addresses stay the same, which is
+        checked on every call."""
+        key = (entries.data_ptr(), weights.data_ptr(), chunks.data_ptr(), rowmap.data_ptr())
+        key += (bias.data_ptr(), relu, tile)
+        static = self._static
+        if static is None or static[0] != key:
+            lib = _need()
+            mid = (key[0], entries.shape[0], key[1], chunks.shape[0], key[2], key[3], key[4])
+            tail = (int(relu), tile) if tile else (int(relu),)
+            kernel = lib.sg_wino_conv2d if tile else lib.sg_dg_conv2d
+            static = self._static = (key, kernel, mid, tail)
+        _, kernel, mid, tail = static
+        res = None if residual is None else residual.data_ptr()
+        status = kernel(x.data_ptr(), self.c_ref, *mid, res, y.data_ptr(), *tail)
+        if status != 0:
+            _raise(status, self.geo)
+
+    def output(self, flat: torch.Tensor, keep: bool = False) -> torch.Tensor:
+        """The output, in the first :attr:`numel` floats of the 1-D ``flat`` (at least
+        ``numel + SLACK`` long), whose :data:`SLACK` floats behind the output are zeroed (a
+        Winograd consumer's last tiles read them). ``keep``: ``flat`` is an arena buffer used
+        again call after call, so the view is kept and handed out again while ``flat`` is the
+        same buffer."""
+        out = self._out
+        if out is None or out._base is not flat:
+            out = flat[: self.numel].view(self.shape)
+            self._out = out if keep else None
+        size = flat.element_size()
+        ctypes.memset(flat.data_ptr() + self.numel * size, 0, SLACK * size)
+        return out
 
 
 class Plans(dict):
@@ -162,33 +198,18 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def _run(x, entries, weights, chunks, rowmap, bias, residual, plan: Plan, relu, y, tile):
-    lib = _need()
-    kernel = lib.sg_wino_conv2d if tile else lib.sg_dg_conv2d
-    if tuple(x.shape) != plan.x_shape:
-        raise ValueError(f"the plan is for inputs of shape {plan.x_shape}, not {tuple(x.shape)}")
-    geo = plan.geo
-    status = kernel(
-        _ptr(x),
-        plan.c_ref,
-        _ptr(entries),
-        entries.shape[0],
-        _ptr(weights),
-        chunks.shape[0],
-        _ptr(chunks),
-        _ptr(rowmap),
-        _ptr(bias),
-        _ptr(residual),
-        _ptr(y),
-        int(relu),
-        *((tile,) if tile else ()),
-    )
+def _raise(status: int, geo: Geometry):
     if status == -2:
         raise ValueError(f"block must be in 1..{max_block()}")
     if status == -3:
         raise ValueError(f"the Winograd kernel computes 3x3 stride-1 convolutions only, not {geo}")
-    if status != 0:
-        raise MemoryError("sgcnn native kernel: out of memory for its workspace")
+    raise MemoryError("sgcnn native kernel: out of memory for its workspace")
+
+
+def _run(x, entries, weights, chunks, rowmap, bias, residual, plan: Plan, relu, y, tile):
+    if tuple(x.shape) != plan.x_shape:
+        raise ValueError(f"the plan is for inputs of shape {plan.x_shape}, not {tuple(x.shape)}")
+    plan.call(x, entries, weights, chunks, rowmap, bias, residual, y, relu, tile)
 
 
 def conv2d(
@@ -209,13 +230,11 @@ def conv2d(
     x = x.contiguous()
     residual = residual.contiguous() if residual is not None else None
     plan = plan if plan is not None else Plan(geo, x.shape)
-    shape, numel = plan.shape, plan.numel
+    numel = plan.numel
     # Slack behind the output: a consumer running the junk columns of its last row may read
     # a few floats past the end of the last plane.
     flat = take(numel + SLACK) if take is not None else torch.empty(numel + SLACK, dtype=x.dtype)
-    # the slack is read by a Winograd consumer's last tiles: zeros, never stale values
-    ctypes.memset(flat.data_ptr() + numel * flat.element_size(), 0, SLACK * flat.element_size())
-    y = flat[:numel].view(shape)
+    y = plan.output(flat)  # the slack behind it zeroed: never stale values
     _run(x, entries, weights, chunks, rowmap, bias, residual, plan, relu, y, tile)
     return y
 
