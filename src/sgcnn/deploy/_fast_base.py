@@ -234,12 +234,20 @@ def _balanced_split(filters: torch.Tensor, size: int) -> list[torch.Tensor]:
     return [p for p in torch.tensor_split(filters, parts) if len(p)]
 
 
-def _taker(module: nn.Module, like: torch.Tensor):
-    """``take(numel)`` from the module's arena slot (see :mod:`sgcnn.deploy._arena`), if
-    convert planned one: a buffer of ``like``'s dtype on ``like``'s device. None when there is
-    no slot or autograd records the call (an ``out=`` tensor cannot be differentiated)."""
-    slot = getattr(module, "arena_slot", None)
+def _arena_slot(module: nn.Module, like: torch.Tensor) -> tuple | None:
+    """The module's ``(arena, slot)`` (see :mod:`sgcnn.deploy._arena`), if convert planned one
+    and autograd does not record the call (an ``out=`` tensor cannot be differentiated)."""
+    slot = module.__dict__.get("arena_slot")
     if slot is None or (like.requires_grad and torch.is_grad_enabled()):
+        return None
+    return slot
+
+
+def _taker(module: nn.Module, like: torch.Tensor):
+    """``take(numel)`` from the module's arena slot (:func:`_arena_slot`): a buffer of
+    ``like``'s dtype on ``like``'s device; None without a slot."""
+    slot = _arena_slot(module, like)
+    if slot is None:
         return None
     arena, index = slot
     return lambda numel: arena.take(index, numel, like.dtype, like.device)
@@ -247,8 +255,6 @@ def _taker(module: nn.Module, like: torch.Tensor):
 
 def _arena_buffer(module: nn.Module, like: torch.Tensor, numel: int) -> torch.Tensor | None:
     """The module's whole arena buffer of at least ``numel`` elements (the same tensor call
-    after call), or None where :func:`_taker` would give none."""
-    slot = module.__dict__.get("arena_slot")
-    if slot is None or (like.requires_grad and torch.is_grad_enabled()):
-        return None
-    return slot[0].buffer(slot[1], numel, like.dtype, like.device)
+    after call), or None without a slot (:func:`_arena_slot`)."""
+    slot = _arena_slot(module, like)
+    return None if slot is None else slot[0].buffer(slot[1], numel, like.dtype, like.device)

@@ -158,19 +158,13 @@ class NativeGroupConv2d(_Fast):
         # the registered operators, which tracers record.
         if _plain(x, residual):
             plan = self._plan(x)
-            x = x.contiguous()
             if self.accumulate and residual is not None:
                 _native.accumulate_(residual, x, *args, plan.geo, self.relu, self.tile, plan)
                 return residual
-            if residual is not None:
-                residual = residual.contiguous()
-            flat = _arena_buffer(self, x, plan.numel + _native.SLACK)
-            if flat is None:
-                y = plan.output(torch.empty(plan.numel + _native.SLACK, dtype=x.dtype))
-            else:
-                y = plan.output(flat, keep=True)
-            plan.call(x, *args, residual, y, self.relu, self.tile)
-            return y
+            buffer = _arena_buffer(self, x, plan.numel + _native.SLACK)
+            return _native.conv2d(
+                x, *args, residual, plan.geo, self.relu, self.tile, plan, buffer
+            )  # fmt: skip
         _refuse_onnx_export(self)
         geo = self.geometry()
         name = _native.OPERATORS[self.tile]

@@ -213,28 +213,30 @@ def _run(x, entries, weights, chunks, rowmap, bias, residual, plan: Plan, relu, 
 
 
 def conv2d(
-    x, entries, weights, chunks, rowmap, bias, residual, geo: Geometry, relu: bool, take=None,
-    tile: int = 0, plan: Plan | None = None,
+    x, entries, weights, chunks, rowmap, bias, residual, geo: Geometry, relu: bool,
+    tile: int = 0, plan: Plan | None = None, buffer: torch.Tensor | None = None,
 ):  # fmt: skip
     """Diverse group convolution (see the module docstring), float32 NCHW on CPU.
 
     ``entries`` int32 [E, 3] (input channel, ky, kx); ``chunks`` int64 [nchunks, 5] (entries,
     first entry, first weight, filters, first row of ``rowmap``); ``weights`` packed
     ``[entries, filters]`` per chunk; ``rowmap`` the output channel of every packed row.
-    ``take(numel)``, if given, supplies the output's flat storage (an arena's buffer).
     With ``tile`` m = 2 or 4 the kernel is Winograd's F(m x m, 3x3)
     (:mod:`sgcnn.deploy._fast_winograd`): ``entries`` int32 [E] are the groups' channels and
     ``weights`` the transformed filters. ``plan``: :class:`Plan` of ``geo`` at ``x``'s shape,
-    if the caller keeps one.
+    if the caller keeps one. ``buffer``: an arena buffer (1-D, at least the output's size plus
+    :data:`SLACK`, the same tensor call after call) that holds the output, else it is
+    allocated.
     """
     x = x.contiguous()
     residual = residual.contiguous() if residual is not None else None
     plan = plan if plan is not None else Plan(geo, x.shape)
-    numel = plan.numel
     # Slack behind the output: a consumer running the junk columns of its last row may read
-    # a few floats past the end of the last plane.
-    flat = take(numel + SLACK) if take is not None else torch.empty(numel + SLACK, dtype=x.dtype)
-    y = plan.output(flat)  # the slack behind it zeroed: never stale values
+    # a few floats past the end of the last plane (Plan.output zeroes it).
+    if buffer is None:
+        y = plan.output(torch.empty(plan.numel + SLACK, dtype=x.dtype))
+    else:
+        y = plan.output(buffer, keep=True)
     _run(x, entries, weights, chunks, rowmap, bias, residual, plan, relu, y, tile)
     return y
 
