@@ -21,9 +21,10 @@ forward passes (CUDA events around each), median and p10-p90 reported.
   conversion cast with ``.half()`` / ``.to(bfloat16)``; either way its output is compared
   with the masked model in the same precision (``max_abs_diff`` and the relative difference
   ``max|a - b| / max|b|`` in the JSON);
-- ``converted_cl_fp16`` / ``converted_cl_bf16``: that half-precision conversion with its weights
-  and input in channels-last memory, end to end like ``dense_cl_*`` (on an H200 the NCHW
-  conversion took 1.4x the channels-last dense time at batch 64).
+- ``converted_cl_fp16`` / ``converted_cl_bf16``: the half-precision conversion from a
+  channels-last example (every layer tuned in that layout), run with its weights and input in
+  channels-last memory, end to end like ``dense_cl_*`` (on an H200 the NCHW conversion took
+  1.4x the channels-last dense time at batch 64).
 
 Every variant runs in its own ``try``: one failure is recorded (``error``) and the others
 still run. Writes ``<out>.json`` (everything, with GPU, driver-side versions, date and
@@ -150,15 +151,18 @@ def build(name: str, size: int, conv: float, fc: float) -> tuple[nn.Module, nn.M
     return dense, grouped.eval(), time.perf_counter() - t0
 
 
-def converted_half(grouped, x32, dtype, device, tune, fp32_converted):
-    """The conversion in ``dtype``: converted directly in that precision, else the fp32
-    conversion cast. Returns (module, how it was made)."""
+def converted_half(grouped, x32, dtype, device, tune, fp32_converted, channels_last=False):
+    """The conversion in ``dtype``: converted directly in that precision (from a channels-last
+    example, so tuned in that layout, when ``channels_last``), else the fp32 conversion cast.
+    Returns (module, how it was made)."""
     import copy
 
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     try:
         model = copy.deepcopy(grouped).to(device=device, dtype=dtype)
-        conv = sgcnn.convert(model, x32.to(dtype), device=device, tune=tune, check=False)
-        return conv, f"converted in {dtype}"
+        example = x32.to(dtype).contiguous(memory_format=layout)
+        conv = sgcnn.convert(model, example, device=device, tune=tune, check=False)
+        return conv, f"converted in {dtype}" + (", channels-last example" if channels_last else "")
     except Exception as err:  # fall back to casting, and say why
         if fp32_converted is None:
             raise
@@ -255,13 +259,14 @@ def run_batch(args, dense, grouped, device, batch: int, rows: dict, save) -> dic
             return made["m"], note
 
         section(f"converted_{tag}", make_half, dtype, f"masked_{tag}")
-        if "m" in made:  # the same model run channels-last end to end, as the dense baseline
-            section(
-                f"converted_cl_{tag}",
-                lambda m=made["m"]: (ChannelsLast(m), "converted, channels-last"),
-                dtype,
-                f"masked_{tag}",
+
+        def make_cl(d=dtype):  # converted from a channels-last example, run channels-last
+            m, note = converted_half(
+                grouped, x32, d, device, not args.no_tune, conv32.get("m"), channels_last=True
             )
+            return ChannelsLast(m), note
+
+        section(f"converted_cl_{tag}", make_cl, dtype, f"masked_{tag}")
     return {"batch": batch, "models": rows}
 
 
@@ -304,8 +309,10 @@ def markdown(result: dict) -> str:
     for entry in result["batches"]:
         for label, row in entry["models"].items():
             if "error" in row:
-                lines.append(f"| {entry['batch']} | {label} | - | - | - | - | - | - | "
-                             f"failed: {row['error'][:120]} |")
+                lines.append(
+                    f"| {entry['batch']} | {label} | - | - | - | - | - | - | "
+                    f"failed: {row['error'][:120]} |"
+                )
                 continue
             diff = f"{row['rel_diff']:.1e}" if "rel_diff" in row else ""
             lines.append(
@@ -351,8 +358,11 @@ def main() -> int:
         args.runs, args.warmup = 5, 1
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("no CUDA device here (torch.cuda.is_available() is False); "
-              "use --device cpu for a smoke test", file=sys.stderr)
+        print(
+            "no CUDA device here (torch.cuda.is_available() is False); "
+            "use --device cpu for a smoke test",
+            file=sys.stderr,
+        )
         return 2
     torch.backends.cudnn.benchmark = True
     warnings.filterwarnings("ignore", category=UserWarning)

@@ -377,6 +377,51 @@ def test_fused_dense_baseline_is_exact():
     assert all(r["realization"].startswith("dense") for r in fused.sgcnn_conversion["layers"])
 
 
+def test_channels_last_example_is_tuned_and_kept_channels_last(monkeypatch):
+    """A channels-last example is how a user asks for a channels-last deployment (the fast
+    layout of cuDNN in half precision): every layer is tuned on channels-last inputs, under
+    its own cache key, and the result is exact in either layout and at another batch size."""
+    from sgcnn.deploy import tuning
+    from sgcnn.deploy._convert_fusion import _Site
+    from sgcnn.deploy._convert_realize import _tuning_inputs
+
+    monkeypatch.setenv("SGCNN_TUNING_CACHE", "0")
+    masked, x = _grouped("test_resnet")
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    converted = convert(masked, x_cl, tune=True, progress=False)
+    layers = converted.sgcnn_conversion["layers"]
+    convs = [r for r in layers if len(r["input_shape"]) == 4]
+    assert convs and all(r.get("channels_last") for r in convs)
+    assert any("times_ms" in r for r in convs)  # the tuner ran
+    _assert_equivalent(converted, masked, x_cl)  # the new input is plain NCHW
+    x_new = torch.randn(3, *x.shape[1:]).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x_new), masked(x_new), atol=1e-4, rtol=1e-4)
+
+    spec = fast.spec_from_layer(masked.get_submodule(convs[0]["name"]))
+    shape = convs[0]["input_shape"]
+    nchw = tuning.layer_key(spec, shape, None, torch.float32)
+    assert tuning.layer_key(spec, shape, None, torch.float32, channels_last=True) != nchw
+    site = _Site("c", None, None, False, (2, 8, 5, 5), (2, 8, 5, 5), channels_last=True)
+    for t in _tuning_inputs(site, torch.device("cpu"), torch.float32):
+        assert t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def test_dense_nhwc_mode_returns_the_layout_it_was_given():
+    conv = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1))
+    sgcnn.self_group_(conv, 0.5, groups=4, kmeans=FAST_KMEANS, default_exclusions=False)
+    module = fast.DenseConv2d.from_masked(conv[0], mode="nhwc")
+    x = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        want = conv(x)
+        plain = module(x)
+        kept = module(x.contiguous(memory_format=torch.channels_last))
+    assert plain.is_contiguous()  # NCHW in, NCHW out (what the next native layer reads)
+    assert kept.is_contiguous(memory_format=torch.channels_last) and not kept.is_contiguous()
+    torch.testing.assert_close(plain, want, atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(kept, want, atol=ATOL, rtol=RTOL)
+
+
 class _Untraceable(nn.Module):
     """Data-dependent control flow: torch.fx cannot trace it."""
 

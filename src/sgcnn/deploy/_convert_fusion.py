@@ -35,6 +35,7 @@ class _Site:
     relu: bool
     input_shape: tuple[int, ...]
     residual_shape: tuple[int, ...] | None
+    channels_last: bool = False  # the input arrives in channels-last memory (tuned that way)
 
 
 # ------------------------------------------------------------------ graph fusion
@@ -192,9 +193,18 @@ def _fuse_sites(gm: fx.GraphModule, fuse: bool) -> list[tuple[_Site, fx.Node, li
             relu,
             tuple(x.meta["tensor_meta"].shape),
             tuple(residual.meta["tensor_meta"].shape) if residual is not None else None,
+            _is_channels_last(x.meta["tensor_meta"]),
         )
         found.append((site, residual, chain))
     return found
+
+
+def _is_channels_last(meta) -> bool:
+    """A 4-D tensor laid out channels-last and not also plain contiguous (as 1x1 maps are)."""
+    if len(meta.shape) != 4:
+        return False
+    probe = torch.empty_strided(meta.shape, meta.stride, device="meta")
+    return probe.is_contiguous(memory_format=torch.channels_last) and not probe.is_contiguous()
 
 
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:

@@ -88,6 +88,18 @@ def _default_choice(labels: list[str], spec: F_.LayerSpec, masked: bool) -> str:
     return dense[0] if dense else labels[0]
 
 
+def _tuning_inputs(site: _Site, device: torch.device, dtype):
+    """Random input (and residual) of the layer's shape, in the memory layout the layer will
+    see in the converted model (channels-last when the example was)."""
+    layout = torch.channels_last if site.channels_last else torch.contiguous_format
+
+    def draw(shape):
+        return torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=layout)
+
+    residual = draw(site.residual_shape) if site.residual_shape is not None else None
+    return draw(site.input_shape), residual
+
+
 def _realize(
     site: _Site,
     device: torch.device,
@@ -101,18 +113,17 @@ def _realize(
         spec, factories = _candidates(site, device, ("dense",))
     progress.step(site.name, len(factories) if tune else 1)
     record: dict = {"name": site.name, "input_shape": list(site.input_shape)}
+    if site.channels_last:
+        record["channels_last"] = True
     if tune and len(factories) > 1:
         # timings cached by layer and machine (sgcnn.deploy.tuning): measured once
-        key = tuning.layer_key(spec, site.input_shape, site.residual_shape, dtype)
+        key = tuning.layer_key(
+            spec, site.input_shape, site.residual_shape, dtype, site.channels_last
+        )
         results = tuning.lookup(key, factories, device)
         if results is None:
             modules = {label: f().to(device) for label, f in factories.items()}
-            x = torch.randn(site.input_shape, device=device, dtype=dtype)
-            res = (
-                torch.randn(site.residual_shape, device=device, dtype=dtype)
-                if site.residual_shape is not None
-                else None
-            )
+            x, res = _tuning_inputs(site, device, dtype)
             calls = {
                 label: (lambda m=m: m(x, res) if res is not None else m(x))
                 for label, m in modules.items()

@@ -60,7 +60,9 @@ class DenseConv2d(_Fast):
             wc = self.weight.contiguous(memory_format=torch.channels_last)
             y = F.conv2d(
                 xc, wc, self.bias, self.stride, self.padding, self.dilation, self.conv_groups
-            ).contiguous()
+            )
+            if x.is_contiguous():  # back to the caller's layout; channels-last input stays so
+                y = y.contiguous()
         else:
             y = F.conv2d(
                 x,

@@ -21,7 +21,8 @@ What happens, in order:
    memory).
 4. **Realization**: every self-grouped layer (and every fused plain layer) becomes a fast
    module of :mod:`sgcnn.deploy.fast`. With ``tune=True`` each candidate realization is timed on
-   the target device at the example's shape (:mod:`sgcnn.deploy.tuning`) and the fastest kept; the
+   the target device at the example's shape and memory layout (:mod:`sgcnn.deploy.tuning`) and
+   the fastest kept; the
    measurements are stored on the result as ``model.sgcnn_conversion`` (and in files written
    by :mod:`sgcnn.exporting`), so they need not be measured again. A dense candidate is always
    among them, so no layer ends up slower than its dense version beyond measurement noise.
@@ -93,7 +94,8 @@ def convert(
     Args:
         model: a self-grouped model (see :func:`sgcnn.self_group_`); it is not modified.
         example_input: a tensor of the shape the model will run at (batch size included), or
-            that shape as a tuple; the per-layer choice is measured at this shape.
+            that shape as a tuple; the per-layer choice is measured at this shape and in
+            this tensor's memory layout (a channels-last example: tuned channels-last).
         device: where the converted model will run (default: the model's device).
         tune: measure the candidate realizations per layer and keep the fastest; ``False``
             picks without measuring (the native kernel when it can run).

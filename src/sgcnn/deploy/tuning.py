@@ -240,16 +240,18 @@ def _cache_file(device: torch.device) -> Path:
     return root / "tuning" / f"{name}.json"
 
 
-def layer_key(spec, input_shape, residual_shape, dtype) -> str:
+def layer_key(spec, input_shape, residual_shape, dtype, channels_last: bool = False) -> str:
     """What a layer's timings depend on: kind, weight shape, stride / padding / dilation,
-    convolution groups, fused epilogue, input shape (batch included), dtype, and the sizes of
-    its self-groups (filters, kept input channels)."""
+    convolution groups, fused epilogue, input shape (batch included), dtype, the sizes of
+    its self-groups (filters, kept input channels) and the input's memory layout."""
     sizes = sorted((len(f), len(c)) for f, c in spec.groups)
     parts = [
         spec.kind, list(spec.weight.shape), list(spec.stride), list(spec.padding),
         list(spec.dilation), spec.conv_groups, spec.relu, residual_shape is not None,
         list(input_shape), str(dtype), sizes,
     ]  # fmt: skip
+    if channels_last:  # NCHW keys stay as they were, so existing caches remain valid
+        parts.append("channels_last")
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
 
 
