@@ -94,6 +94,25 @@ def test_jit_trace_of_standard_realizations_follows_a_new_input():
 # ------------------------------------------------------------------------ hygiene
 
 
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next(line for line in f if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return set()
+    return set(line.split(":", 1)[1].split())
+
+
+@needs_native
+@pytest.mark.skipif(not _cpu_flags(), reason="needs /proc/cpuinfo")
+def test_kernels_use_the_widest_instruction_set_the_cpu_has():
+    """AVX-512F where the CPU has it (16 lanes), else AVX2 + FMA (8 lanes); on an AVX-512
+    machine the rest of this file then checks the 16-lane code paths."""
+    wide = "avx512f" in _cpu_flags()
+    assert _native_build.isa() == ("avx512f" if wide else "avx2")
+    assert _native_build.lanes() == (16 if wide else 8)
+
+
 def test_kernel_sources_are_shipped_c_files():
     csrc = resources.files("sgcnn.deploy").joinpath("csrc")
     assert "sg_dg_conv2d" in csrc.joinpath("dg_conv.c").read_text()
