@@ -305,3 +305,69 @@ def test_shares_of_one_block_on_several_threads(threads):
                 _close(module(x), want)
     finally:
         torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------ inputs it was not built for
+
+
+def _grouped_layer(padding: int = 1) -> nn.Module:
+    model = nn.Sequential(nn.Conv2d(16, 32, 3, padding=padding))
+    sgcnn.self_group_(
+        model, 0.5, groups=4, kmeans=KMeansSettings(n_init=1, max_iter=30),
+        default_exclusions=False,
+    )  # fmt: skip
+    return model[0]
+
+
+@pytest.mark.parametrize("kind", ["grouped", "loop", "native", "winograd", "matmul"])
+@pytest.mark.parametrize("shape", [(1, 8, 6, 6), (1, 24, 6, 6), (16, 6, 6)])
+def test_every_realization_refuses_an_input_of_another_channel_count(kind, shape):
+    """The native kernels would read past the input (or skip channels), a gather would drop
+    channels: each says what it expects instead."""
+    if kind in ("native", "winograd") and not _native.available():
+        pytest.skip("native kernel unavailable")
+    if kind == "matmul":
+        layer = nn.Sequential(nn.Conv2d(16, 32, 1))
+        sgcnn.self_group_(layer, 0.5, groups=4, default_exclusions=False)
+        module = fast.DenseConv2d.from_masked(layer[0], mode="matmul")
+    else:
+        module = fast.CONV_REALIZATIONS[kind].from_masked(_grouped_layer())
+    with pytest.raises(SgcnnError, match=r"expects an input of shape \[batch, 16, height"):
+        module(torch.randn(shape))
+
+
+@needs_native
+@pytest.mark.parametrize("kind", ["native", "winograd"])
+def test_native_kernels_handle_an_empty_batch_and_refuse_a_too_small_input(kind):
+    layer = _grouped_layer(padding=0)
+    module = fast.CONV_REALIZATIONS[kind].from_masked(layer)
+    with torch.no_grad():
+        empty = module(torch.randn(0, 16, 5, 5))
+        assert empty.shape == layer(torch.randn(0, 16, 5, 5)).shape == (0, 32, 3, 3)
+        x = torch.randn(2, 16, 3, 3)  # one output position
+        _close(module(x), layer(x))
+    for shape in [(1, 16, 2, 2), (1, 16, 0, 5)]:
+        with pytest.raises(ValueError, match="too small for a 3x3 kernel"):
+            module(torch.randn(shape))
+
+
+@needs_native
+def test_native_max_pool_gives_pytorchs_answer_on_empty_and_too_small_inputs():
+    from sgcnn.deploy._fast_pool import MaxPool2d
+
+    pool = MaxPool2d(3, 2)
+    assert pool(torch.randn(0, 4, 5, 5)).shape == (0, 4, 2, 2)
+    with pytest.raises(RuntimeError, match="Output size is too small"):
+        pool(torch.randn(1, 4, 2, 2))
+
+
+@needs_native
+@pytest.mark.parametrize("kind", ["native", "winograd"])
+def test_a_traced_program_refuses_an_input_with_fewer_channels(kind):
+    """A traced program calls the operators without the module's check; they guard their
+    reads themselves rather than run past the input's memory."""
+    module = fast.CONV_REALIZATIONS[kind].from_masked(_grouped_layer())
+    with torch.no_grad():
+        traced = torch.jit.trace(module, torch.randn(1, 16, 6, 6))
+        with pytest.raises((ValueError, RuntimeError), match="input has 8 channels"):
+            traced(torch.randn(1, 8, 6, 6))

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from sgcnn.deploy import _native
+from sgcnn.errors import SgcnnError
 from sgcnn.nn.masked import is_masked
 
 
@@ -190,6 +191,25 @@ class _Fast(nn.Module):
 
     def _dense_weight(self) -> torch.Tensor:
         raise NotImplementedError
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        """Refuse an input this layer was not built for: a native kernel would read past the
+        input's memory, a gather would silently drop or miss channels."""
+        if isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing():
+            return  # symbolic: no shapes (the native operators check the traced program's)
+        if self.kind == "conv":
+            if x.dim() == 4 and x.shape[1] == self.in_features:
+                return
+            want = f"[batch, {self.in_features}, height, width]"
+        else:
+            if x.dim() >= 1 and x.shape[-1] == self.in_features:
+                return
+            want = f"[..., {self.in_features}]"
+        raise SgcnnError(
+            f"{type(self).__name__} ({self.extra_repr()}) expects an input of shape {want}, "
+            f"got {list(x.shape)}; run the converted model on inputs shaped like the example "
+            "it was converted with (another batch size or image size is fine)"
+        )
 
     def _set_blocks(self, spec, in_index, out_index, weight, g: int, k: int, n_max: int) -> None:
         """Store a padded-groups realization: ``g`` blocks of ``k`` gathered inputs and

@@ -43,6 +43,7 @@ class DenseConv2d(_Fast):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         if self.mode == "matmul":
+            self._check_input(x)
             if self.stride != (1, 1):
                 x = x[:, :, :: self.stride[0], :: self.stride[1]]
             b, c, h, w = x.shape

@@ -85,6 +85,7 @@ class GroupedConv2d(_PaddedGroups):
         return weight[rows]
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        self._check_input(x)
         xg = x.index_select(1, self.in_index)
         yg = F.conv2d(xg, self.weight, None, self.stride, self.padding, self.dilation, self.blocks)
         y = yg.index_select(1, self.out_index).add_(self.bias.view(1, -1, 1, 1))
@@ -106,6 +107,7 @@ class GroupedLinear(_PaddedGroups):
         return weight[rows // self.block_out, :, rows % self.block_out]
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        self._check_input(x)
         lead = x.shape[:-1]
         rows = x.reshape(-1, x.shape[-1]).index_select(1, self.in_index)
         rows = rows.view(-1, self.blocks, self.block_in).transpose(0, 1)  # [G, M, K]
@@ -156,6 +158,7 @@ class GroupLoopConv2d(_GroupLoop):
     back into filter order: ``y = cat_j conv(x[:, S_j], W_j)[:, inverse] + bias``."""
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        self._check_input(x)
         outs = []
         for i, w in enumerate(self.weights):
             xi = x.index_select(1, getattr(self, f"in_index_{i}"))
@@ -168,6 +171,7 @@ class GroupLoopLinear(_GroupLoop):
     """One matrix product per group on its gathered inputs, outputs put back in order."""
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        self._check_input(x)
         outs = [
             F.linear(x.index_select(-1, getattr(self, f"in_index_{i}")), w)
             for i, w in enumerate(self.weights)

@@ -136,6 +136,7 @@ class NativeGroupConv2d(_Fast):
         key = (x.shape, self.out_pad, self.input_padded, self._vectors)
         plan = plans.get(key)
         if plan is None:
+            self._check_input(x)  # once per input shape: the kernel trusts the plan's shape
             if len(plans) > 16:  # many input shapes: start over rather than grow
                 plans.clear()
             plan = plans[key] = _native.Plan(self.geometry(), x.shape)
@@ -166,6 +167,7 @@ class NativeGroupConv2d(_Fast):
                 x, *args, residual, plan.geo, self.relu, self.tile, plan, buffer
             )  # fmt: skip
         _refuse_onnx_export(self)
+        self._check_input(x)
         geo = self.geometry()
         name = _native.OPERATORS[self.tile]
         if self.accumulate and residual is not None:

@@ -42,6 +42,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch.nn import functional as F
 from torch.utils.flop_counter import register_flop_formula
 
 from sgcnn.deploy._native_build import (
@@ -109,9 +110,18 @@ class Geometry:
     input_padded: bool = False
 
     def output_shape(self, x_shape) -> tuple[int, int, int, int]:
-        """``(batch, filters, out_h + 2 border_h, out_w + 2 border_w)``."""
+        """``(batch, filters, out_h + 2 border_h, out_w + 2 border_w)``; a ValueError when
+        ``x_shape`` is not 4-D or leaves no output position (as PyTorch's convolution)."""
+        if len(x_shape) != 4:
+            raise ValueError(f"expected a 4-D input [batch, channels, height, width]: {x_shape}")
         b, _, h, w = x_shape
         ho, wo = self._out_hw(h, w)
+        if ho < 1 or wo < 1:
+            raise ValueError(
+                f"an input of {h}x{w} is too small for a {self.kernel[0]}x{self.kernel[1]} "
+                f"kernel with padding {self.padding}, stride {self.stride} and dilation "
+                f"{self.dilation}: no output position"
+            )
         return (b, self.filters, ho + 2 * self.border[0], wo + 2 * self.border[1])
 
     def _out_hw(self, h: int, w: int) -> tuple[int, int]:
@@ -209,6 +219,8 @@ def _raise(status: int, geo: Geometry):
 def _run(x, entries, weights, chunks, rowmap, bias, residual, plan: Plan, relu, y, tile):
     if tuple(x.shape) != plan.x_shape:
         raise ValueError(f"the plan is for inputs of shape {plan.x_shape}, not {tuple(x.shape)}")
+    if plan.numel == 0:  # an empty batch: nothing to compute (the kernel needs one image)
+        return
     plan.call(x, entries, weights, chunks, rowmap, bias, residual, y, relu, tile)
 
 
@@ -285,6 +297,19 @@ _GEOMETRY = (
 )
 
 
+def _check_channels(x: torch.Tensor, entries: torch.Tensor, tile: int) -> None:
+    """The operators' guard (a traced or saved program calls them without the fast module's
+    own check of the input): every input channel the kernel reads must exist in ``x``."""
+    if x.dim() != 4:
+        raise ValueError(f"expected a 4-D input [batch, channels, height, width]: {x.shape}")
+    channels = entries if tile else entries[:, 0]
+    if channels.numel() and int(channels.max()) >= x.shape[1]:
+        raise ValueError(
+            f"this layer reads input channel {int(channels.max())}, but the input has "
+            f"{x.shape[1]} channels; run the program on inputs shaped like its example"
+        )
+
+
 def _register(tile: int, flops_per_weight) -> tuple:
     """The operators ``sgcnn::<name>`` and ``sgcnn::<name>_accumulate_`` of one kernel
     (``name = OPERATORS[tile]``)."""
@@ -297,6 +322,7 @@ def _register(tile: int, flops_per_weight) -> tuple:
     )
     def op(x, entries, weights, chunks, rowmap, bias, residual, *geo_relu) -> torch.Tensor:
         geo, relu = _geo(*geo_relu[:-1]), geo_relu[-1]
+        _check_channels(x, entries, tile)
         return conv2d(x, entries, weights, chunks, rowmap, bias, residual, geo, relu, tile=tile)
 
     @op.register_fake
@@ -310,6 +336,7 @@ def _register(tile: int, flops_per_weight) -> tuple:
     )
     def op_acc(residual, x, entries, weights, chunks, rowmap, bias, *geo_relu) -> None:
         geo, relu = _geo(*geo_relu[:-1]), geo_relu[-1]
+        _check_channels(x, entries, tile)
         accumulate_(residual, x, entries, weights, chunks, rowmap, bias, geo, relu, tile)
 
     @op_acc.register_fake
@@ -381,6 +408,8 @@ def max_pool2d(
     ho = pool_output_size(h, kernel[0], stride[0], padding[0], ceil_mode)
     wo = pool_output_size(w, kernel[1], stride[1], padding[1], ceil_mode)
     numel = b * c * ho * wo
+    if ho < 1 or wo < 1 or numel == 0:  # PyTorch's error for a too small input, or empty
+        return F.max_pool2d(x, kernel, stride, padding, ceil_mode=ceil_mode)
     flat = take(numel) if take is not None else torch.empty(numel, dtype=x.dtype)
     y = flat.view(b, c, ho, wo)
     lib.sg_max_pool2d(_ptr(x), _ptr(y), b * c, h, w, *kernel, *stride, *padding, ho, wo)
