@@ -371,3 +371,41 @@ def test_a_traced_program_refuses_an_input_with_fewer_channels(kind):
         traced = torch.jit.trace(module, torch.randn(1, 16, 6, 6))
         with pytest.raises((ValueError, RuntimeError), match="input has 8 channels"):
             traced(torch.randn(1, 8, 6, 6))
+
+
+@needs_native
+@pytest.mark.parametrize("kind", ["native", "winograd"])
+def test_native_layers_refuse_other_dtypes_and_a_backward_pass(kind):
+    """A float64 input had been read as float32 (corrupting the heap). An input that needs a
+    gradient had silently left the autograd graph; it now runs through the operator, and a
+    backward pass fails loudly (the kernels have none)."""
+    layer = _grouped_layer()
+    module = fast.CONV_REALIZATIONS[kind].from_masked(layer)
+    x = torch.randn(1, 16, 6, 6)
+    with torch.no_grad():
+        module(x)  # a plan for this shape exists: the type is checked all the same
+        for dtype in (torch.float64, torch.bfloat16):
+            with pytest.raises(SgcnnError, match="computes float32 on the CPU"):
+                module(x.to(dtype))
+    needs_grad = x.clone().requires_grad_()
+    y = module(needs_grad)  # inference without torch.no_grad() still works
+    with torch.no_grad():
+        _close(y, layer(x))
+    with pytest.raises(RuntimeError, match="no autograd formula"):
+        y.sum().backward()
+    traced = torch.jit.trace(module, x)
+    with pytest.raises((ValueError, RuntimeError), match="computes float32 on the CPU"):
+        traced(x.double())
+
+
+@needs_native
+def test_native_max_pool_falls_back_to_pytorch_when_a_gradient_is_needed():
+    from sgcnn.deploy._fast_pool import MaxPool2d
+
+    x = torch.randn(1, 4, 7, 7, requires_grad=True)
+    MaxPool2d(3, 2, 1)(x).sum().backward()
+    want = torch.randn(1, 4, 7, 7, requires_grad=True)
+    with torch.no_grad():
+        want.copy_(x)
+    nn.MaxPool2d(3, 2, 1)(want).sum().backward()
+    torch.testing.assert_close(x.grad, want.grad)

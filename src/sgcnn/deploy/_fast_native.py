@@ -133,10 +133,11 @@ class NativeGroupConv2d(_Fast):
         plans = self.__dict__.get("_plans")
         if plans is None:
             plans = self.__dict__["_plans"] = _native.Plans()
-        key = (x.shape, self.out_pad, self.input_padded, self._vectors)
+        key = (x.shape, x.dtype, x.is_cpu, self.out_pad, self.input_padded, self._vectors)
         plan = plans.get(key)
-        if plan is None:
-            self._check_input(x)  # once per input shape: the kernel trusts the plan's shape
+        if plan is None:  # checked once per input shape and type: the kernel trusts the plan
+            self._check_input(x)
+            _check_float32_cpu(self, x)
             if len(plans) > 16:  # many input shapes: start over rather than grow
                 plans.clear()
             plan = plans[key] = _native.Plan(self.geometry(), x.shape)
@@ -157,7 +158,13 @@ class NativeGroupConv2d(_Fast):
         # (about 15 us of Python a call); anything else (fake or functional tensors of
         # torch.export, torch.jit.trace, a dispatch mode such as FlopCounterMode) goes through
         # the registered operators, which tracers record.
-        if _plain(x, residual):
+        # An input that needs a gradient also takes the operators: the kernels have no
+        # backward pass, and a backward through the operator fails loudly where a direct call
+        # would silently cut the graph.
+        grad = torch.is_grad_enabled() and (
+            x.requires_grad or (residual is not None and residual.requires_grad)
+        )
+        if not grad and _plain(x, residual):
             plan = self._plan(x)
             if self.accumulate and residual is not None:
                 _native.accumulate_(residual, x, *args, plan.geo, self.relu, self.tile, plan)
@@ -168,9 +175,10 @@ class NativeGroupConv2d(_Fast):
             )  # fmt: skip
         _refuse_onnx_export(self)
         self._check_input(x)
+        _check_float32_cpu(self, x)
         geo = self.geometry()
         name = _native.OPERATORS[self.tile]
-        if self.accumulate and residual is not None:
+        if self.accumulate and residual is not None and not grad:
             op = getattr(torch.ops.sgcnn, f"{name}_accumulate_")
             op(residual, x, *args, *_native.op_args(geo), self.relu)
             return residual
@@ -203,6 +211,18 @@ def _plain(*tensors) -> bool:
         and _get_current_dispatch_mode() is None
         and not torch.jit.is_tracing()
     )
+
+
+def _check_float32_cpu(module: nn.Module, x: torch.Tensor) -> None:
+    if isinstance(x, torch.fx.Proxy):
+        return
+    if x.dtype != torch.float32 or not x.is_cpu:
+        raise SgcnnError(
+            f"{type(module).__name__} runs sgcnn's native kernel, which computes float32 on "
+            f"the CPU; got a {str(x.dtype).removeprefix('torch.')} input on {x.device}. Feed "
+            "float32 CPU inputs, or convert again with an example of that dtype and device "
+            "(sgcnn.convert(model, example)), which picks realizations that run there"
+        )
 
 
 def _refuse_onnx_export(module: nn.Module) -> None:

@@ -28,6 +28,7 @@ class MaxPool2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         args = (list(self.kernel_size), list(self.stride), list(self.padding), self.ceil_mode)
         native = x.dim() == 4 and x.dtype == torch.float32 and x.device.type == "cpu"
+        native = native and not (x.requires_grad and torch.is_grad_enabled())  # no backward
         if native and _native.available() and not torch.onnx.is_in_onnx_export():
             if _plain(x):
                 return _native.max_pool2d(x, *args, _taker(self, x))

@@ -299,9 +299,11 @@ _GEOMETRY = (
 
 def _check_channels(x: torch.Tensor, entries: torch.Tensor, tile: int) -> None:
     """The operators' guard (a traced or saved program calls them without the fast module's
-    own check of the input): every input channel the kernel reads must exist in ``x``."""
+    own check of the input): a float32 CPU input with every channel the kernel reads."""
     if x.dim() != 4:
         raise ValueError(f"expected a 4-D input [batch, channels, height, width]: {x.shape}")
+    if x.dtype != torch.float32 or x.device.type != "cpu":
+        raise ValueError(f"the native kernel computes float32 on the CPU: {x.dtype} on {x.device}")
     channels = entries if tile else entries[:, 0]
     if channels.numel() and int(channels.max()) >= x.shape[1]:
         raise ValueError(
