@@ -409,3 +409,22 @@ def test_native_max_pool_falls_back_to_pytorch_when_a_gradient_is_needed():
         want.copy_(x)
     nn.MaxPool2d(3, 2, 1)(want).sum().backward()
     torch.testing.assert_close(x.grad, want.grad)
+
+
+@pytest.mark.parametrize("kind", ["native", "winograd", "grouped", "loop"])
+@pytest.mark.parametrize("relu", [False, True])
+def test_nan_inputs_stay_nan_through_every_realization(kind, relu):
+    """A NaN in the input gives NaN where the masked layer gives NaN (ReLU included: the
+    native epilogue had turned NaN into 0, hiding a corrupt input behind a finite answer)."""
+    if kind in ("native", "winograd") and not _native.available():
+        pytest.skip("native kernel unavailable")
+    layer = _grouped_layer()
+    module = fast.CONV_REALIZATIONS[kind].from_masked(layer, relu=relu)
+    x = torch.randn(2, 16, 7, 7)
+    x[0, :, 2, 3] = float("nan")
+    with torch.no_grad():
+        want = layer(x).relu() if relu else layer(x)
+        got = module(x)
+    assert want.isnan().any() and torch.equal(got.isnan(), want.isnan())
+    ok = ~want.isnan()
+    _close(got[ok], want[ok])

@@ -235,14 +235,14 @@ int sg_dg_conv2d(const float* x, const sg_geometry* geo, const int32_t* ent, int
               if (se - s >= VL) { /* masked stores are slow on some CPUs: full vectors */
                 vf v = V_ADD(V_LOAD(o + (s - q0)), bv);
                 if (rr) v = V_ADD(v, V_LOAD(rr + yy * Wo + xx));
-                if (relu) v = V_MAX(v, V_ZERO());
+                if (relu) v = V_RELU(v);
                 _mm_storeu_ps_any(yr + yy * Wy + xx, v);
                 continue;
               }
               const vmask mm = v_mask(se - s);
               vf v = V_ADD(V_LOADM(mm, o + (s - q0)), bv);
               if (rr) v = V_ADD(v, V_LOADM(mm, rr + yy * Wo + xx));
-              if (relu) v = V_MAX(v, V_ZERO());
+              if (relu) v = V_RELU(v);
               V_STOREM(yr + yy * Wy + xx, mm, v);
             }
             q = (yy + 1) * wq;

@@ -61,6 +61,9 @@ static inline vmask v_mask(int64_t n) {
 #error "sgcnn's native kernels need AVX-512F or AVX2 with FMA"
 #endif
 #define PBMAX (VL * VB)
+/* ReLU that keeps NaN, as torch.relu does: max_ps returns its second operand when either is
+   NaN, so the value goes second (V_MAX(v, 0) would turn NaN into 0). */
+#define V_RELU(v) V_MAX(V_ZERO(), (v))
 
 /* The convolution's geometry (mirrored by the ctypes structure in _native_build.py). */
 typedef struct {
@@ -129,11 +132,11 @@ static inline __attribute__((always_inline)) void kfbody(
       vf v = V_ADD(acc[i][j], b);
       if (j < V - 1 || valid >= VL) {
         if (ri) v = V_ADD(v, V_LOAD(ri + VL * j));
-        if (relu) v = V_MAX(v, V_ZERO());
+        if (relu) v = V_RELU(v);
         _mm_storeu_ps_any(yi + VL * j, v);
       } else {
         if (ri) v = V_ADD(v, V_LOADM(ml, ri + VL * j));
-        if (relu) v = V_MAX(v, V_ZERO());
+        if (relu) v = V_RELU(v);
         V_STOREM(yi + VL * j, ml, v);
       }
     }

@@ -83,12 +83,12 @@ static inline vf v_to_lanes(vf v) {
 static inline void store_part(float* p, const float* r, vf v, int64_t n, int relu) {
   if (n >= VL) {
     if (r) v = V_ADD(v, V_LOAD(r));
-    if (relu) v = V_MAX(v, V_ZERO());
+    if (relu) v = V_RELU(v);
     _mm_storeu_ps_any(p, v);
   } else {
     const vmask m = v_mask(n);
     if (r) v = V_ADD(v, V_LOADM(m, r));
-    if (relu) v = V_MAX(v, V_ZERO());
+    if (relu) v = V_RELU(v);
     V_STOREM(p, m, v);
   }
 }
