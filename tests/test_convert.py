@@ -407,6 +407,27 @@ def test_channels_last_example_is_tuned_and_kept_channels_last(monkeypatch):
         assert t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
 
 
+@pytest.mark.parametrize(
+    ("kernel", "padding", "dilation", "realized"),
+    [(3, "same", 1, True), (3, "valid", 1, True), (4, "same", 2, True), (4, "same", 1, False)],
+)
+def test_string_padding_is_realized_where_it_is_symmetric(kernel, padding, dilation, realized):
+    """``padding="same"`` / ``"valid"`` are explicit sizes in disguise, except where PyTorch
+    pads one side more (an even kernel at odd dilation): that layer is left as it is."""
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, kernel, padding=padding, dilation=dilation),
+    )
+    sgcnn.self_group_(model, 0.5, groups=4, kmeans=FAST_KMEANS, default_exclusions=False)
+    model.eval()
+    x = torch.randn(2, 3, 12, 12)
+    converted = convert(model, x, tune=False, progress=False)
+    names = {r["name"] for r in converted.sgcnn_conversion["layers"]}
+    assert ("2" in names) == realized
+    _assert_equivalent(converted, model, x)
+
+
 def test_dense_nhwc_mode_returns_the_layout_it_was_given():
     conv = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1))
     sgcnn.self_group_(conv, 0.5, groups=4, kmeans=FAST_KMEANS, default_exclusions=False)

@@ -97,6 +97,18 @@ def _fold_bn(weight, bias, bn: nn.modules.batchnorm._BatchNorm | None):
 
 
 @torch.no_grad()
+def explicit_padding(layer: nn.Conv2d) -> tuple[int, int] | None:
+    """The layer's zero padding per side as ``(ph, pw)``; ``padding="valid"`` is 0 and
+    ``padding="same"`` is ``dilation * (kernel - 1) / 2`` where that is whole (None where
+    PyTorch pads one side more, e.g. an even kernel)."""
+    if not isinstance(layer.padding, str):
+        return tuple(layer.padding)
+    if layer.padding == "valid":
+        return (0, 0)
+    total = [d * (k - 1) for d, k in zip(layer.dilation, layer.kernel_size, strict=True)]
+    return None if any(t % 2 for t in total) else tuple(t // 2 for t in total)
+
+
 def spec_from_layer(layer: nn.Module, bn: nn.Module | None = None, relu: bool = False) -> LayerSpec:
     """The :class:`LayerSpec` of a (masked or plain) Conv2d / Linear, with ``bn`` folded in."""
     weight = layer.masked_weight() if is_masked(layer) else layer.weight
@@ -116,15 +128,16 @@ def spec_from_layer(layer: nn.Module, bn: nn.Module | None = None, relu: bool = 
             for i in range(conv_groups)
         ]
     if isinstance(layer, nn.Conv2d):
-        if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
-            raise ValueError("only zero padding with explicit sizes is supported")
+        padding = explicit_padding(layer)
+        if layer.padding_mode != "zeros" or padding is None:
+            raise ValueError("only zero padding, the same on both sides, is supported")
         return LayerSpec(
             "conv",
             weight,
             bias,
             groups,
             tuple(layer.stride),
-            tuple(layer.padding),
+            padding,
             tuple(layer.dilation),
             conv_groups,
             relu,

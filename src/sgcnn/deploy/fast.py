@@ -38,7 +38,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from sgcnn.deploy._fast_base import LayerSpec, group_supports, spec_from_layer, useful_macs
+from sgcnn.deploy._fast_base import (
+    LayerSpec,
+    explicit_padding,
+    group_supports,
+    spec_from_layer,
+    useful_macs,
+)
 from sgcnn.deploy._fast_dense import DenseConv2d, DenseLinear
 from sgcnn.deploy._fast_grouped import (
     GroupedConv2d,
@@ -100,5 +106,5 @@ def is_fast(module: nn.Module) -> bool:
 def is_supported_layer(module: nn.Module) -> bool:
     """Conv2d / Linear layers a fast module can realize (masked or plain)."""
     if isinstance(module, (MaskedConv2d, nn.Conv2d)):
-        return module.padding_mode == "zeros" and not isinstance(module.padding, str)
+        return module.padding_mode == "zeros" and explicit_padding(module) is not None
     return isinstance(module, (MaskedLinear, nn.Linear))
