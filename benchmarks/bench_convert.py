@@ -55,7 +55,13 @@ CHANNEL_PRUNED_MACS = 1_760_000_000  # Torch-Pruning's L1 ResNet-50 at 1.76 GMAC
 
 
 def run_model(
-    name: str, batch_sizes, runs: int, warmup: int, breakdown: bool, clock: str, tune: bool,
+    name: str,
+    batch_sizes,
+    runs: int,
+    warmup: int,
+    breakdown: bool,
+    clock: str,
+    tune: bool,
     size=None,
 ) -> dict:
     conv_p, fc_p, default_size = CONFIGS[name]

@@ -306,7 +306,7 @@ def collect(args) -> int:
         "",
         f"Study wall time: {study.get('wall_s')} s over {study.get('invocations')} `run` "
         f"invocation(s), {study.get('jobs')} rows at a time; device {study.get('device')}; "
-        f"quick (smoke) run: {study.get('quick')}. \"run s\" is each row's own run time.",
+        f'quick (smoke) run: {study.get("quick")}. "run s" is each row\'s own run time.',
         "",
         "Machine: " + ", ".join(f"{k} {v}" for k, v in env.items() if v is not None),
         "",

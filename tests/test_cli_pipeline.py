@@ -24,7 +24,6 @@ DATA = [
 ]
 
 
-
 def _row(run, name):
     return next(
         r for r in read_metrics(run / "metrics.jsonl") if r["event"] == "row" and r["name"] == name

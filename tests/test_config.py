@@ -132,8 +132,10 @@ def test_every_shipped_recipe_resolves():
         config = resolve_config(recipe, ["model.checkpoint=weights.pt"])
         # baseline recipes train only; transfer recipes fine-tune a checkpoint and
         # `sgcnn transfer --scheme` picks the scheme
-        assert config.grouping.scheme in ("G", "LG") or name.endswith("_baseline") or (
-            "transfer" in name
+        assert (
+            config.grouping.scheme in ("G", "LG")
+            or name.endswith("_baseline")
+            or ("transfer" in name)
         )
         assert config.report.paper or name.startswith(("resnet56", "resnet20"))
 

@@ -12,7 +12,6 @@ from sgcnn.cli.main import main
 REPORT_FILES = ("report.md", "report.json", "accuracy_vs_flops.png", "config.yaml", "metrics.jsonl")
 
 
-
 def _check_report(out, names):
     for name in REPORT_FILES:
         assert (out / name).is_file(), name

@@ -22,7 +22,6 @@ from sgcnn.errors import SgcnnError
 CIFAR_ARCHIVE = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.tar.gz"
 
 
-
 def tiny(**sections) -> dict:
     """A recipe that runs in about a second: test_convnet on 128 synthetic 16x16 images."""
     recipe = {

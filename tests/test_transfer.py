@@ -24,7 +24,6 @@ RECIPE = {
 }
 
 
-
 def _source(tmp_path, grouped: bool) -> str:
     model = sgcnn.create_model("test_resnet")
     if grouped:

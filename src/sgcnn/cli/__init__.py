@@ -1,4 +1,5 @@
 """The ``sgcnn`` command line (see :mod:`sgcnn.cli.main`)."""
+
 # Sub-commands in the order `sgcnn --help` lists them, with their one-line help. Each lives in
 # the module `sgcnn.cli.<name>` (its `register(subparsers)` adds its parser); the table lets the
 # top-level parser list every command without importing the modules and their dependencies.

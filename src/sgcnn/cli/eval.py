@@ -33,9 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("--split", choices=["test", "val", "train"], default="test")
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per batch (256)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    add_set_arg(
-        p, "data.KEY=VALUE", help="override a dataset key, e.g. --set data.image_size=32"
-    )
+    add_set_arg(p, "data.KEY=VALUE", help="override a dataset key, e.g. --set data.image_size=32")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
