@@ -396,6 +396,8 @@ def test_native_layers_refuse_other_dtypes_and_a_backward_pass(kind):
     traced = torch.jit.trace(module, x)
     with pytest.raises((ValueError, RuntimeError), match="computes float32 on the CPU"):
         traced(x.double())
+    with torch.no_grad(), pytest.raises(ValueError, match="must stay contiguous float32"):
+        module.double()(x)  # the weights cast, not the input: read as float32 they are garbage
 
 
 @needs_native

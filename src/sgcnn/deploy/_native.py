@@ -162,7 +162,8 @@ class Plan:
         key = (entries.data_ptr(), weights.data_ptr(), chunks.data_ptr(), rowmap.data_ptr())
         key += (bias.data_ptr(), relu, tile)
         static = self._static
-        if static is None or static[0] != key:
+        if static is None or static[0] != key:  # first call, or the layer's tensors moved
+            _check_layer_tensors(weights, bias)
             lib = _need()
             mid = (key[0], entries.shape[0], key[1], chunks.shape[0], key[2], key[3], key[4])
             tail = (int(relu), tile) if tile else (int(relu),)
@@ -187,6 +188,18 @@ class Plan:
         size = flat.element_size()
         ctypes.memset(flat.data_ptr() + self.numel * size, 0, SLACK * size)
         return out
+
+
+def _check_layer_tensors(weights: torch.Tensor, bias: torch.Tensor) -> None:
+    """The kernels read the layer's weights and bias as contiguous float32 CPU memory; a
+    layer cast with ``.double()`` / ``.half()`` or moved to a GPU would be read as garbage."""
+    for t in (weights, bias):
+        if t.dtype != torch.float32 or not t.is_cpu or not t.is_contiguous():
+            raise ValueError(
+                "a native layer's weights must stay contiguous float32 on the CPU (found "
+                f"{t.dtype} on {t.device}); convert the model again for another dtype or "
+                "device instead of casting or moving the converted one"
+            )
 
 
 class Plans(dict):
