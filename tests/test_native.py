@@ -430,3 +430,19 @@ def test_nan_inputs_stay_nan_through_every_realization(kind, relu):
     assert want.isnan().any() and torch.equal(got.isnan(), want.isnan())
     ok = ~want.isnan()
     _close(got[ok], want[ok])
+
+
+@needs_native
+@pytest.mark.parametrize("kind", ["native", "winograd"])
+def test_a_residual_of_another_shape_or_type_is_refused(kind):
+    """The kernels read the residual element by element: a smaller one was read past its end
+    (where PyTorch's addition raises or broadcasts)."""
+    module = fast.CONV_REALIZATIONS[kind].from_masked(_grouped_layer())
+    x = torch.randn(1, 16, 8, 8)
+    with torch.no_grad():
+        module(x, torch.randn(1, 32, 8, 8))
+        for residual in (torch.randn(1, 32, 4, 4), torch.randn(2, 32, 8, 8), torch.randn(32, 1, 1)):
+            with pytest.raises(ValueError, match="adds residuals of the same shape and type"):
+                module(x, residual)
+        with pytest.raises(ValueError, match="adds residuals of the same shape and type"):
+            module(x, torch.randn(1, 32, 8, 8, dtype=torch.float64))

@@ -143,11 +143,15 @@ class Plan:
     """What a call at one input shape needs besides the tensors: the output's shape and the C
     geometry structure, built once (a converted model calls each layer at the same shapes)."""
 
-    __slots__ = ("_out", "_static", "c_geo", "c_ref", "geo", "numel", "shape", "x_shape")
+    __slots__ = (
+        "_out", "_static", "c_geo", "c_ref", "geo", "numel", "residual_shape", "shape", "x_shape"
+    )  # fmt: skip
 
     def __init__(self, geo: Geometry, x_shape) -> None:
         self.geo, self.x_shape = geo, tuple(x_shape)
         self.shape = geo.output_shape(x_shape)
+        b, n, h, w = self.shape  # a residual is the output without its border
+        self.residual_shape = (b, n, h - 2 * geo.border[0], w - 2 * geo.border[1])
         self.numel = math.prod(self.shape)
         self.c_geo = geo.c_struct(x_shape)
         self.c_ref = ctypes.byref(self.c_geo)
@@ -232,6 +236,14 @@ def _raise(status: int, geo: Geometry):
 def _run(x, entries, weights, chunks, rowmap, bias, residual, plan: Plan, relu, y, tile):
     if tuple(x.shape) != plan.x_shape:
         raise ValueError(f"the plan is for inputs of shape {plan.x_shape}, not {tuple(x.shape)}")
+    if residual is not None and (
+        residual.shape != plan.residual_shape or residual.dtype != torch.float32
+    ):  # the kernel reads it element by element, as float32
+        raise ValueError(
+            f"the residual added to this layer's output (float32 {list(plan.residual_shape)}) "
+            f"is {str(residual.dtype).removeprefix('torch.')} {list(residual.shape)}; the "
+            "native kernel adds residuals of the same shape and type only"
+        )
     if plan.numel == 0:  # an empty batch: nothing to compute (the kernel needs one image)
         return
     plan.call(x, entries, weights, chunks, rowmap, bias, residual, y, relu, tile)
