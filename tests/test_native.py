@@ -359,6 +359,8 @@ def test_native_max_pool_gives_pytorchs_answer_on_empty_and_too_small_inputs():
     assert pool(torch.randn(0, 4, 5, 5)).shape == (0, 4, 2, 2)
     with pytest.raises(RuntimeError, match="Output size is too small"):
         pool(torch.randn(1, 4, 2, 2))
+    with pytest.raises(RuntimeError, match="pad should be at most half"):
+        MaxPool2d(2, 2, padding=2)(torch.randn(1, 4, 5, 5))  # windows of padding alone
 
 
 @needs_native
