@@ -435,7 +435,8 @@ def max_pool2d(
     ho = pool_output_size(h, kernel[0], stride[0], padding[0], ceil_mode)
     wo = pool_output_size(w, kernel[1], stride[1], padding[1], ceil_mode)
     numel = b * c * ho * wo
-    if ho < 1 or wo < 1 or numel == 0 or any(2 * p > k for p, k in zip(padding, kernel)):
+    too_padded = 2 * padding[0] > kernel[0] or 2 * padding[1] > kernel[1]
+    if ho < 1 or wo < 1 or numel == 0 or too_padded:
         # PyTorch's answer: an empty output, or its error (too small an input; padding over
         # half the kernel, where a window could hold nothing but padding)
         return F.max_pool2d(x, kernel, stride, padding, ceil_mode=ceil_mode)
