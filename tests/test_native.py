@@ -448,3 +448,19 @@ def test_a_residual_of_another_shape_or_type_is_refused(kind):
                 module(x, residual)
         with pytest.raises(ValueError, match="adds residuals of the same shape and type"):
             module(x, torch.randn(1, 32, 8, 8, dtype=torch.float64))
+
+
+@needs_native
+def test_an_accumulating_layer_adds_a_channels_last_residual_out_of_place():
+    """In a channels-last conversion a dense shortcut hands over a channels-last residual,
+    which the in-place accumulation cannot take: it is added out of place, unchanged."""
+    layer = _grouped_layer()
+    module = fast.CONV_REALIZATIONS["native"].from_masked(layer)
+    module.accumulate = True
+    x = torch.randn(2, 16, 6, 6)
+    residual = torch.randn(2, 32, 6, 6).contiguous(memory_format=torch.channels_last)
+    kept = residual.clone()
+    with torch.no_grad():
+        got = module(x, residual)
+        _close(got, layer(x) + kept)
+    torch.testing.assert_close(residual, kept, rtol=0, atol=0)

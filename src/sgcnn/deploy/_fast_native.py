@@ -166,7 +166,9 @@ class NativeGroupConv2d(_Fast):
         )
         if not grad and _plain(x, residual):
             plan = self._plan(x)
-            if self.accumulate and residual is not None:
+            # (a channels-last residual, from a dense layer of a channels-last conversion,
+            # is added out of place)
+            if self.accumulate and residual is not None and residual.is_contiguous():
                 _native.accumulate_(residual, x, *args, plan.geo, self.relu, self.tile, plan)
                 return residual
             buffer = _arena_buffer(self, x, plan.numel + _native.SLACK)
@@ -178,7 +180,7 @@ class NativeGroupConv2d(_Fast):
         _check_float32_cpu(self, x)
         geo = self.geometry()
         name = _native.OPERATORS[self.tile]
-        if self.accumulate and residual is not None and not grad:
+        if self.accumulate and residual is not None and not grad and residual.is_contiguous():
             op = getattr(torch.ops.sgcnn, f"{name}_accumulate_")
             op(residual, x, *args, *_native.op_args(geo), self.relu)
             return residual
