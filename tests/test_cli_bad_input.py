@@ -34,6 +34,8 @@ def files(tmp_path_factory):
     (root / "half.pt").write_bytes((root / "g.pt").read_bytes()[:300])
     (root / "latin1.yaml").write_bytes("model:\n  name: caf\xe9\n".encode("latin-1"))
     (root / "a_file").write_text("I am a file")
+    (root / "empty.yaml").write_text("")
+    (root / "model_int.yaml").write_text("model: 3\n")
     (root / "existing.pt2").write_text("keep me")
     (root / "existing.json").write_text("keep me")
     (root / "recipe_dir.yaml").mkdir()
@@ -173,6 +175,61 @@ def _cases():
         "count-classes-0": ["count", *model, "--num-classes", "0"],
         "train-classes-0": ["train", *model, "--num-classes", "0", *DATA],
         "models-bad-source": ["models", "--source", "nowhere"],
+        # two outputs naming one file: one would silently replace the other
+        "convert-output-is-report": [
+            "convert",
+            *GROUPED,
+            "--no-tune",
+            "--overwrite",
+            "--output",
+            "{root}/s.pt2",
+            "--report",
+            "{root}/s.pt2",
+        ],
+        "bench-output-is-csv": [
+            "bench",
+            *model,
+            "--output",
+            "{root}/s.json",
+            "--csv",
+            "{root}/./s.json",
+        ],
+        # seeds the random generators cannot take
+        "group-seed-neg": [
+            "group",
+            *model,
+            "--conv-sparsity",
+            "0.5",
+            "--seed",
+            "-1",
+            "--output",
+            "{root}/new",
+        ],
+        "train-seed-huge": ["train", *model, *DATA, "--seed", "99999999999999999999"],
+        # patterns that match nothing, found before anything is trained or written
+        "group-exclude-nothing": [
+            "group",
+            *model,
+            "--conv-sparsity",
+            "0.5",
+            "--exclude",
+            "fc9",
+            "--output",
+            "{root}/n",
+        ],
+        "finetune-include-nothing": [
+            "finetune",
+            "--checkpoint",
+            "{ckpt}",
+            "--conv",
+            "0.5",
+            *DATA,
+            "--set",
+            "grouping.include=[nomatch]",
+        ],
+        "finetune-twice-the-target": ["finetune", *GROUPED, "--conv", "0.5", "0.5", *DATA],
+        "run-empty-recipe": ["run", "{root}/empty.yaml"],
+        "run-section-not-a-mapping": ["run", "{root}/model_int.yaml"],
     }
     return list(cases.items())
 

@@ -74,7 +74,8 @@ def test_set_values_are_converted_to_the_field_types():
         (None, ["optim.nesterov=maybe"], "optim.nesterov must be true or false"),
         (None, ["optim.lr"], "--set expects key.sub=value"),
         (None, ["optim.lr.x=1"], "optim.lr has no sub-keys"),
-        ({"optim": 0.1}, [], "optim must be a mapping"),
+        ({"optim": 0.1}, [], "recipe section 'optim' must be a mapping"),
+        ({"model": 3}, [], "recipe section 'model' must be a mapping"),
     ],
 )
 def test_unknown_keys_and_wrong_types_are_errors(recipe, sets, message):
@@ -95,7 +96,14 @@ def test_unknown_keys_and_wrong_types_are_errors(recipe, sets, message):
         (["train.device=tpu"], "train.device must be auto, cpu, cuda or cuda:N"),
         (["train.batch_size=0"], "train.batch_size must be >= 1"),
         (["train.epochs=0"], "model.checkpoint is not set"),
-        (["finetune.lr=0"], "finetune.lr must be > 0"),
+        (["finetune.lr=0"], "finetune.lr must be finite and > 0"),
+        (["optim.lr=.inf"], "optim.lr must be finite and > 0"),
+        (["optim.momentum=2"], "optim.momentum must be below 1"),
+        (["optim.min_lr=1"], "the schedule would raise the learning rate"),
+        (["optim.milestones=[5, 2]"], "optim.milestones must be increasing"),
+        (["train.seed=-1"], "train.seed must be an integer in"),
+        (["grouping.scheme=G", "grouping.conv=[0.5]", "grouping.seed=-1"], "grouping.seed must"),
+        (["grouping.scheme=G", "grouping.conv=[0.5, 0.5]"], "names a target twice"),
         (["train.select=val_top5"], "train.select must be one of"),
     ],
 )

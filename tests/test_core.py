@@ -280,3 +280,23 @@ def test_centroid_pruning_equals_the_flattened_list_rule():
         threshold = np.percentile(values, 100 * p)
         assert torch.equal(keep, centroids > threshold)
         assert torch.equal(new_mask, mask & (centroids > threshold)[labels])
+
+
+def test_patterns_that_match_nothing_and_bad_seeds_are_errors():
+    """A typo in an exclude pattern or override would prune what was meant to be kept; a
+    string is one pattern, not a list of its characters."""
+    from sgcnn.errors import SgcnnError
+
+    def fresh():
+        return sgcnn.create_model("test_convnet")
+
+    model = fresh()
+    sgcnn.self_group_(model, 0.5, groups=2, exclude="fc1")
+    assert not isinstance(model.fc1, MaskedLinear) and isinstance(model.fc2, MaskedLinear)
+    with pytest.raises(SgcnnError, match="exclude pattern 'fc9' matches no"):
+        sgcnn.self_group_(fresh(), 0.5, groups=2, exclude=["fc9"])
+    with pytest.raises(SgcnnError, match="override pattern 'nomatch\\*' matches none"):
+        sgcnn.self_group_(fresh(), 0.5, groups=2, overrides={"nomatch*": {"sparsity": 0.3}})
+    for seed in (-1, 1.5, 2**32):
+        with pytest.raises(SgcnnError, match="seed must be an integer"):
+            sgcnn.self_group_(fresh(), 0.5, groups=2, seed=seed)

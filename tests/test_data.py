@@ -315,6 +315,9 @@ def test_imagefolder_tree_errors(tmp_path):
     with pytest.raises(SgcnnError, match="holds no class folders"):
         build_datasets(DataConfig(name="imagefolder", root=str(empty)))
     (empty / "train" / "cat").mkdir()
+    with pytest.raises(SgcnnError, match=r"one class folder \(cat\); a classifier needs"):
+        build_datasets(DataConfig(name="imagefolder", root=str(empty)))
+    (empty / "train" / "dog").mkdir()
     with pytest.raises(SgcnnError, match="has no images"):
         build_datasets(DataConfig(name="imagefolder", root=str(empty)))
     no_train = tmp_path / "no_train"

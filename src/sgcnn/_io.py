@@ -63,6 +63,21 @@ def check_output_path(path: str | os.PathLike, overwrite: bool, flag: str = "--o
     return path
 
 
+def check_output_paths(overwrite: bool, paths: dict[str, str | os.PathLike | None]) -> None:
+    """:func:`check_output_path` for each ``{flag: path}`` given (None: not asked for), and
+    no two of them the same file (one output would silently replace the other)."""
+    seen: dict[Path, str] = {}
+    for flag, path in paths.items():
+        if path is None:
+            continue
+        resolved = check_output_path(path, overwrite, flag).resolve()
+        if resolved in seen:
+            raise SgcnnError(
+                f"{seen[resolved]} and {flag} both name {str(path)!r}; give each its own file"
+            )
+        seen[resolved] = flag
+
+
 def check_output_dir(path: str | os.PathLike, flag: str = "--output") -> Path:
     """Fail early unless ``path`` can be created (or filled) as a folder."""
     path = Path(path)

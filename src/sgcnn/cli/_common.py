@@ -121,6 +121,14 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+def seed_int(text: str) -> int:
+    """A random seed: an integer in [0, 2**32 - 1] (argparse type)."""
+    value = _int_at_least(text, 0)
+    if value > 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"{value} is above {2**32 - 1}, the largest seed")
+    return value
+
+
 def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)

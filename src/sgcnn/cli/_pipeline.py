@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sgcnn._io import check_output_dir
-from sgcnn.cli._common import parse_ratio, positive_int
+from sgcnn.cli._common import parse_ratio, positive_int, seed_int
 from sgcnn.engine.checkpoint import FORMAT
 from sgcnn.engine.config import Config, resolve_config
 from sgcnn.engine.recipes import load_recipe
@@ -45,7 +45,7 @@ def add_run_args(p: argparse.ArgumentParser, output_help: str = "runs/<name>") -
     p.add_argument(
         "--batch-size", type=positive_int, help="images per process per step (train.batch_size)"
     )
-    p.add_argument("--seed", type=int, help="training seed (train.seed)")
+    p.add_argument("--seed", type=seed_int, help="training seed (train.seed)")
 
 
 def add_sparsity_args(p: argparse.ArgumentParser, when: str = "") -> None:

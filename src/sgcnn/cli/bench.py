@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from sgcnn._io import check_output_path, write_text
+from sgcnn._io import check_output_paths, write_text
 from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import (
     add_model_args,
@@ -70,9 +70,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     batch_sizes = parse_batch_sizes(args.batch_sizes)
-    for path, flag in ((args.output, "--output"), (args.csv, "--csv")):
-        if path is not None:
-            check_output_path(path, args.overwrite, flag)
+    check_output_paths(args.overwrite, {"--output": args.output, "--csv": args.csv})
     resolve_device(args.device, torch.nn.Module())  # fail before any work
     model, name, size = model_for_example(args, max(batch_sizes))
     if args.threads is not None:

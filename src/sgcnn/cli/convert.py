@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from sgcnn import exporting
-from sgcnn._io import check_output_path
+from sgcnn._io import check_output_paths
 from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import (
     add_model_args,
@@ -40,10 +40,8 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     require_grouped_checkpoint(args)
-    check_output_path(args.output, args.overwrite)
+    check_output_paths(args.overwrite, {"--output": args.output, "--report": args.report})
     check_pt2_name(args.output)
-    if args.report:
-        check_output_path(args.report, args.overwrite, "--report")
     model, name, size = model_for_example(args, args.batch_size)
     if args.threads is not None:
         torch.set_num_threads(args.threads)

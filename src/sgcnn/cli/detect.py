@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from sgcnn.cli import COMMANDS
+from sgcnn.cli._common import seed_int
 from sgcnn.cli._pipeline import command_line, shortcut_sets
 from sgcnn.engine.recipes import find_recipe, recipe_dir
 from sgcnn.errors import SgcnnError
@@ -55,7 +56,7 @@ def register(subparsers) -> None:
     s.add_argument("--train-images", type=int, default=200)
     s.add_argument("--val-images", type=int, default=50)
     s.add_argument("--image-size", type=int, default=128)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=seed_int, default=0)
     s.set_defaults(func=_synth)
 
 

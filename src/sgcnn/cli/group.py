@@ -14,6 +14,7 @@ from sgcnn.cli._common import (
     input_size_for,
     load_model_from_args,
     parse_ratio,
+    seed_int,
     write_json,
 )
 from sgcnn.core.grouper import SelfGrouper
@@ -27,7 +28,7 @@ def register(subparsers) -> None:
     p.add_argument("--conv-sparsity", type=parse_ratio, required=True, help="e.g. 0.7")
     p.add_argument("--fc-sparsity", type=parse_ratio, help="default: the conv sparsity")
     p.add_argument("--groups", type=int, default=16, help="self-groups per layer (default 16)")
-    p.add_argument("--seed", type=int, default=0, help="k-means seed (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="k-means seed (default 0)")
     p.add_argument("--include", action="append", help="only layers matching (fnmatch); repeat")
     p.add_argument("--exclude", action="append", help="skip layers matching (fnmatch); repeat")
     p.add_argument("--output", type=Path, required=True, help="folder for model.pt, summary.json")

@@ -120,6 +120,11 @@ def _check_groups(value) -> None:
         raise SgcnnError(f"groups must be an integer >= 1 (the paper uses 16), got {value!r}")
 
 
+def _check_seed(value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2**32 - 1:
+        raise SgcnnError(f"seed must be an integer in [0, 2**32 - 1], got {value!r}")
+
+
 class SelfGrouper:
     """Self-groups the selected layers of ``model`` in place (see the module docstring).
 
@@ -149,6 +154,7 @@ class SelfGrouper:
         kmeans: KMeansSettings | None = None,
     ) -> None:
         _check_groups(groups)
+        _check_seed(seed)
         self.model = model
         self.groups = groups
         self.seed = seed
@@ -171,6 +177,12 @@ class SelfGrouper:
         self.selection: Selection = select_layers(
             model, include, exclude, example, default_exclusions
         )
+        for pattern in self.overrides:
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in self.selection.layers):
+                raise SgcnnError(
+                    f"override pattern {pattern!r} matches none of the layers to self-group "
+                    f"(e.g. {', '.join(self.selection.layers[:6])})"
+                )
         self._prepare()
 
     def _prepare(self) -> None:

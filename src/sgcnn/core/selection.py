@@ -90,6 +90,18 @@ def _branches_from(graph: Graph, users: dict[int, list[int]], source: int, other
         node, hops = n.inputs[0], hops + 1
 
 
+def _patterns(patterns, what: str) -> list[str]:
+    """``patterns`` as a list of strings (one string is one pattern, not its characters)."""
+    if patterns is None:
+        return []
+    if isinstance(patterns, str):
+        return [patterns]
+    patterns = list(patterns)
+    if not all(isinstance(p, str) for p in patterns):
+        raise SgcnnError(f"{what} patterns must be strings, got {patterns!r}")
+    return patterns
+
+
 def select_layers(
     model: nn.Module,
     include: Sequence[str] | None = None,
@@ -99,9 +111,11 @@ def select_layers(
 ) -> Selection:
     """Choose the layers of ``model`` to self-group (see the module docstring).
 
-    Raises :class:`SgcnnError` when an ``include`` pattern matches no layer or when nothing is
-    left to self-group.
+    Raises :class:`SgcnnError` when an ``include`` or ``exclude`` pattern matches no layer (a
+    typo would otherwise prune what was meant to be kept) or when nothing is left to
+    self-group. A single pattern may be given as a string.
     """
+    include, exclude = _patterns(include, "include"), _patterns(exclude, "exclude")
     candidates = [
         (name, m) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))
     ]
@@ -118,6 +132,13 @@ def select_layers(
             raise SgcnnError(
                 f"include pattern {pattern!r} matches no Conv2d / Linear layer with more than "
                 f"one input channel per filter; candidates are e.g. {', '.join(names[:6])}"
+            )
+    every = [name for name, _ in candidates]
+    for pattern in exclude or ():
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in every):
+            raise SgcnnError(
+                f"exclude pattern {pattern!r} matches no Conv2d / Linear layer; layers are "
+                f"e.g. {', '.join(every[:6])}"
             )
     if include:
         chosen = [n for n in chosen if any(fnmatch.fnmatchcase(n, p) for p in include)]

@@ -199,6 +199,11 @@ def _class_names(train: Path) -> list[str]:
             f"{train} holds no class folders. Put each class's images in its own subfolder, "
             "e.g. train/cat/0001.jpg."
         )
+    if len(names) == 1:  # every prediction would be right: Top-1 100 % of nothing
+        raise SgcnnError(
+            f"{train} holds one class folder ({names[0]}); a classifier needs at least 2 "
+            "classes, each in its own subfolder."
+        )
     return names
 
 

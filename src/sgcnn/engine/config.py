@@ -204,9 +204,14 @@ def resolve_config(recipe: dict | None = None, sets: list[str] | None = None) ->
     if recipe is not None:
         if not isinstance(recipe, dict):
             raise SgcnnError(f"a recipe must be a mapping of sections, got {recipe!r}")
-        for key in recipe:
+        for key, section in recipe.items():
             if key not in defaults:
                 raise unknown_key_error(str(key), "", list(defaults))
+            if isinstance(defaults[key], dict) and not isinstance(section, dict):
+                raise SgcnnError(
+                    f"recipe section {key!r} must be a mapping of settings (e.g. "
+                    f"{key}: {{...}}), got {section!r}"
+                )
     overrides = [parse_set(text) for text in sets or []]
 
     def layered(base: dict) -> dict:
@@ -246,10 +251,19 @@ def validate(config: Config) -> None:
         _positive(f"{section}.lr", o.lr, allow_zero=False)
         for name in ("momentum", "weight_decay", "gamma", "min_lr", "warmup_epochs"):
             _positive(f"{section}.{name}", getattr(o, name))
+        if o.momentum >= 1:
+            raise SgcnnError(f"{section}.momentum must be below 1 (e.g. 0.9), got {o.momentum}")
+        if o.min_lr > o.lr:
+            raise SgcnnError(
+                f"{section}.min_lr ({o.min_lr}) is above {section}.lr ({o.lr}): the schedule "
+                "would raise the learning rate; give a min_lr <= lr"
+            )
         if o.step_size < 1:
             raise SgcnnError(f"{section}.step_size must be >= 1 epoch, got {o.step_size}")
-        if any(m < 0 for m in o.milestones):
-            raise SgcnnError(f"{section}.milestones must be epochs >= 0, got {o.milestones}")
+        if any(m < 0 for m in o.milestones) or list(o.milestones) != sorted(set(o.milestones)):
+            raise SgcnnError(
+                f"{section}.milestones must be increasing epochs >= 0, got {o.milestones}"
+            )
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device):
         raise SgcnnError(f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}")
     for name in ("epochs", "workers", "threads", "limit_batches"):
@@ -259,6 +273,7 @@ def validate(config: Config) -> None:
         if getattr(t, name) < 1:
             raise SgcnnError(f"train.{name} must be >= 1, got {getattr(t, name)}")
     _positive("train.save_every_min", t.save_every_min)
+    _seed("train.seed", t.seed)
     if config.model.reset_classifier and not config.model.checkpoint:
         raise SgcnnError(
             "model.reset_classifier needs model.checkpoint: the trained model whose classifier "
@@ -302,6 +317,13 @@ def _validate_grouping(g: GroupingConfig) -> None:
             _ratio(f"grouping.fc[{i}]", p)
     if g.fc_cap is not None:
         _ratio("grouping.fc_cap", g.fc_cap)
+    targets = list(zip(g.conv, g.fc if g.fc is not None else g.conv, strict=True))
+    if len(set(targets)) != len(targets):
+        raise SgcnnError(
+            f"grouping.conv {g.conv} names a target twice; each target is one row (and one "
+            "folder), so give each once"
+        )
+    _seed("grouping.seed", g.seed)
     if not 0 < g.lg_step < 1:
         raise SgcnnError(f"grouping.lg_step must be in (0, 1), e.g. 0.1, got {g.lg_step}")
     if g.groups < 1:
@@ -319,9 +341,17 @@ def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
 
 
 def _positive(name: str, value: float, allow_zero: bool = True) -> None:
-    if math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
-        raise SgcnnError(f"{name} must be {bound}, got {value}")
+        raise SgcnnError(f"{name} must be finite and {bound}, got {value}")
+
+
+SEED_MAX = 2**32 - 1  # what NumPy's and scikit-learn's generators take
+
+
+def _seed(name: str, value: int) -> None:
+    if not 0 <= value <= SEED_MAX:
+        raise SgcnnError(f"{name} must be an integer in [0, {SEED_MAX}], got {value}")
 
 
 def _ratio(name: str, value: float) -> None:

@@ -63,8 +63,11 @@ def load_recipe(name_or_path: str) -> tuple[str, dict[str, Any]]:
         raise SgcnnError(
             f"cannot read recipe {str(path)!r}: not valid YAML: {yaml_problem(err)}"
         ) from err
-    if data is None:
-        data = {}
+    if data is None:  # an empty file would silently run every default
+        raise SgcnnError(
+            f"recipe {str(path)!r} is empty; write its sections (model:, data:, train:, ...) "
+            "or name a shipped recipe (`sgcnn run --help` lists them)"
+        )
     if not isinstance(data, dict):
         raise SgcnnError(f"recipe {str(path)!r} must be a mapping of sections (model:, data:, ...)")
     return str(data.get("name") or path.stem), data

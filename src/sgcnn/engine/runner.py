@@ -23,6 +23,7 @@ the others need.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from sgcnn.core.alternatives import create_pruner
 from sgcnn.core.grouper import SelfGrouper
 from sgcnn.engine import checkpoint as ckpt
 from sgcnn.engine._stages import _PruneEvaluate
@@ -167,6 +169,7 @@ class Runner(_TrainingPhase, _PruneEvaluate):
         if state is None:
             _seed_all(t.seed)  # identical initial weights on every rank
             model, self.kwargs = build_model(cfg, self.splits)
+            self._check_grouping(model)
             _seed_all(t.seed * 1000 + 1 + self.d.rank)  # per-rank augmentation
         else:
             model, _, self.kwargs = ckpt.build_model(state["model"], str(self.run_dir))
@@ -187,6 +190,23 @@ class Runner(_TrainingPhase, _PruneEvaluate):
             self._restore(state)
         self._saved_at = (self.stage, self.epoch, self.batch)  # where the state on disk is
         self.log = MetricsLog(self.run_dir / METRICS_FILE, self._offset) if self.d.is_main else None
+
+    def _check_grouping(self, model: torch.nn.Module) -> None:
+        """Set up the run's pruner on a copy of the model before anything is trained or
+        written, so that a grouping mistake (a pattern that matches nothing, a method that
+        cannot apply) fails now and not after the baseline's epochs."""
+        if not any(stage.kind == "prune" for stage in self.plan):
+            return
+        g = self.config.grouping
+        create_pruner(
+            g.method,
+            copy.deepcopy(model),
+            g.groups,
+            g.seed,
+            g.include or None,
+            g.exclude or None,
+            input_size=self.input_size,
+        )
 
     def _read_state(self) -> dict:
         require_run_dir(self.run_dir)
