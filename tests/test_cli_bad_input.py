@@ -228,6 +228,14 @@ def _cases():
             "grouping.include=[nomatch]",
         ],
         "finetune-twice-the-target": ["finetune", *GROUPED, "--conv", "0.5", "0.5", *DATA],
+        "eval-run-state": ["eval", "{root}/run/state.pt"],
+        "count-run-state-with-model": [
+            "count",
+            "--checkpoint",
+            "{root}/run/state.pt",
+            "--model",
+            "test_convnet",
+        ],
         "run-empty-recipe": ["run", "{root}/empty.yaml"],
         "run-section-not-a-mapping": ["run", "{root}/model_int.yaml"],
     }
@@ -299,6 +307,13 @@ def test_messages_name_the_file_and_the_fix(files, tmp_path, capsys):
     msg = error(["demo", "--set", "data.name=cifar10", "--set", f"data.root={tmp_path}",
                  "--output", str(tmp_path / "d")])  # fmt: skip
     assert "--download" not in msg and "data.download=true" in msg
+    state = str(files / "run" / "state.pt")
+    for argv in (["eval", state], ["eval", state, "--model", "test_convnet"]):
+        assert "a run's training state" in error(argv)  # not "pass --model", then "neither"
+    assert "give each its own file" in error(["convert", "--checkpoint", str(files / "g.pt"),
+        "--output", str(tmp_path / "s.pt2"), "--report", str(tmp_path / "s.pt2")])  # fmt: skip
+    assert "exclude pattern 'fc9' matches no" in error(["group", "--model", "test_convnet",
+        "--conv-sparsity", "0.5", "--exclude", "fc9", "--output", str(tmp_path / "g")])  # fmt: skip
 
 
 def test_overwrite_replaces_and_a_failed_step_keeps_the_old_file(files, tmp_path, capsys):
@@ -327,3 +342,27 @@ def test_two_writers_of_one_output_end_with_a_valid_file(files, tmp_path):
     module = sgcnn.load(out)
     assert module(torch.randn(1, 3, 16, 16)).shape == (1, 10)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cc.pt2"]
+
+
+def test_a_reader_that_goes_away_is_not_an_error():
+    """`sgcnn models | head -1`: the closed pipe ends the command quietly, no error line."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sgcnn.cli.main", "models"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # the reader is gone before the first line is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1
+    assert err == "", err
+
+
+def test_ctrl_c_outside_a_run_says_interrupted(monkeypatch, capsys):
+    import sgcnn.cli.models
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sgcnn.cli.models, "run", interrupted)
+    assert main(["models"]) == 130
+    assert capsys.readouterr().err.strip() == "sgcnn models: interrupted"

@@ -16,9 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from sgcnn._io import check_output_dir
 from sgcnn.cli._common import parse_ratio, positive_int, seed_int
-from sgcnn.engine.checkpoint import FORMAT
+from sgcnn.engine.checkpoint import FORMAT, not_a_model_error
 from sgcnn.engine.config import Config, resolve_config
 from sgcnn.engine.recipes import load_recipe
 from sgcnn.errors import SgcnnError
@@ -43,6 +45,12 @@ def add_run_args(p: argparse.ArgumentParser, output_help: str = "runs/<name>") -
     p.add_argument("--data", help="dataset name (data.name): mnist5k, cifar10, imagefolder, ...")
     p.add_argument("--data-root", help="data folder or archive (data.root)")
     p.add_argument(
+        "--download",
+        action="store_const",
+        const=True,
+        help="let torchvision download mnist / cifar10 / cifar100 (data.download=true)",
+    )
+    p.add_argument(
         "--batch-size", type=positive_int, help="images per process per step (train.batch_size)"
     )
     p.add_argument("--seed", type=seed_int, help="training seed (train.seed)")
@@ -66,6 +74,7 @@ def shortcut_sets(args: argparse.Namespace, mapping: dict[str, str]) -> list[str
         "data_root": "data.root",
         "batch_size": "train.batch_size",
         "seed": "train.seed",
+        "download": "data.download",
     }
     sets = []
     for attr, key in {**common, **mapping}.items():
@@ -167,6 +176,9 @@ def checkpoint_model(path: str, payload: dict) -> str:
     """The model an sgcnn checkpoint names (a plain state_dict does not: ``--model`` must)."""
     if payload.get("format") == FORMAT:
         return payload["model"]["name"]
+    state = payload.get("state_dict", payload)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise not_a_model_error(path, payload)
     raise SgcnnError(f"{path!r} is a plain state_dict: pass --model NAME to say whose")
 
 

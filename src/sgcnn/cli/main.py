@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import re
 import sys
 from collections.abc import Collection
@@ -66,13 +67,17 @@ def main(argv: list[str] | None = None) -> int:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         print(f"sgcnn {args.command}: error: {' / '.join(lines)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`sgcnn models | head`): nothing to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the final flush does not raise again
+        return 1
     except OSError as err:  # the file system refused: not a bug, say what and where
         where = f" {err.filename!r}" if err.filename else ""
         print(f"sgcnn {args.command}: error:{where} {err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
         # A run stopped by Ctrl-C says where its state is and how to continue (--resume).
-        print(f"sgcnn {args.command}: {err or 'interrupted'}", file=sys.stderr)
+        print(f"sgcnn {args.command}: {str(err) or 'interrupted'}", file=sys.stderr)
         return 130
 
 

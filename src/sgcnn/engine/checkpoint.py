@@ -145,6 +145,16 @@ def build_model(payload: dict[str, Any], source: str = "checkpoint") -> tuple[nn
     return model, spec["name"], dict(spec.get("kwargs", {}))
 
 
+def not_a_model_error(path: str, payload: dict[str, Any]) -> SgcnnError:
+    """What to say of a file that is neither an sgcnn model checkpoint nor a state_dict."""
+    if {"stage", "epoch", "model", "optimizer"} <= set(payload):
+        return SgcnnError(
+            f"{path!r} is a run's training state (state.pt, for --resume), not a model; use "
+            "the model.pt the run wrote beside it (or in its row folders)"
+        )
+    return SgcnnError(f"{path!r} is neither an sgcnn checkpoint nor a state_dict")
+
+
 def load_model(
     path: str | os.PathLike, name: str | None = None, num_classes: int | None = None
 ) -> tuple[nn.Module, str, dict]:
@@ -162,11 +172,11 @@ def load_model(
                 f"drop --model or pass --model {saved}"
             )
         return model, saved, kwargs
-    if name is None:
-        raise SgcnnError(f"{str(path)!r} is a plain state_dict: pass --model NAME to say whose")
     state = payload.get("state_dict", payload)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise SgcnnError(f"{str(path)!r} is neither an sgcnn checkpoint nor a state_dict")
+        raise not_a_model_error(str(path), payload)
+    if name is None:
+        raise SgcnnError(f"{str(path)!r} is a plain state_dict: pass --model NAME to say whose")
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     model = create_model(name, **kwargs)
     masked = sorted({k.rsplit(".", 1)[0] for k in state if k.endswith(".sg_mask")})
