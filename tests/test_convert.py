@@ -511,6 +511,13 @@ def test_unavailable_device_is_an_error():
         convert(masked, x, device="tpu:zero")
 
 
+def test_an_example_with_nan_is_an_error_that_says_so():
+    masked, x = _grouped("test_convnet")
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(sgcnn.SgcnnError, match="example_input holds NaN or infinite values"):
+        convert(masked, x, tune=False)
+
+
 def test_unknown_realization_is_an_error():
     masked, x = _grouped("test_resnet")
     with pytest.raises(sgcnn.SgcnnError, match=r"unknown realizations.*'sparse'"):

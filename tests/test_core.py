@@ -297,6 +297,8 @@ def test_patterns_that_match_nothing_and_bad_seeds_are_errors():
         sgcnn.self_group_(fresh(), 0.5, groups=2, exclude=["fc9"])
     with pytest.raises(SgcnnError, match="override pattern 'nomatch\\*' matches none"):
         sgcnn.self_group_(fresh(), 0.5, groups=2, overrides={"nomatch*": {"sparsity": 0.3}})
+    with pytest.raises(SgcnnError, match="conv_sparsity is required"):
+        sgcnn.self_group_(fresh(), conv_sparsity=None)
     for seed in (-1, 1.5, 2**32):
         with pytest.raises(SgcnnError, match="seed must be an integer"):
             sgcnn.self_group_(fresh(), 0.5, groups=2, seed=seed)

@@ -214,6 +214,8 @@ class SelfGrouper:
         ``fc_sparsity`` (fully-connected layers) defaults to ``conv_sparsity``. Masks only
         shrink: a target below a layer's current sparsity leaves its mask as it is.
         """
+        if conv_sparsity is None:
+            raise SgcnnError("conv_sparsity is required: a fraction in [0, 1), e.g. 0.7")
         _check_ratio("conv_sparsity", conv_sparsity)
         _check_ratio("fc_sparsity", fc_sparsity)
         fc_sparsity = conv_sparsity if fc_sparsity is None else fc_sparsity

@@ -138,6 +138,11 @@ def _convert(model, example_input, device, tune, fuse, realizations, check, prog
             raise SgcnnError(f"unknown realizations {sorted(unknown)}; choose from {sorted(known)}")
     work = copy.deepcopy(model).eval().to(dev)
     x = example_tensor(example_input, dev)
+    if x.is_floating_point() and not torch.isfinite(x).all():
+        raise SgcnnError(
+            "example_input holds NaN or infinite values; give an example of real inputs (the "
+            "conversion is checked against the masked model on it)"
+        )
     with _full_fp32():
         reference = run_checked(work, x)
     dtype = x.dtype if x.is_floating_point() else torch.float32
