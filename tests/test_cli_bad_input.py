@@ -172,6 +172,21 @@ def _cases():
         "bench-warmup-neg": ["bench", *model, "--warmup", "-1"],
         "bench-batch-neg": ["bench", *model, "--batch-sizes", "-1,2"],
         "bench-threads-0": ["bench", *model, "--threads", "0"],
+        "bench-threads-oversubscribed": ["bench", *model, "--threads", "100000"],
+        "bench-batch-twice": ["bench", *model, "--batch-sizes", "1,1"],
+        "bench-batch-gap": ["bench", *model, "--batch-sizes", "1,,2"],
+        "bench-sparsity-with-checkpoint": ["bench", *GROUPED, "--sparsity", "0.5"],
+        "bench-dense-checkpoint": ["bench", "--checkpoint", "{root}/run/baseline/model.pt"],
+        "convert-batch-above-max": [
+            "convert",
+            *GROUPED,
+            "--batch-size",
+            "70000",
+            "--input-size",
+            "1x8x8",
+            "--output",
+            "{root}/c.pt2",
+        ],
         "count-classes-0": ["count", *model, "--num-classes", "0"],
         "train-classes-0": ["train", *model, "--num-classes", "0", *DATA],
         "models-bad-source": ["models", "--source", "nowhere"],
@@ -301,7 +316,8 @@ def test_messages_name_the_file_and_the_fix(files, tmp_path, capsys):
     assert "is a folder" in error(["convert", "--checkpoint", str(files / "g.pt"),
                                    "--output", str(files / "out_dir")])  # fmt: skip
     assert "MiB" in error(["convert", "--checkpoint", str(files / "g.pt"), "--batch-size",
-                           "2000000", "--output", str(tmp_path / "c.pt2")])  # fmt: skip
+                           "60000", "--input-size", "3x64x64",
+                           "--output", str(tmp_path / "c.pt2")])  # fmt: skip
     msg = error(["bench", "--model", "test_convnet", "--batch-sizes", "-1,2"])
     assert "give positive integers" in msg
     msg = error(["demo", "--set", "data.name=cifar10", "--set", f"data.root={tmp_path}",

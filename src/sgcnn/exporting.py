@@ -157,6 +157,11 @@ def save(
     """
     path = Path(path)
     x = example_tensor(example_input, _device_of(model))
+    if dynamic_batch and x.shape[0] > MAX_BATCH:
+        raise SgcnnError(
+            f"the example's batch of {x.shape[0]} is above {MAX_BATCH}, the largest batch a "
+            "saved program takes; use a smaller batch size"
+        )
     model = _converted(model, x, portable=False, progress=progress).eval()
     run_checked(model, x)
     trace_x = torch.cat([x, x]) if dynamic_batch and x.shape[0] == 1 else x

@@ -149,5 +149,5 @@ def check_example_size(shape: tuple[int, ...]) -> None:
         raise SgcnnError(
             f"an example input of {'x'.join(map(str, shape))} takes {nbytes / 2**20:,.0f} MiB "
             f"(float32), and converting holds several activations that size; use a --batch-size "
-            f"whose input stays under {MAX_EXAMPLE_BYTES >> 20} MiB"
+            f"and --input-size whose input stays under {MAX_EXAMPLE_BYTES >> 20} MiB"
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import sys
 from pathlib import Path
 
@@ -29,11 +30,13 @@ from sgcnn.nn.masked import is_masked
 
 def parse_batch_sizes(text: str) -> list[int]:
     try:
-        sizes = [int(s) for s in text.split(",") if s.strip()]
+        sizes = [int(s) for s in text.split(",")]
     except ValueError:
         raise SgcnnError(f"--batch-sizes {text!r}: give integers like 1,16") from None
     if not sizes or min(sizes) < 1:
         raise SgcnnError(f"--batch-sizes {text!r}: give positive integers like 1,16")
+    if len(set(sizes)) != len(sizes):
+        raise SgcnnError(f"--batch-sizes {text!r} names a batch size twice; give each once")
     return sizes
 
 
@@ -52,7 +55,6 @@ def register(subparsers) -> None:
     p.add_argument(
         "--sparsity",
         type=parse_ratio,
-        default=0.6,
         help="without --checkpoint: self-group the fresh model to this conv sparsity (default 0.6)",
     )
     p.add_argument("--fc-sparsity", type=parse_ratio, help="default: --sparsity")
@@ -70,6 +72,18 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     batch_sizes = parse_batch_sizes(args.batch_sizes)
+    given = [f for f, v in (("--sparsity", args.sparsity), ("--fc-sparsity", args.fc_sparsity))
+             if v is not None]  # fmt: skip
+    if args.checkpoint and given:
+        raise SgcnnError(
+            f"{' and '.join(given)} self-group a fresh model; a --checkpoint is benchmarked as "
+            "it is (self-group it first with `sgcnn group`)"
+        )
+    if args.threads is not None and args.threads > (os.cpu_count() or 1):
+        raise SgcnnError(
+            f"--threads {args.threads} is more than the {os.cpu_count()} CPUs here; "
+            "oversubscribed threads make every timing meaningless"
+        )
     check_output_paths(args.overwrite, {"--output": args.output, "--csv": args.csv})
     resolve_device(args.device, torch.nn.Module())  # fail before any work
     model, name, size = model_for_example(args, max(batch_sizes))
@@ -77,9 +91,15 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     grouping = "checkpoint"
     if not any(is_masked(m) for m in model.modules()):
-        fc = args.sparsity if args.fc_sparsity is None else args.fc_sparsity
-        self_group_(model, args.sparsity, fc, groups=args.groups, input_size=size)
-        grouping = f"fresh model self-grouped: conv {args.sparsity}, fc {fc}, g={args.groups}"
+        if args.checkpoint:
+            raise SgcnnError(
+                f"{args.checkpoint!r} is not self-grouped; self-group it first (`sgcnn group "
+                "--checkpoint ...`), or bench a fresh --model with --sparsity"
+            )
+        conv = 0.6 if args.sparsity is None else args.sparsity
+        fc = conv if args.fc_sparsity is None else args.fc_sparsity
+        self_group_(model, conv, fc, groups=args.groups, input_size=size)
+        grouping = f"fresh model self-grouped: conv {conv}, fc {fc}, g={args.groups}"
 
     def say(msg: str) -> None:
         print(f"[bench] {msg}", file=sys.stderr, flush=True)

@@ -42,6 +42,11 @@ def run(args) -> int:
     require_grouped_checkpoint(args)
     check_output_paths(args.overwrite, {"--output": args.output, "--report": args.report})
     check_pt2_name(args.output)
+    if args.batch_size > exporting.MAX_BATCH:
+        raise SgcnnError(
+            f"--batch-size {args.batch_size} is above {exporting.MAX_BATCH}, the largest batch "
+            "a saved program takes"
+        )
     model, name, size = model_for_example(args, args.batch_size)
     if args.threads is not None:
         torch.set_num_threads(args.threads)

@@ -47,9 +47,14 @@ def example_tensor(example_input, device: torch.device) -> torch.Tensor:
     )
 
 
-def _first_layer_hint(model: nn.Module) -> str:
+def _first_layer_hint(model: nn.Module, x: torch.Tensor) -> str:
     first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
     if isinstance(first, nn.Conv2d):
+        if x.dim() == 4 and x.shape[1] == first.in_channels:
+            return (
+                " (the channels fit; a later layer needs another image size, most often the "
+                "one the model was built for)"
+            )
         return f" (its first convolution expects {first.in_channels} input channels: N x C x H x W)"
     if isinstance(first, nn.Linear):
         return f" (its first linear layer expects {first.in_features} features)"
@@ -64,7 +69,7 @@ def run_checked(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     except (RuntimeError, ValueError, IndexError) as err:
         raise SgcnnError(
             f"the model fails on an example input of shape {tuple(x.shape)}"
-            f"{_first_layer_hint(model)}: {str(err).splitlines()[0][:200]}. "
+            f"{_first_layer_hint(model, x)}: {str(err).splitlines()[0][:200]}. "
             "Give an example input of the shape the model is used with."
         ) from err
 

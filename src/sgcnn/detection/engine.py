@@ -46,7 +46,10 @@ def backbone_classifier(config: DetectConfig) -> tuple[nn.Module, str, dict]:
     included) or freshly initialised, then self-grouped when ``backbone.conv > 0``."""
     b = config.backbone
     if b.checkpoint:
-        model, name, kwargs = ckpt.load_model(b.checkpoint, b.name)
+        try:
+            model, name, kwargs = ckpt.load_model(b.checkpoint, b.name)
+        except SgcnnError as err:  # the model is named by --backbone here, not --model
+            raise SgcnnError(str(err).replace("--model", "--backbone")) from err
     else:
         model, name, kwargs = create_model(b.name), b.name, {}
     if b.conv > 0:
