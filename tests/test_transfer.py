@@ -60,7 +60,9 @@ def test_transfer_keeps_masks_and_reports(tmp_path, capsys, scheme):
     extra = [] if grouped else ["--conv", "0.5", "--fc", "0"]
     code, out = _transfer(tmp_path, _source(tmp_path, grouped), scheme, *extra)
     assert code == 0, capsys.readouterr().err
-    rows = yaml.safe_load((out / "report.json").read_text())["rows"]
+    report = yaml.safe_load((out / "report.json").read_text())
+    assert not report.get("paper")  # the default recipe's CUB-200 figures are ResNet-50's
+    rows = report["rows"]
     names = [r["name"] for r in rows]
     assert names == (["L"] if grouped else ["dense transfer", "Conv-50/FC-0"])
     result, _, kwargs = load_model(out / rows[-1]["checkpoint"])

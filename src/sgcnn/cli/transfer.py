@@ -103,6 +103,8 @@ def run(args) -> int:
     if args.scheme in ("dense", "L") and (args.conv or args.fc):
         raise SgcnnError(f"--conv / --fc self-group again: use --scheme G or LG, not {args.scheme}")
     config = configure(recipe, sets + args.sets)
+    if not args.recipe and model != "resnet50":
+        config.report.paper = []  # the default recipe's figures are ResNet-50's on CUB-200
     default = f"{model}-{config.data.name}-transfer-{args.scheme}"
     config.name = config.name or default
     if config.report.title is None:
