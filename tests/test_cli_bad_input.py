@@ -244,6 +244,8 @@ def _cases():
         ],
         "finetune-twice-the-target": ["finetune", *GROUPED, "--conv", "0.5", "0.5", *DATA],
         "eval-run-state": ["eval", "{root}/run/state.pt"],
+        "eval-num-classes-of-a-checkpoint": ["eval", "{ckpt}", "--num-classes", "5"],
+        "group-empty-output": ["group", *model, "--conv-sparsity", "0.5", "--output", ""],
         "count-run-state-with-model": [
             "count",
             "--checkpoint",

@@ -58,7 +58,7 @@ def parse_ratio(text: str) -> float:
 def load_model_from_args(args: argparse.Namespace) -> tuple[nn.Module, str, dict[str, Any]]:
     """The model the arguments name: from ``--checkpoint`` if given, else freshly built."""
     if args.checkpoint:
-        return load_model(args.checkpoint, args.model, args.num_classes)
+        return load_model(args.checkpoint, args.model, args.num_classes, user_classes=True)
     if not args.model:
         raise SgcnnError("say which model: pass --model NAME, or --checkpoint PATH")
     kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
@@ -119,6 +119,13 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     """An integer >= 0 (argparse type)."""
     return _int_at_least(text, 0)
+
+
+def path_arg(text: str) -> Path:
+    """A file or folder path, not empty (argparse type: ``Path("")`` would mean ``.``)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("give a path, not an empty string")
+    return Path(text)
 
 
 def seed_int(text: str) -> int:

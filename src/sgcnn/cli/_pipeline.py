@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from sgcnn._io import check_output_dir
-from sgcnn.cli._common import parse_ratio, positive_int, seed_int
+from sgcnn.cli._common import parse_ratio, path_arg, positive_int, seed_int
 from sgcnn.engine.checkpoint import FORMAT, not_a_model_error
 from sgcnn.engine.config import Config, resolve_config
 from sgcnn.engine.recipes import load_recipe
@@ -38,7 +38,7 @@ def add_set_arg(
 def add_run_args(p: argparse.ArgumentParser, output_help: str = "runs/<name>") -> None:
     """``--set``, ``--output``, ``--resume``, ``--quiet`` and the common shortcuts."""
     add_set_arg(p)
-    p.add_argument("--output", type=Path, help=f"run folder (default: {output_help})")
+    p.add_argument("--output", type=path_arg, help=f"run folder (default: {output_help})")
     p.add_argument("--resume", action="store_true", help="continue the run in --output")
     p.add_argument("--quiet", action="store_true", help="no progress bars (one line per epoch)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (train.device)")

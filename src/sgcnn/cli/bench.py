@@ -6,7 +6,6 @@ import csv
 import io
 import os
 import sys
-from pathlib import Path
 
 import torch
 
@@ -18,6 +17,7 @@ from sgcnn.cli._common import (
     model_for_example,
     non_negative_int,
     parse_ratio,
+    path_arg,
     positive_int,
     write_json,
 )
@@ -64,8 +64,8 @@ def register(subparsers) -> None:
     p.add_argument("--no-tune", action="store_true", help="pick realizations without timing")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--breakdown", action="store_true", help="add per-layer times")
-    p.add_argument("--output", type=Path, help="write the results as JSON here")
-    p.add_argument("--csv", type=Path, help="write one row per (batch, model) as CSV here")
+    p.add_argument("--output", type=path_arg, help="write the results as JSON here")
+    p.add_argument("--csv", type=path_arg, help="write one row per (batch, model) as CSV here")
     add_overwrite_arg(p)
     p.set_defaults(func=run)
 

@@ -14,6 +14,7 @@ from sgcnn.cli._common import (
     add_model_args,
     add_overwrite_arg,
     model_for_example,
+    path_arg,
     positive_int,
     require_grouped_checkpoint,
     write_json,
@@ -31,8 +32,8 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=positive_int, help="torch threads to tune with (>= 1)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--no-tune", action="store_true", help="pick realizations without timing")
-    p.add_argument("--output", type=Path, required=True, help="file to write (.pt2)")
-    p.add_argument("--report", type=Path, help="also write the per-layer choices as JSON")
+    p.add_argument("--output", type=path_arg, required=True, help="file to write (.pt2)")
+    p.add_argument("--report", type=path_arg, help="also write the per-layer choices as JSON")
     add_overwrite_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=run)

@@ -13,6 +13,7 @@ import datetime
 from pathlib import Path
 
 from sgcnn.cli import COMMANDS
+from sgcnn.cli._common import path_arg
 from sgcnn.cli._pipeline import add_set_arg, configure, execute, print_rows
 from sgcnn.engine.recipes import load_recipe
 from sgcnn.errors import SgcnnError
@@ -22,7 +23,7 @@ RECIPE = "lenet5_mnist5k_demo"
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help=COMMANDS["demo"])
-    p.add_argument("--output", type=Path, help="run folder (default: runs/demo-<date-time>)")
+    p.add_argument("--output", type=path_arg, help="run folder (default: runs/demo-<date-time>)")
     p.add_argument("--resume", action="store_true", help="continue the demo in --output")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_set_arg(p, help="override a key of the demo recipe, e.g. --set train.threads=2")

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from sgcnn.cli import COMMANDS
-from sgcnn.cli._common import seed_int
+from sgcnn.cli._common import path_arg, seed_int
 from sgcnn.cli._pipeline import command_line, shortcut_sets
 from sgcnn.engine.recipes import find_recipe, recipe_dir
 from sgcnn.errors import SgcnnError
@@ -38,7 +38,7 @@ def register(subparsers) -> None:
     t.add_argument("--lr", type=float, help="peak learning rate")
     t.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
-    t.add_argument("--output", type=Path, required=True, help="run folder (new)")
+    t.add_argument("--output", type=path_arg, required=True, help="run folder (new)")
     t.add_argument("--quiet", action="store_true", help="no line per epoch")
     t.set_defaults(func=_train)
 
@@ -52,7 +52,7 @@ def register(subparsers) -> None:
     e.set_defaults(func=_eval)
 
     s = sub.add_parser("synth", help="write the synthetic COCO-format shapes dataset")
-    s.add_argument("--output", type=Path, required=True, help="dataset folder (new)")
+    s.add_argument("--output", type=path_arg, required=True, help="dataset folder (new)")
     s.add_argument("--train-images", type=int, default=200)
     s.add_argument("--val-images", type=int, default=50)
     s.add_argument("--image-size", type=int, default=128)

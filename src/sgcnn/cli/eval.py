@@ -40,7 +40,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     payload = load_checkpoint(args.checkpoint)
-    model, name, _ = load_model(args.checkpoint, args.model, args.num_classes)
+    model, name, _ = load_model(args.checkpoint, args.model, args.num_classes, user_classes=True)
     saved = payload.get("config") if payload.get("format") == FORMAT else None
     if args.data is None and not saved:
         raise SgcnnError(

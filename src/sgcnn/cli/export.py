@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from sgcnn import exporting
@@ -13,6 +11,7 @@ from sgcnn.cli._common import (
     add_model_args,
     add_overwrite_arg,
     model_for_example,
+    path_arg,
     positive_int,
     require_grouped_checkpoint,
 )
@@ -23,7 +22,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("export", help=COMMANDS["export"])
     add_model_args(p)
     p.add_argument("--format", required=True, help=f"one of: {', '.join(exporting.FORMATS)}")
-    p.add_argument("--output", type=Path, required=True, help="file to write")
+    p.add_argument("--output", type=path_arg, required=True, help="file to write")
     p.add_argument(
         "--batch-size",
         type=positive_int,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from pathlib import Path
 
 from sgcnn._io import publish_dir, staging_dir
 from sgcnn.cli import COMMANDS
@@ -14,6 +13,7 @@ from sgcnn.cli._common import (
     input_size_for,
     load_model_from_args,
     parse_ratio,
+    path_arg,
     seed_int,
     write_json,
 )
@@ -31,7 +31,9 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=seed_int, default=0, help="k-means seed (default 0)")
     p.add_argument("--include", action="append", help="only layers matching (fnmatch); repeat")
     p.add_argument("--exclude", action="append", help="skip layers matching (fnmatch); repeat")
-    p.add_argument("--output", type=Path, required=True, help="folder for model.pt, summary.json")
+    p.add_argument(
+        "--output", type=path_arg, required=True, help="folder for model.pt, summary.json"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace files in --output")
     p.add_argument("--quiet", action="store_true", help="print only the summary line")
     p.set_defaults(func=run)

@@ -156,12 +156,17 @@ def not_a_model_error(path: str, payload: dict[str, Any]) -> SgcnnError:
 
 
 def load_model(
-    path: str | os.PathLike, name: str | None = None, num_classes: int | None = None
+    path: str | os.PathLike,
+    name: str | None = None,
+    num_classes: int | None = None,
+    user_classes: bool = False,
 ) -> tuple[nn.Module, str, dict]:
     """Load ``(model, name, kwargs)`` from an sgcnn checkpoint or a plain state_dict.
 
     A plain ``state_dict`` (e.g. torchvision weights saved by the user) needs ``name``; an sgcnn
-    checkpoint names its own model, and a different ``name`` is an error.
+    checkpoint names its own model, and a different ``name`` is an error. ``num_classes``
+    builds a plain state_dict's model; with ``user_classes`` (the user's own
+    ``--num-classes``) it is an error for an sgcnn checkpoint, which records its classes.
     """
     payload = load_checkpoint(path)
     if payload.get("format") == FORMAT:
@@ -170,6 +175,11 @@ def load_model(
             raise SgcnnError(
                 f"checkpoint {str(path)!r} holds a {saved!r} model, not {name!r}; "
                 f"drop --model or pass --model {saved}"
+            )
+        if num_classes is not None and user_classes:
+            raise SgcnnError(
+                f"checkpoint {str(path)!r} records its model's classes; drop --num-classes "
+                "(it is for plain state_dicts)"
             )
         return model, saved, kwargs
     state = payload.get("state_dict", payload)
