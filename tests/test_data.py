@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -412,3 +413,22 @@ def test_cifar10_jpeg_archive(tmp_path):
         assert abs(mean - cifar) < 0.01
     x, y = next(iter(DataLoader(splits.train, batch_size=128, shuffle=True)))
     assert x.shape == (128, 3, 32, 32) and y.max() < 10
+
+
+def test_a_failed_download_leaves_no_folders_behind(tmp_path, monkeypatch):
+    from sgcnn.data import torchvision_sets
+
+    def fail(root, train, download):  # as torchvision does: folders first, then the network
+        (Path(root) / "MNIST" / "raw").mkdir(parents=True)
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    source = torchvision_sets.SOURCES["mnist"]
+    monkeypatch.setitem(torchvision_sets.SOURCES, "mnist", replace(source, cls=fail))
+    root = tmp_path / "data"
+    with pytest.raises(SgcnnError, match="could not download mnist"):
+        build_datasets(DataConfig(name="mnist", root=str(root), download=True))
+    assert not root.exists()
+    root.mkdir()  # a folder the user had stays, empty as it was
+    with pytest.raises(SgcnnError, match="could not download mnist"):
+        build_datasets(DataConfig(name="mnist", root=str(root), download=True))
+    assert root.is_dir() and not any(root.iterdir())

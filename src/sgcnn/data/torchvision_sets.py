@@ -8,6 +8,7 @@ test split is the test split.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,10 +83,14 @@ def build_torchvision(config: DataConfig) -> DatasetSplits:
 
 
 def _open(source: _Source, config: DataConfig, root: Path, train: bool):
+    top = root / Path(source.folder).parts[0]  # e.g. MNIST of MNIST/raw/
+    new = [p for p in (root, top) if not p.exists()]
     try:
         return source.cls(str(root), train=train, download=config.download)
     except (RuntimeError, OSError) as err:
         if config.download:
+            for folder in reversed(new):  # what the failed download created, and nothing else
+                shutil.rmtree(folder, ignore_errors=True)
             raise SgcnnError(
                 f"could not download {config.name} into {root}: {err}. Check the internet "
                 f"connection, or fetch it elsewhere and point root at the folder holding "
