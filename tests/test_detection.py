@@ -85,6 +85,15 @@ def test_loader_rejects_malformed_annotations(shapes, tmp_path, edit, message):
         load_coco(shapes / "train", _bad(shapes, tmp_path, edit))
 
 
+def test_an_image_of_another_size_than_its_entry_is_refused(shapes, tmp_path):
+    """Boxes are checked against the entry's width / height, so they must be the image's."""
+    data = load_coco(shapes / "train", _bad(shapes, tmp_path, lambda d: d["images"][0].update(
+        width=999)))  # fmt: skip
+    first = next(i for i, info in enumerate(data.images) if info["width"] == 999)
+    with pytest.raises(sgcnn.SgcnnError, match="but the annotations give 999x64"):
+        data[first]
+
+
 def test_loader_rejects_unparsable_files_and_unknown_categories(shapes, tmp_path):
     (tmp_path / "broken.json").write_text('{"images": [')
     with pytest.raises(sgcnn.SgcnnError, match="cannot parse annotation file"):

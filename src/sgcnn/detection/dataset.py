@@ -62,6 +62,12 @@ class CocoDetection(Dataset):
                 pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
         except OSError as err:
             raise SgcnnError(f"cannot read image {info['path']}: {err}") from err
+        if pixels.shape[:2] != (info["height"], info["width"]):  # the boxes were checked by it
+            raise SgcnnError(
+                f"image {info['path']} is {pixels.shape[1]}x{pixels.shape[0]}, but the "
+                f"annotations give {info['width']}x{info['height']} for it; fix its width / "
+                "height entry"
+            )
         x = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div_(255)
         boxes = torch.as_tensor(target["boxes"], dtype=torch.float32).reshape(-1, 4)
         labels = torch.tensor([self._label[c] for c in target["category_ids"]], dtype=torch.int64)
