@@ -36,6 +36,12 @@ def test_group_writes_checkpoint_and_summary(tmp_path, capsys):
     assert main(["count", "--checkpoint", str(out / "model.pt"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["params"] == summary["grouped"]["params"]
 
+    # grouping again at a lower target keeps the masks (cumulative) and says so
+    again = tmp_path / "again"
+    assert main(["group", "--checkpoint", str(out / "model.pt"), "--conv-sparsity", "0.5",
+                 "--output", str(again), "--quiet"]) == 0  # fmt: skip
+    assert "were already sparser than the target" in capsys.readouterr().out
+
 
 def test_count_json(capsys):
     assert main(["count", "--model", "lenet5", "--json"]) == 0

@@ -86,6 +86,13 @@ def run(args) -> int:
 
     if not args.quiet:
         print(report)
+    above = [r.name for r in report.layers if r.sparsity > r.target_sparsity + 0.02]
+    if above:  # masks only grow: a sparser checkpoint stays as sparse as it was
+        print(
+            f"note: {len(above)} of {len(report.layers)} layers were already sparser than the "
+            f"target (e.g. {above[0]}) and stay so; self-grouping is cumulative, so start from "
+            "a less sparse checkpoint to reach a lower sparsity"
+        )
     b, g = baseline, grouped
     print(
         f"{name}: params {b['params']:,} -> {g['params']:,} ({b['params'] / g['params']:.2f}x), "
