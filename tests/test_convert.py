@@ -518,6 +518,19 @@ def test_an_example_with_nan_is_an_error_that_says_so():
         convert(masked, x, tune=False)
 
 
+def test_api_mistakes_get_answers_that_fit_them():
+    """One realization name as a string; an example of another dtype than the weights; a
+    count of the converted model (its fast layers would count as zero)."""
+    masked, x = _grouped("test_convnet")
+    converted = convert(masked, x, tune=False, realizations="grouped")
+    assert {r["realization"] for r in converted.sgcnn_conversion["layers"]} <= {
+        "grouped", "dense", "dense/nchw"}  # fmt: skip
+    with pytest.raises(sgcnn.SgcnnError, match=r"the example is torch\.float64: cast one"):
+        convert(masked, x.double(), tune=False)
+    with pytest.raises(sgcnn.SgcnnError, match="count the self-grouped model"):
+        sgcnn.count(converted, x.shape[1:])
+
+
 def test_unknown_realization_is_an_error():
     masked, x = _grouped("test_resnet")
     with pytest.raises(sgcnn.SgcnnError, match=r"unknown realizations.*'sparse'"):

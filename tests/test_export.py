@@ -412,3 +412,41 @@ def test_cli_bench_bad_input(capsys):
         assert "'cuda' is not available" in capsys.readouterr().err
     assert main(["bench", "--model", "test_convnet", "--batch-sizes", "1,x"]) == 2
     assert "--batch-sizes" in capsys.readouterr().err
+
+
+class _SeveralOutputs(nn.Module):
+    """A feature extractor: a dict holding a map and a tuple (map, pooled vector)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.a = nn.Conv2d(16, 32, 3, padding=1)
+        self.b = nn.Conv2d(32, 32, 1)
+
+    def forward(self, x):
+        a = torch.relu(self.a(torch.relu(self.stem(x))))
+        return {"a": a, "pair": (self.b(a), a.mean((2, 3)))}
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+def test_a_model_with_several_outputs_exports_and_is_checked_output_by_output(fmt, tmp_path):
+    """Each output is compared on a new batch size (the check had assumed one tensor)."""
+    if fmt == "onnx":
+        ort = pytest.importorskip("onnxruntime")
+    model = _SeveralOutputs().eval()
+    sgcnn.self_group_(model, 0.6, groups=4, kmeans=FAST_KMEANS, input_size=(3, 16, 16))
+    path = tmp_path / f"m.{fmt}"
+    result = sgcnn.export(model, path, torch.randn(2, 3, 16, 16), format=fmt, progress=False)
+    assert result["max_abs_diff"] < 1e-4
+    x = torch.randn(5, 3, 16, 16)
+    with torch.no_grad():
+        want = model(x)
+    if fmt == "pt2":
+        with torch.no_grad():
+            got = sgcnn.load(path)(x)
+        leaves = [got["a"], *got["pair"]]
+    else:
+        leaves = [torch.from_numpy(t) for t in ort.InferenceSession(str(path)).run(None, {
+            "input": x.numpy()})]  # fmt: skip
+    for g, w in zip(leaves, [want["a"], *want["pair"]], strict=True):
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)

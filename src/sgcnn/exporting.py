@@ -131,6 +131,22 @@ def _difference(got: torch.Tensor, want: torch.Tensor, what: str, x: torch.Tenso
     return diff
 
 
+def _leaves(output) -> list[torch.Tensor]:
+    """The tensors of a model's output (a tensor, or tuples / lists / dicts of them)."""
+    return [t for t in torch.utils._pytree.tree_leaves(output) if isinstance(t, torch.Tensor)]
+
+
+def _differences(got, want, what: str, x: torch.Tensor) -> float:
+    """:func:`_difference` over every output tensor, matched in order; the largest."""
+    got, want = _leaves(got), _leaves(want)
+    if len(got) != len(want):
+        raise SgcnnError(
+            f"{what} returns {len(got)} tensors where PyTorch returns {len(want)} on a new "
+            f"input of shape {tuple(x.shape)}; nothing was written"
+        )
+    return max((_difference(g, w, what, x) for g, w in zip(got, want, strict=True)), default=0.0)
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return (text[0] if text else type(err).__name__)[:200]
@@ -192,7 +208,7 @@ def save(
         with torch.no_grad():
             want = model(x_new)
             got = torch.export.load(io.BytesIO(data)).module()(x_new)
-        diff = _difference(got, want, "the saved program", x_new)
+        diff = _differences(got, want, "the saved program", x_new)
     atomic_write(path, lambda f: f.write(data), overwrite)
     _say(progress, f"wrote {path}")
     return {"path": str(path), "max_abs_diff": diff, "dynamic_batch": dynamic_batch}
@@ -272,7 +288,10 @@ def export_onnx(
     path = Path(path)
     x = example_tensor(example_input, _device_of(model))
     model = _converted(model, x, portable=True, progress=progress).eval()
-    run_checked(model, x)
+    outputs = _leaves(run_checked(model, x))
+    names = ["output"] if len(outputs) == 1 else [f"output{i}" for i in range(len(outputs))]
+    axes = {"input": {0: "batch"}}  # every output with a batch dimension gets a dynamic one
+    axes.update({n: {0: "batch"} for n, t in zip(names, outputs, strict=True) if t.dim() > 0})
     buffer = io.BytesIO()
     _say(progress, "exporting to ONNX")
     try:
@@ -285,8 +304,8 @@ def export_onnx(
                 dynamo=False,
                 opset_version=opset,
                 input_names=["input"],
-                output_names=["output"],
-                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                output_names=names,
+                dynamic_axes=axes,
             )
     except Exception as err:
         raise SgcnnError(f"the ONNX exporter cannot export the model: {_first_line(err)}") from err
@@ -305,13 +324,14 @@ def export_onnx(
                 want = model(x_new)
             try:
                 session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-                (got,) = session.run(None, {"input": x_new.cpu().numpy()})
+                got = session.run(None, {"input": x_new.cpu().numpy()})
             except Exception as err:
                 raise SgcnnError(
                     f"onnxruntime cannot run the exported model: {_first_line(err)}; "
                     "nothing was written"
                 ) from err
-            diff = _difference(torch.from_numpy(got), want, "onnxruntime", x_new)
+            got = [torch.from_numpy(g) for g in got]
+            diff = _differences(got, want, "onnxruntime", x_new)
     atomic_write(path, lambda f: f.write(data), overwrite)
     _say(progress, f"wrote {path}")
     return {"path": str(path), "max_abs_diff": diff}

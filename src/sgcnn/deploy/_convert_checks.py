@@ -48,6 +48,9 @@ def example_tensor(example_input, device: torch.device) -> torch.Tensor:
 
 
 def _first_layer_hint(model: nn.Module, x: torch.Tensor) -> str:
+    param = next(model.parameters(), None)
+    if param is not None and x.dtype != param.dtype:
+        return f" (its weights are {param.dtype}, the example is {x.dtype}: cast one to the other)"
     first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
     if isinstance(first, nn.Conv2d):
         if x.dim() == 4 and x.shape[1] == first.in_channels:

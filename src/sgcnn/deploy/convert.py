@@ -131,6 +131,8 @@ def fuse_dense(
 
 def _convert(model, example_input, device, tune, fuse, realizations, check, progress) -> nn.Module:
     dev = resolve_device(device, model)
+    if isinstance(realizations, str):  # one name, not its letters
+        realizations = (realizations,)
     if realizations is not None:
         known = set(F_.CONV_REALIZATIONS) | set(F_.LINEAR_REALIZATIONS)
         unknown = set(realizations) - known

@@ -73,6 +73,11 @@ def count(model: nn.Module, input_size: int | Sequence[int] | torch.Tensor) -> d
     ``flops``, ``params_with_bn``, ``params_total`` and a per-layer list ``layers`` of
     ``{"name", "params", "flops"}`` (a layer called several times counts every call).
     """
+    if getattr(model, "sgcnn_conversion", None) is not None:  # its layers are fast modules
+        raise SgcnnError(
+            "count the self-grouped model, not its converted form (sgcnn.convert's result "
+            "lists each layer's executed MACs in model.sgcnn_conversion['layers'])"
+        )
     example = _example_input(model, input_size)
     layers: dict[str, dict] = {}
     handles = []
