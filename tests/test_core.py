@@ -297,6 +297,10 @@ def test_patterns_that_match_nothing_and_bad_seeds_are_errors():
         sgcnn.self_group_(fresh(), 0.5, groups=2, exclude=["fc9"])
     with pytest.raises(SgcnnError, match="override pattern 'nomatch\\*' matches none"):
         sgcnn.self_group_(fresh(), 0.5, groups=2, overrides={"nomatch*": {"sparsity": 0.3}})
+    model = fresh()
+    sgcnn.self_group_(model, 0.6, groups=2)
+    with pytest.warns(UserWarning, match="already sparser than this step's target"):
+        sgcnn.self_group_(model, 0.3, groups=2)  # cumulative: nothing changes, and it says so
     with pytest.raises(SgcnnError, match="conv_sparsity is required"):
         sgcnn.self_group_(fresh(), conv_sparsity=None)
     for seed in (-1, 1.5, 2**32):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+import warnings
 
 from sgcnn._io import publish_dir, staging_dir
 from sgcnn.cli import COMMANDS
@@ -48,7 +49,9 @@ def run(args) -> int:
     grouper = SelfGrouper(
         model, args.groups, args.seed, args.include, args.exclude, input_size=size
     )
-    report = grouper.step(args.conv_sparsity, args.fc_sparsity)
+    with warnings.catch_warnings():  # said below as a note, after the report
+        warnings.simplefilter("ignore", UserWarning)
+        report = grouper.step(args.conv_sparsity, args.fc_sparsity)
     seconds = time.perf_counter() - start
     grouped = count(model, size)
 

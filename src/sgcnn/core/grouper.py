@@ -18,6 +18,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -118,6 +119,11 @@ def _check_ratio(name: str, value: float | None) -> None:
 def _check_groups(value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise SgcnnError(f"groups must be an integer >= 1 (the paper uses 16), got {value!r}")
+
+
+def _sparsity(layer: nn.Module) -> float:
+    """The fraction of a masked layer's (filter, input channel) pairs already pruned."""
+    return 1.0 - float(layer.sg_mask.float().mean())
 
 
 def _check_seed(value) -> None:
@@ -230,6 +236,13 @@ class SelfGrouper:
             target = self._setting(name, "sparsity", conv_sparsity if is_conv else fc_sparsity)
             groups = self._setting(name, "groups", self.groups)
             jobs.append((name, layer, is_conv, target, groups))
+        sparser = [n for n, layer, _, t, _ in jobs if _sparsity(layer) > t + 0.02]
+        if sparser:
+            warnings.warn(
+                f"{len(sparser)} of {len(jobs)} layers (e.g. {sparser[0]}) are already sparser "
+                "than this step's target and stay so: masks only shrink (sparsity is cumulative)",
+                stacklevel=3,  # the caller of step (torch.no_grad's wrapper is one frame)
+            )
 
         def group_layer(job):
             name, layer, _, target, groups = job
