@@ -183,7 +183,7 @@ def _cases():
             "--batch-size",
             "70000",
             "--input-size",
-            "1x8x8",
+            "3x8x8",
             "--output",
             "{root}/c.pt2",
         ],
@@ -244,7 +244,7 @@ def _cases():
         ],
         "finetune-twice-the-target": ["finetune", *GROUPED, "--conv", "0.5", "0.5", *DATA],
         "eval-run-state": ["eval", "{root}/run/state.pt"],
-        "eval-num-classes-of-a-checkpoint": ["eval", "{ckpt}", "--num-classes", "5"],
+        "eval-num-classes-of-a-checkpoint": ["eval", "{ckpt}", "--num-classes", "5", *DATA[:6]],
         "group-empty-output": ["group", *model, "--conv-sparsity", "0.5", "--output", ""],
         "count-run-state-with-model": [
             "count",
@@ -330,6 +330,18 @@ def test_messages_name_the_file_and_the_fix(files, tmp_path, capsys):
         assert "a run's training state" in error(argv)  # not "pass --model", then "neither"
     assert "give each its own file" in error(["convert", "--checkpoint", str(files / "g.pt"),
         "--output", str(tmp_path / "s.pt2"), "--report", str(tmp_path / "s.pt2")])  # fmt: skip
+    ckpt = str(files / "g.pt")
+    for argv, fragment in [  # each refused for its own reason, not an earlier one
+        (["convert", "--checkpoint", ckpt, "--batch-size", "70000", "--input-size", "3x8x8",
+          "--output", str(tmp_path / "c.pt2")], "the largest batch a saved program takes"),
+        (["eval", ckpt, "--num-classes", "5", *DATA[:6]], "drop --num-classes"),
+        (["bench", "--model", "test_convnet", "--threads", "100000"], "more than the"),
+        (["finetune", "--checkpoint", ckpt, "--conv", "0.5", "0.5", *DATA],
+         "names a target twice"),
+        (["count", "--checkpoint", str(files / "run" / "state.pt"), "--model", "test_convnet"],
+         "a run's training state"),
+    ]:  # fmt: skip
+        assert fragment in error(argv), argv
     assert "exclude pattern 'fc9' matches no" in error(["group", "--model", "test_convnet",
         "--conv-sparsity", "0.5", "--exclude", "fc9", "--output", str(tmp_path / "g")])  # fmt: skip
 

@@ -104,6 +104,15 @@ def test_unknown_keys_and_wrong_types_are_errors(recipe, sets, message):
         (["train.seed=-1"], "train.seed must be an integer in"),
         (["grouping.scheme=G", "grouping.conv=[0.5]", "grouping.seed=-1"], "grouping.seed must"),
         (["grouping.scheme=G", "grouping.conv=[0.5, 0.5]"], "names a target twice"),
+        (
+            [
+                "grouping.scheme=G",
+                "grouping.conv=[0.7, 0.7]",
+                "grouping.fc=[0.9, 0.95]",
+                "grouping.fc_cap=0.8",
+            ],
+            "names a target twice",
+        ),
         (["train.select=val_top5"], "train.select must be one of"),
     ],
 )

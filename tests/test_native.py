@@ -310,8 +310,8 @@ def test_shares_of_one_block_on_several_threads(threads):
 # ------------------------------------------------------------------ inputs it was not built for
 
 
-def _grouped_layer(padding: int = 1) -> nn.Module:
-    model = nn.Sequential(nn.Conv2d(16, 32, 3, padding=padding))
+def _grouped_layer(padding: int = 1, kernel: int = 3) -> nn.Module:
+    model = nn.Sequential(nn.Conv2d(16, 32, kernel, padding=padding if kernel > 1 else 0))
     sgcnn.self_group_(
         model, 0.5, groups=4, kmeans=KMeansSettings(n_init=1, max_iter=30),
         default_exclusions=False,
@@ -347,7 +347,7 @@ def test_native_kernels_handle_an_empty_batch_and_refuse_a_too_small_input(kind)
         x = torch.randn(2, 16, 3, 3)  # one output position
         _close(module(x), layer(x))
     for shape in [(1, 16, 2, 2), (1, 16, 0, 5)]:
-        with pytest.raises(ValueError, match="too small for a 3x3 kernel"):
+        with pytest.raises(SgcnnError, match="too small for a 3x3 kernel"):
             module(torch.randn(shape))
 
 
@@ -371,7 +371,7 @@ def test_a_traced_program_refuses_an_input_with_fewer_channels(kind):
     module = fast.CONV_REALIZATIONS[kind].from_masked(_grouped_layer())
     with torch.no_grad():
         traced = torch.jit.trace(module, torch.randn(1, 16, 6, 6))
-        with pytest.raises((ValueError, RuntimeError), match="input has 8 channels"):
+        with pytest.raises((SgcnnError, RuntimeError), match="input has 8 channels"):
             traced(torch.randn(1, 8, 6, 6))
 
 
@@ -396,9 +396,9 @@ def test_native_layers_refuse_other_dtypes_and_a_backward_pass(kind):
     with pytest.raises(RuntimeError, match="no autograd formula"):
         y.sum().backward()
     traced = torch.jit.trace(module, x)
-    with pytest.raises((ValueError, RuntimeError), match="computes float32 on the CPU"):
+    with pytest.raises((SgcnnError, RuntimeError), match="computes float32 on the CPU"):
         traced(x.double())
-    with torch.no_grad(), pytest.raises(ValueError, match="must stay contiguous float32"):
+    with torch.no_grad(), pytest.raises(SgcnnError, match="must stay contiguous float32"):
         module.double()(x)  # the weights cast, not the input: read as float32 they are garbage
 
 
@@ -415,14 +415,18 @@ def test_native_max_pool_falls_back_to_pytorch_when_a_gradient_is_needed():
     torch.testing.assert_close(x.grad, want.grad)
 
 
-@pytest.mark.parametrize("kind", ["native", "winograd", "grouped", "loop"])
+@pytest.mark.parametrize(
+    ("kind", "kernel"),
+    [("native", 3), ("native", 1), ("winograd", 3), ("grouped", 3), ("loop", 3)],
+)
 @pytest.mark.parametrize("relu", [False, True])
-def test_nan_inputs_stay_nan_through_every_realization(kind, relu):
+def test_nan_inputs_stay_nan_through_every_realization(kind, kernel, relu):
     """A NaN in the input gives NaN where the masked layer gives NaN (ReLU included: the
-    native epilogue had turned NaN into 0, hiding a corrupt input behind a finite answer)."""
+    native epilogue had turned NaN into 0, hiding a corrupt input behind a finite answer;
+    1x1 layers apply theirs straight from registers)."""
     if kind in ("native", "winograd") and not _native.available():
         pytest.skip("native kernel unavailable")
-    layer = _grouped_layer()
+    layer = _grouped_layer(kernel=kernel)
     module = fast.CONV_REALIZATIONS[kind].from_masked(layer, relu=relu)
     x = torch.randn(2, 16, 7, 7)
     x[0, :, 2, 3] = float("nan")
@@ -444,9 +448,9 @@ def test_a_residual_of_another_shape_or_type_is_refused(kind):
     with torch.no_grad():
         module(x, torch.randn(1, 32, 8, 8))
         for residual in (torch.randn(1, 32, 4, 4), torch.randn(2, 32, 8, 8), torch.randn(32, 1, 1)):
-            with pytest.raises(ValueError, match="adds residuals of the same shape and type"):
+            with pytest.raises(SgcnnError, match="adds CPU residuals of the same shape and type"):
                 module(x, residual)
-        with pytest.raises(ValueError, match="adds residuals of the same shape and type"):
+        with pytest.raises(SgcnnError, match="adds CPU residuals of the same shape and type"):
             module(x, torch.randn(1, 32, 8, 8, dtype=torch.float64))
 
 
@@ -464,3 +468,15 @@ def test_an_accumulating_layer_adds_a_channels_last_residual_out_of_place():
         got = module(x, residual)
         _close(got, layer(x) + kept)
     torch.testing.assert_close(residual, kept, rtol=0, atol=0)
+
+
+@needs_native
+def test_fx_symbolic_trace_of_a_converted_model_records_the_operators():
+    """fx tracing hands layers a Proxy: nothing may branch on its values."""
+    model, x = _grouped()
+    converted = convert(model, x, tune=False, progress=False)
+    assert any(getattr(m, "accumulate", False) for m in converted.modules())
+    traced = torch.fx.symbolic_trace(converted)
+    assert any("sgcnn" in str(n.target) for n in traced.graph.nodes if n.op == "call_function")
+    with torch.no_grad():
+        _close(traced(x), model(x))

@@ -50,7 +50,7 @@ def run(args) -> int:
         model, args.groups, args.seed, args.include, args.exclude, input_size=size
     )
     with warnings.catch_warnings():  # said below as a note, after the report
-        warnings.simplefilter("ignore", UserWarning)
+        warnings.filterwarnings("ignore", message=".* already sparser than this step")
         report = grouper.step(args.conv_sparsity, args.fc_sparsity)
     seconds = time.perf_counter() - start
     grouped = count(model, size)

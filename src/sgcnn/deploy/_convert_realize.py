@@ -90,7 +90,8 @@ def _default_choice(labels: list[str], spec: F_.LayerSpec, masked: bool) -> str:
 
 def _tuning_inputs(site: _Site, device: torch.device, dtype):
     """Random input (and residual) of the layer's shape, in the memory layout the layer will
-    see in the converted model (channels-last when the example was)."""
+    see in the converted model (channels-last when the example was and no native kernel,
+    which writes NCHW, runs: see convert)."""
     layout = torch.channels_last if site.channels_last else torch.contiguous_format
 
     def draw(shape):

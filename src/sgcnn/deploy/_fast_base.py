@@ -96,7 +96,6 @@ def _fold_bn(weight, bias, bn: nn.modules.batchnorm._BatchNorm | None):
     return new_weight, new_bias
 
 
-@torch.no_grad()
 def explicit_padding(layer: nn.Conv2d) -> tuple[int, int] | None:
     """The layer's zero padding per side as ``(ph, pw)``; ``padding="valid"`` is 0 and
     ``padding="same"`` is ``dilation * (kernel - 1) / 2`` where that is whole (None where
@@ -109,6 +108,7 @@ def explicit_padding(layer: nn.Conv2d) -> tuple[int, int] | None:
     return None if any(t % 2 for t in total) else tuple(t // 2 for t in total)
 
 
+@torch.no_grad()
 def spec_from_layer(layer: nn.Module, bn: nn.Module | None = None, relu: bool = False) -> LayerSpec:
     """The :class:`LayerSpec` of a (masked or plain) Conv2d / Linear, with ``bn`` folded in."""
     weight = layer.masked_weight() if is_masked(layer) else layer.weight

@@ -62,8 +62,8 @@ class DenseConv2d(_Fast):
             y = F.conv2d(
                 xc, wc, self.bias, self.stride, self.padding, self.dilation, self.conv_groups
             )
-            if x.is_contiguous():  # back to the caller's layout; channels-last input stays so
-                y = y.contiguous()
+            if not x.is_contiguous(memory_format=torch.channels_last):
+                y = y.contiguous()  # back to NCHW; a channels-last input stays channels-last
         else:
             y = F.conv2d(
                 x,

@@ -161,8 +161,11 @@ class NativeGroupConv2d(_Fast):
         # An input that needs a gradient also takes the operators: the kernels have no
         # backward pass, and a backward through the operator fails loudly where a direct call
         # would silently cut the graph.
-        grad = torch.is_grad_enabled() and (
-            x.requires_grad or (residual is not None and residual.requires_grad)
+        symbolic = isinstance(x, torch.fx.Proxy)  # fx tracing: no values to branch on
+        grad = (
+            not symbolic
+            and torch.is_grad_enabled()
+            and (x.requires_grad or (residual is not None and residual.requires_grad))
         )
         if not grad and _plain(x, residual):
             plan = self._plan(x)
@@ -180,7 +183,8 @@ class NativeGroupConv2d(_Fast):
         _check_float32_cpu(self, x)
         geo = self.geometry()
         name = _native.OPERATORS[self.tile]
-        if self.accumulate and residual is not None and not grad and residual.is_contiguous():
+        in_place = symbolic or (not grad and residual is not None and residual.is_contiguous())
+        if self.accumulate and residual is not None and in_place:
             op = getattr(torch.ops.sgcnn, f"{name}_accumulate_")
             op(residual, x, *args, *_native.op_args(geo), self.relu)
             return residual
@@ -216,6 +220,7 @@ def _plain(*tensors) -> bool:
 
 
 def _check_float32_cpu(module: nn.Module, x: torch.Tensor) -> None:
+    """Refuse an input the native kernel would misread: it computes float32 on the CPU."""
     if isinstance(x, torch.fx.Proxy):
         return
     if x.dtype != torch.float32 or not x.is_cpu:

@@ -163,6 +163,9 @@ def _convert(model, example_input, device, tune, fuse, realizations, check, prog
     if gm is not None:
         replaced: dict[fx.Node, fx.Node] = {}  # last node of a fused chain -> its fast call
         sites = _fuse_sites(gm, fuse)
+        if _uses_native(dev, realizations):  # the native kernels read and write NCHW, so a
+            for site, _, _ in sites:  # channels-last example's layout does not carry through
+                site.channels_last = False
         bar = _Progress(progress, len(sites))
         for site, residual, chain in sites:
             module, record = _realize(site, dev, tune, realizations, dtype, bar)

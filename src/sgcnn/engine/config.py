@@ -317,11 +317,15 @@ def _validate_grouping(g: GroupingConfig) -> None:
             _ratio(f"grouping.fc[{i}]", p)
     if g.fc_cap is not None:
         _ratio("grouping.fc_cap", g.fc_cap)
-    targets = list(zip(g.conv, g.fc if g.fc is not None else g.conv, strict=True))
+    fcs = g.fc if g.fc is not None else g.conv
+    targets = [  # as rows name them: FC capped, percent to four decimals
+        (round(c * 100, 4), round((f if g.fc_cap is None else min(f, g.fc_cap)) * 100, 4))
+        for c, f in zip(g.conv, fcs, strict=True)
+    ]
     if len(set(targets)) != len(targets):
         raise SgcnnError(
-            f"grouping.conv {g.conv} names a target twice; each target is one row (and one "
-            "folder), so give each once"
+            f"grouping.conv {g.conv} (with grouping.fc and fc_cap) names a target twice; each "
+            "target is one row (and one folder), so give each once"
         )
     _seed("grouping.seed", g.seed)
     if not 0 < g.lg_step < 1:
