@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from sgcnn._io import check_output_dir, write_text
+from sgcnn.core.grouper import SEED_MAX
 from sgcnn.engine.checkpoint import load_model
 from sgcnn.errors import SgcnnError
 from sgcnn.models.registry import create_model, model_entry
@@ -129,10 +130,10 @@ def path_arg(text: str) -> Path:
 
 
 def seed_int(text: str) -> int:
-    """A random seed: an integer in [0, 2**32 - 1] (argparse type)."""
+    """A random seed: an integer in [0, SEED_MAX] (argparse type)."""
     value = _int_at_least(text, 0)
-    if value > 2**32 - 1:
-        raise argparse.ArgumentTypeError(f"{value} is above {2**32 - 1}, the largest seed")
+    if value > SEED_MAX:
+        raise argparse.ArgumentTypeError(f"{value} is above {SEED_MAX}, the largest seed")
     return value
 
 

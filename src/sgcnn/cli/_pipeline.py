@@ -16,11 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from sgcnn._io import check_output_dir
 from sgcnn.cli._common import parse_ratio, path_arg, positive_int, seed_int
-from sgcnn.engine.checkpoint import FORMAT, not_a_model_error
+from sgcnn.engine.checkpoint import FORMAT, plain_state_dict
 from sgcnn.engine.config import Config, resolve_config
 from sgcnn.engine.recipes import load_recipe
 from sgcnn.errors import SgcnnError
@@ -176,9 +174,7 @@ def checkpoint_model(path: str, payload: dict) -> str:
     """The model an sgcnn checkpoint names (a plain state_dict does not: ``--model`` must)."""
     if payload.get("format") == FORMAT:
         return payload["model"]["name"]
-    state = payload.get("state_dict", payload)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise not_a_model_error(path, payload)
+    plain_state_dict(path, payload)  # else: not a model at all, said as such
     raise SgcnnError(f"{path!r} is a plain state_dict: pass --model NAME to say whose")
 
 

@@ -18,7 +18,7 @@ from sgcnn.cli._common import (
     seed_int,
     write_json,
 )
-from sgcnn.core.grouper import SelfGrouper
+from sgcnn.core.grouper import SPARSER_MARGIN, SelfGrouper
 from sgcnn.engine.checkpoint import model_payload, save_checkpoint
 from sgcnn.metrics.counting import count
 
@@ -89,7 +89,7 @@ def run(args) -> int:
 
     if not args.quiet:
         print(report)
-    above = [r.name for r in report.layers if r.sparsity > r.target_sparsity + 0.02]
+    above = [r.name for r in report.layers if r.sparsity > r.target_sparsity + SPARSER_MARGIN]
     if above:  # masks only grow: a sparser checkpoint stays as sparse as it was
         print(
             f"note: {len(above)} of {len(report.layers)} layers were already sparser than the "

@@ -126,9 +126,14 @@ def _sparsity(layer: nn.Module) -> float:
     return 1.0 - float(layer.sg_mask.float().mean())
 
 
-def _check_seed(value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2**32 - 1:
-        raise SgcnnError(f"seed must be an integer in [0, 2**32 - 1], got {value!r}")
+SEED_MAX = 2**32 - 1  # the largest seed NumPy's and scikit-learn's generators take
+SPARSER_MARGIN = 0.02  # a layer this much sparser than its target was already past it
+
+
+def check_seed(value, name: str = "seed") -> None:
+    """Raise :class:`SgcnnError` unless ``value`` is an integer in ``[0, SEED_MAX]``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
+        raise SgcnnError(f"{name} must be an integer in [0, {SEED_MAX}], got {value!r}")
 
 
 class SelfGrouper:
@@ -160,7 +165,7 @@ class SelfGrouper:
         kmeans: KMeansSettings | None = None,
     ) -> None:
         _check_groups(groups)
-        _check_seed(seed)
+        check_seed(seed)
         self.model = model
         self.groups = groups
         self.seed = seed
@@ -236,7 +241,7 @@ class SelfGrouper:
             target = self._setting(name, "sparsity", conv_sparsity if is_conv else fc_sparsity)
             groups = self._setting(name, "groups", self.groups)
             jobs.append((name, layer, is_conv, target, groups))
-        sparser = [n for n, layer, _, t, _ in jobs if _sparsity(layer) > t + 0.02]
+        sparser = [n for n, layer, _, t, _ in jobs if _sparsity(layer) > t + SPARSER_MARGIN]
         if sparser:
             warnings.warn(
                 f"{len(sparser)} of {len(jobs)} layers (e.g. {sparser[0]}) are already sparser "

@@ -24,6 +24,19 @@ from sgcnn.metrics.counting import count
 class _PruneEvaluate:
     """Prune and evaluate stages of :class:`~sgcnn.engine.runner.Runner`."""
 
+    def _new_pruner(self, model):
+        """The run's pruner (``grouping.method``, its layers and seed) over ``model``."""
+        g = self.config.grouping
+        return create_pruner(
+            g.method,
+            model,
+            g.groups,
+            g.seed,
+            g.include or None,
+            g.exclude or None,
+            input_size=self.input_size,
+        )
+
     def _prune(self, stage: Stage) -> None:
         g = self.config.grouping
         if stage.step == 1:  # each target starts again from the best baseline
@@ -32,15 +45,7 @@ class _PruneEvaluate:
             self._set_model(model)
             self.grouper = None
         if self.grouper is None:
-            self.grouper = create_pruner(
-                g.method,
-                self.model,
-                g.groups,
-                g.seed,
-                g.include or None,
-                g.exclude or None,
-                input_size=self.input_size,
-            )
+            self.grouper = self._new_pruner(self.model)
         begin = time.monotonic()
         report = self.grouper.step(stage.conv, stage.fc) if self.d.is_main else None
         broadcast_groups_(self.d, self.model)

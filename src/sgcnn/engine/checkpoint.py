@@ -145,6 +145,15 @@ def build_model(payload: dict[str, Any], source: str = "checkpoint") -> tuple[nn
     return model, spec["name"], dict(spec.get("kwargs", {}))
 
 
+def plain_state_dict(path: str, payload: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The plain state_dict a file that is not an sgcnn checkpoint holds (bare, or under
+    ``"state_dict"``); :func:`not_a_model_error` when it holds none."""
+    state = payload.get("state_dict", payload)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise not_a_model_error(path, payload)
+    return state
+
+
 def not_a_model_error(path: str, payload: dict[str, Any]) -> SgcnnError:
     """What to say of a file that is neither an sgcnn model checkpoint nor a state_dict."""
     if {"stage", "epoch", "model", "optimizer"} <= set(payload):
@@ -182,9 +191,7 @@ def load_model(
                 "(it is for plain state_dicts)"
             )
         return model, saved, kwargs
-    state = payload.get("state_dict", payload)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise not_a_model_error(str(path), payload)
+    state = plain_state_dict(str(path), payload)
     if name is None:
         raise SgcnnError(f"{str(path)!r} is a plain state_dict: pass --model NAME to say whose")
     kwargs = {} if num_classes is None else {"num_classes": num_classes}

@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from sgcnn.core.alternatives import METHODS
+from sgcnn.core.grouper import check_seed
 from sgcnn.data import DataConfig
 from sgcnn.engine.typed import field_types, from_dict, to_dict, unknown_key_error
 from sgcnn.errors import SgcnnError
@@ -273,7 +274,7 @@ def validate(config: Config) -> None:
         if getattr(t, name) < 1:
             raise SgcnnError(f"train.{name} must be >= 1, got {getattr(t, name)}")
     _positive("train.save_every_min", t.save_every_min)
-    _seed("train.seed", t.seed)
+    check_seed(t.seed, "train.seed")
     if config.model.reset_classifier and not config.model.checkpoint:
         raise SgcnnError(
             "model.reset_classifier needs model.checkpoint: the trained model whose classifier "
@@ -327,7 +328,7 @@ def _validate_grouping(g: GroupingConfig) -> None:
             f"grouping.conv {g.conv} (with grouping.fc and fc_cap) names a target twice; each "
             "target is one row (and one folder), so give each once"
         )
-    _seed("grouping.seed", g.seed)
+    check_seed(g.seed, "grouping.seed")
     if not 0 < g.lg_step < 1:
         raise SgcnnError(f"grouping.lg_step must be in (0, 1), e.g. 0.1, got {g.lg_step}")
     if g.groups < 1:
@@ -348,14 +349,6 @@ def _positive(name: str, value: float, allow_zero: bool = True) -> None:
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise SgcnnError(f"{name} must be finite and {bound}, got {value}")
-
-
-SEED_MAX = 2**32 - 1  # what NumPy's and scikit-learn's generators take
-
-
-def _seed(name: str, value: int) -> None:
-    if not 0 <= value <= SEED_MAX:
-        raise SgcnnError(f"{name} must be an integer in [0, {SEED_MAX}], got {value}")
 
 
 def _ratio(name: str, value: float) -> None:

@@ -35,7 +35,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sgcnn.core.alternatives import create_pruner
 from sgcnn.core.grouper import SelfGrouper
 from sgcnn.engine import checkpoint as ckpt
 from sgcnn.engine._stages import _PruneEvaluate
@@ -195,18 +194,8 @@ class Runner(_TrainingPhase, _PruneEvaluate):
         """Set up the run's pruner on a copy of the model before anything is trained or
         written, so that a grouping mistake (a pattern that matches nothing, a method that
         cannot apply) fails now and not after the baseline's epochs."""
-        if not any(stage.kind == "prune" for stage in self.plan):
-            return
-        g = self.config.grouping
-        create_pruner(
-            g.method,
-            copy.deepcopy(model),
-            g.groups,
-            g.seed,
-            g.include or None,
-            g.exclude or None,
-            input_size=self.input_size,
-        )
+        if any(stage.kind == "prune" for stage in self.plan):
+            self._new_pruner(copy.deepcopy(model))
 
     def _read_state(self) -> dict:
         require_run_dir(self.run_dir)
