@@ -126,3 +126,13 @@ def test_imagefolder_class_subset(tmp_path):
             build_datasets(DataConfig(name="imagefolder", root=cfg.root, classes=classes))
     with pytest.raises(sgcnn.SgcnnError, match="imagefolder"):
         build_datasets(DataConfig(name="synthetic", classes=["a", "b"]))
+
+
+def test_resizing_away_from_the_models_size_is_noted(tmp_path, capsys):
+    checkpoint = _source(tmp_path, grouped=False)
+    code, _ = _transfer(tmp_path, checkpoint, "dense", "--set", "data.image_size=24")
+    err = capsys.readouterr().err
+    assert code == 0 and "resized to 24x24 px" in err and "data.image_size=16" in err
+    (tmp_path / "again").mkdir()
+    code, _ = _transfer(tmp_path / "again", checkpoint, "dense")
+    assert code == 0 and "resized" not in capsys.readouterr().err  # the recipe's 16 px is native

@@ -16,6 +16,7 @@ epochs 7 and 14, weight decay 5e-4, momentum 0.9).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from sgcnn.cli import COMMANDS
@@ -33,6 +34,7 @@ from sgcnn.cli._pipeline import (
 from sgcnn.engine.checkpoint import FORMAT, load_checkpoint
 from sgcnn.engine.recipes import load_recipe
 from sgcnn.errors import SgcnnError
+from sgcnn.models.registry import model_entry
 
 SCHEMES = ("dense", "L", "G", "LG")
 DEFAULT_RECIPE = "transfer_cub200"
@@ -110,11 +112,29 @@ def run(args) -> int:
     if config.report.title is None:
         config.report.title = f"Transfer ({args.scheme}) of {args.checkpoint}"
     run_dir = output_dir(args, config, default)
+    _note_resizing(model, config.data.image_size)
 
     def masks(rows: list[dict]) -> None:
         _report_masks(args.checkpoint, model, run_dir, rows)
 
     return execute_and_print(config, run_dir, args, after=masks if grouped else None)
+
+
+def _note_resizing(model: str, image_size: int | None) -> None:
+    """Say when the new task's images are resized away from the size the model was built for.
+
+    The default recipe resizes to 224 px (ImageNet sources); a CIFAR source (32 px) would
+    silently run on 49 times the pixels.
+    """
+    native = model_entry(model).input_size[1:]
+    if image_size is None or (image_size, image_size) == native:
+        return
+    print(
+        f"note: images are resized to {image_size}x{image_size} px (data.image_size); {model} "
+        f"was built for {native[0]}x{native[1]}: --set data.image_size={native[0]} keeps that "
+        "size (compute grows with the pixel count)",
+        file=sys.stderr,
+    )
 
 
 def _grouped_layers(payload: dict) -> list[str]:
