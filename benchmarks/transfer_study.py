@@ -274,7 +274,7 @@ def collect(args) -> int:
                     "params": r["params"],
                     "flops": r["flops"],
                     "top1": r["top1"],
-                    "top5": r["top5"],
+                    "top5": r.get("top5"),  # None: 5 classes (always 100 %)
                     "run_elapsed_s": elapsed,
                     "wall_s": wall,
                     "command": study.get("rows", {}).get(row.name, {}).get("command"),
@@ -283,14 +283,14 @@ def collect(args) -> int:
     from sgcnn.reports.render import _human
 
     lines = [
-        "| row | start | epochs on target | model | Params | FLOPs | Top-1 % | Top-5 % | run s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| row | start | epochs on target | model | Params | FLOPs | Top-1 % | run s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         lines.append(
             f"| {r['row']} | {r['start']} | {r['target_epochs']} | {r['model']} | "
-            f"{_human(r['params'])} | {_human(r['flops'])} | {r['top1']:.2f} | {r['top5']:.2f} "
-            f"| {r['run_elapsed_s']} |"
+            f"{_human(r['params'])} | {_human(r['flops'])} | {r['top1']:.2f} | "
+            f"{r['run_elapsed_s']} |"
         )
     lines += table
     env = {k: meta.get(k) for k in ("gpu", "cpu", "cpu_count", "torch", "python", "date")}
@@ -299,8 +299,8 @@ def collect(args) -> int:
         "# Domain transfer on CIFAR-10 split by class (ResNet-20)",
         "",
         "Source: airplane, automobile, bird, cat, deer. Target: dog, frog, horse, ship, truck "
-        "(5,000 test images). Top-1 / Top-5 on the target's test split; every transfer row "
-        "has the same 15-epoch budget on the target.",
+        "(5,000 test images). Top-1 on the target's test split (the Top-5 of 5 classes is always "
+        "100 %); every transfer row has the same 15-epoch budget on the target.",
         "",
         *lines,
         "",

@@ -162,12 +162,15 @@ def test_evaluate_counts_top1_and_top5_exactly():
     )  # label 6: neither
     labels = torch.tensor([0, 4, 6])
     loader = [(scores, labels)]
-    result = evaluate(Fixed(), loader, Precision(torch.device("cpu")), Dist())
+    cpu = torch.device("cpu")
+    result = evaluate(Fixed(), loader, Precision(cpu), Dist())
     assert result["n"] == 3
     assert result["top1"] == pytest.approx(100 / 3)
     assert result["top5"] == pytest.approx(200 / 3)
     expected = nn.functional.cross_entropy(scores, labels).item()
     assert result["loss"] == pytest.approx(expected)
+    few = evaluate(Fixed(), [(scores[:, :5], labels.clamp(max=4))], Precision(cpu), Dist())
+    assert few["top1"] == pytest.approx(100 / 3) and few["top5"] is None  # always 100: not given
 
 
 # ----------------------------------------------------------------------------------- runs

@@ -76,7 +76,7 @@ def run(args) -> int:
         "split": args.split,
         "images": result["n"],
         "top1": round(result["top1"], 4),
-        "top5": round(result["top5"], 4),
+        "top5": None if result["top5"] is None else round(result["top5"], 4),
         "loss": round(result["loss"], 6),
         "params": counts["params"],
         "flops": counts["flops"],
@@ -86,7 +86,8 @@ def run(args) -> int:
         return 0
     print(f"{name} on {config.data.name} {args.split} ({result['n']} images)")
     print(f"top1    {out['top1']:.2f} %")
-    print(f"top5    {out['top5']:.2f} %")
+    if out["top5"] is not None:  # None for 5 classes or fewer (always 100 %)
+        print(f"top5    {out['top5']:.2f} %")
     print(f"params  {out['params']:,}")
     print(f"flops   {out['flops']:,}")
     return 0

@@ -87,7 +87,7 @@ class _PruneEvaluate:
             "params": counts["params"],
             "flops": counts["flops"],
             "top1": round(test["top1"], 4),
-            "top5": round(test["top5"], 4),
+            "top5": None if test["top5"] is None else round(test["top5"], 4),
             "val_top1": selection.get("val_top1"),
             "epoch": selection.get("epoch"),
             "scheme": "baseline" if stage.row == BASELINE else self.config.grouping.scheme,
@@ -96,8 +96,9 @@ class _PruneEvaluate:
         }
         self.rows.append(row)
         self._record({"event": "row", **row, "test_images": test["n"], "time": _now()})
+        top5 = "" if row["top5"] is None else f", Top-5 {row['top5']:.2f}%"
         self._say(
-            f"  {stage.row}: Top-1 {row['top1']:.2f}%, Top-5 {row['top5']:.2f}% on "
+            f"  {stage.row}: Top-1 {row['top1']:.2f}%{top5} on "
             f"{test['n']} test images; params {row['params']:,}, FLOPs {row['flops']:,}"
         )
 

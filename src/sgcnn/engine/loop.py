@@ -99,21 +99,24 @@ def train_step(
 @torch.no_grad()
 def evaluate(
     model: nn.Module, loader, precision: Precision, d: Dist, progress=None
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """Loss, Top-1 and Top-5 (percent) of ``model`` over ``loader``'s whole dataset.
 
     Under DDP each rank evaluates its shard and the sums are added up, so every rank gets the
-    numbers of the full split. ``top5`` is Top-k with ``k = min(5, classes)``.
+    numbers of the full split. ``top5`` is None for 5 classes or fewer, where every
+    prediction's top five contain its label (it would always be 100).
     """
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=precision.device)
+    classes = 0
     for batch in loader:
         x, y = precision.inputs(*batch)
         with precision.autocast():
             logits = model(x)
         logits = logits.float()
-        k = min(5, logits.shape[1])
+        classes = logits.shape[1]
+        k = min(5, classes)
         top = logits.topk(k, dim=1).indices
         hits = top == y[:, None]
         sums += torch.stack(
@@ -130,4 +133,5 @@ def evaluate(
     loss, top1, top5, n = all_reduce_sums(d, sums.tolist(), precision.device)
     if n == 0:
         return {"loss": float("nan"), "top1": float("nan"), "top5": float("nan"), "n": 0}
-    return {"loss": loss / n, "top1": 100 * top1 / n, "top5": 100 * top5 / n, "n": int(n)}
+    top5 = 100 * top5 / n if classes > 5 else None
+    return {"loss": loss / n, "top1": 100 * top1 / n, "top5": top5, "n": int(n)}

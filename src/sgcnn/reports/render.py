@@ -1,8 +1,9 @@
 """Render results as the paper shows them.
 
 A *row* is one model: ``{"name": "baseline" | "Conv-95/FC-95", "params": int, "flops": int,
-"top1": float, "top5": float}`` (accuracies in percent). *Paper rows* carry the paper's
-``params`` / ``flops`` / ``top1`` for the same names and are shown beside ours.
+"top1": float, "top5": float | None}`` (accuracies in percent; no Top-5 for 5 classes or
+fewer, shown as "-"). *Paper rows* carry the paper's ``params`` / ``flops`` / ``top1`` for
+the same names and are shown beside ours.
 All files are written atomically. Figures are drawn with matplotlib's object API
 (:class:`matplotlib.figure.Figure` on its own Agg canvas), imported on first use: neither pyplot
 nor the user's chosen backend is touched.
