@@ -473,6 +473,38 @@ def test_untraceable_model_is_converted_layer_by_layer():
     _assert_equivalent(converted, model, x)
 
 
+class _Recording(nn.Module):
+    """Keeps its last features and counts its calls: state a traced graph would not update."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.head = nn.Linear(16, 4)
+        self.calls = 0
+
+    def forward(self, x):
+        if not hasattr(self, "cache"):  # set on the first call only: not a side effect
+            self.cache = torch.ones(1)
+        self.features = torch.relu(self.bn(self.conv(x)))
+        self.calls += 1
+        return self.head(self.features.mean((2, 3)))
+
+
+def test_a_forward_that_sets_attributes_keeps_running_after_conversion():
+    model = _Recording()
+    sgcnn.self_group_(model, 0.5, groups=4, kmeans=FAST_KMEANS, default_exclusions=False)
+    with pytest.warns(UserWarning, match="sets calls, features on every call") as caught:
+        converted = convert(model.eval(), torch.randn(2, 3, 8, 8), tune=False)
+    assert "cache" not in str(caught[0].message)
+    assert converted.sgcnn_conversion["fused"] is False and fast.is_fast(converted.conv)
+    calls = converted.calls
+    with torch.no_grad():
+        converted(torch.randn(3, 3, 8, 8))
+    assert converted.calls == calls + 1 and converted.features.shape == (3, 16, 8, 8)
+    _assert_equivalent(converted, model, torch.randn(2, 3, 8, 8))
+
+
 def test_convert_leaves_the_callers_model_untouched():
     masked, x = _grouped("test_resnet")
     before = {k: v.clone() for k, v in masked.state_dict().items()}

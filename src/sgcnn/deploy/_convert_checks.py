@@ -77,6 +77,26 @@ def run_checked(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         ) from err
 
 
+def module_state(model: nn.Module) -> dict[tuple[str, str], object]:
+    """Every attribute, parameter and buffer of every submodule, by (module, name), holding
+    the objects themselves (compared with ``is``; a freed object's id could be reused)."""
+    state = {}
+    for name, module in model.named_modules():
+        for store in (vars(module), module._parameters, module._buffers):
+            for key, value in store.items():
+                state[(name, key)] = value
+    return state
+
+
+def forward_side_effects(model: nn.Module, before: dict[tuple[str, str], object]) -> list[str]:
+    """The attributes (``module.name``) that a forward pass set or replaced since ``before``
+    (:func:`module_state`): state a traced program would not update."""
+    after = module_state(model)
+    changed = [key for key, value in after.items() if key not in before or before[key] is not value]
+    changed += [key for key in before if key not in after]
+    return [f"{module}.{attr}" if module else attr for module, attr in changed]
+
+
 @contextlib.contextmanager
 def _full_fp32():
     """No TF32 inside the block (cuDNN enables it for fp32 convolutions by default): the

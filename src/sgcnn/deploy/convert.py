@@ -30,12 +30,14 @@ What happens, in order:
    (``torch.testing.assert_close``, atol 1e-5, rtol 1e-4 scaled to the output's magnitude;
    TF32 off during the check).
 
-Models ``torch.fx`` cannot trace are converted layer by layer without fusion.
+Models ``torch.fx`` cannot trace, and models whose forward sets attributes on every call (a
+traced graph would not), are converted layer by layer without fusion, keeping their forward.
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -49,6 +51,8 @@ from sgcnn.deploy._convert_checks import (
     _Progress,
     check_equivalent,
     example_tensor,
+    forward_side_effects,
+    module_state,
     resolve_device,
     run_checked,
 )
@@ -146,18 +150,23 @@ def _convert(model, example_input, device, tune, fuse, realizations, check, prog
             "conversion is checked against the masked model on it)"
         )
     with _full_fp32():
+        before = module_state(work)
         reference = run_checked(work, x)
+        side_effects = forward_side_effects(work, before)
+        if side_effects:  # a first call may build caches: only state set on every call counts
+            before = module_state(work)
+            run_checked(work, x)
+            side_effects = forward_side_effects(work, before)
     dtype = x.dtype if x.is_floating_point() else torch.float32
 
-    try:
-        graph = _Tracer().trace(work)
-        gm = fx.GraphModule(work, graph, class_name=type(model).__name__ + "Converted")
-        if fuse:
-            _split_norm_acts(gm)
-            gm.recompile()
-        ShapeProp(gm).propagate(x)
-    except Exception:
-        gm = None
+    if side_effects:
+        warnings.warn(
+            f"the model's forward sets {', '.join(side_effects[:3])} on every call, which a "
+            "traced graph would not do: converting layer by layer, without fusion (slower), "
+            "so that the converted model's forward still does",
+            stacklevel=3,
+        )
+    gm = None if side_effects else _trace(work, x, fuse, type(model).__name__ + "Converted")
 
     records = []
     if gm is not None:
@@ -205,6 +214,19 @@ def _convert(model, example_input, device, tune, fuse, realizations, check, prog
         with _full_fp32():
             check_equivalent(result, reference, x)
     return result
+
+
+def _trace(work: nn.Module, x: torch.Tensor, fuse: bool, name: str) -> fx.GraphModule | None:
+    """``work`` as a graph with every tensor's shape on ``x``; None when fx cannot trace it."""
+    try:
+        gm = fx.GraphModule(work, _Tracer().trace(work), class_name=name)
+        if fuse:
+            _split_norm_acts(gm)
+            gm.recompile()
+        ShapeProp(gm).propagate(x)
+    except Exception:
+        return None
+    return gm
 
 
 def _convert_by_swapping(work, x, dev, tune, realizations, dtype, records, progress) -> nn.Module:
