@@ -348,6 +348,29 @@ def test_cli_convert_writes_a_loadable_program(tmp_path, checkpoint):
     assert json.loads(report.read_text())["layers"]
 
 
+def test_cli_eval_of_a_program_matches_its_checkpoint(tmp_path, checkpoint, capsys):
+    program = tmp_path / "m.pt2"
+    argv = ["convert", "--checkpoint", str(checkpoint), "--no-tune", "--quiet"]
+    assert main([*argv, "--output", str(program)]) == 0
+    capsys.readouterr()
+    results = []
+    for path in (checkpoint, program):  # the deployed artifact scores what its checkpoint does
+        data = ["--data", "synthetic", "--set", "data.image_size=16"]
+        assert main(["eval", str(path), *data, "--batch-size", "7", "--json"]) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    assert results[1]["images"] == results[0]["images"] > 7
+    assert results[1]["top1"] == results[0]["top1"] and results[1]["params"] is None
+    for argv, message in (
+        (["eval", str(program)], "does not record its dataset: pass --data"),
+        (["eval", str(program), *data, "--set", "data.num_classes=4"], "4 classes"),
+        (["eval", str(program), "--data", "synthetic"], "--set data.image_size=16"),
+        (["convert", "--checkpoint", str(program), "--output", str(tmp_path / "x.pt2")], "eval"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_cli_bench_writes_json_and_csv_with_provenance(tmp_path, capsys):
     out, table = tmp_path / "bench.json", tmp_path / "bench.csv"
     assert (

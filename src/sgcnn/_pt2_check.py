@@ -66,6 +66,16 @@ def _refuse(path: Path, why: str) -> SgcnnError:
     )
 
 
+def looks_like_pt2(path: str | Path) -> bool:
+    """Whether ``path`` is a zip archive with a ``torch.export`` member (``archive_format``);
+    nothing in it is read or trusted."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(n.endswith("/archive_format") for n in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def check_pt2(path: str | Path) -> None:
     """Raise :class:`SgcnnError` unless ``path`` is a ``.pt2`` archive that PyTorch can load
     without unpickling arbitrary objects or evaluating text from the file."""

@@ -1,7 +1,9 @@
-"""``sgcnn eval CHECKPOINT``: Top-1 / Top-5, Params and FLOPs of a model on a dataset split.
+"""``sgcnn eval PATH``: Top-1 / Top-5 of a model on a dataset split.
 
-The dataset defaults to the one the checkpoint was trained on, when it comes from a run folder
-(its ``config``); otherwise ``--data`` names it. ``--set data.KEY=VALUE`` adjusts it.
+``PATH`` is an sgcnn checkpoint (also Params and FLOPs) or a converted program (``.pt2`` from
+``sgcnn convert`` / ``sgcnn export``: the deployed artifact itself is evaluated). The dataset
+defaults to the one a checkpoint was trained on, when it comes from a run folder (its
+``config``); otherwise ``--data`` names it. ``--set data.KEY=VALUE`` adjusts it.
 """
 
 from __future__ import annotations
@@ -9,13 +11,15 @@ from __future__ import annotations
 import json
 
 import torch
+from torch import nn
 
+from sgcnn._pt2_check import looks_like_pt2
 from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import positive_int
 from sgcnn.cli._pipeline import add_set_arg, quote
 from sgcnn.engine.build import build_data, check_fits
 from sgcnn.engine.checkpoint import FORMAT, load_checkpoint, load_model
-from sgcnn.engine.config import resolve_config
+from sgcnn.engine.config import Config, resolve_config
 from sgcnn.engine.distributed import Dist, resolve_device
 from sgcnn.engine.loaders import eval_loader
 from sgcnn.engine.loop import Precision, evaluate
@@ -25,7 +29,10 @@ from sgcnn.metrics.counting import count
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help=COMMANDS["eval"])
-    p.add_argument("checkpoint", help="sgcnn checkpoint (e.g. runs/demo/conv95-fc95/model.pt)")
+    p.add_argument(
+        "checkpoint",
+        help="sgcnn checkpoint (e.g. runs/demo/conv95-fc95/model.pt) or converted program (.pt2)",
+    )
     p.add_argument("--model", help="model name (needed for a plain state_dict)")
     p.add_argument("--num-classes", type=positive_int, help="classes of a plain state_dict's model")
     p.add_argument("--data", help="dataset name (default: the checkpoint's run's)")
@@ -39,6 +46,11 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    for item in args.sets:
+        if not item.startswith("data."):
+            raise SgcnnError(f"sgcnn eval only takes --set data.KEY=VALUE, got {item!r}")
+    if looks_like_pt2(args.checkpoint):
+        return _run_program(args)
     payload = load_checkpoint(args.checkpoint)
     model, name, _ = load_model(args.checkpoint, args.model, args.num_classes, user_classes=True)
     saved = payload.get("config") if payload.get("format") == FORMAT else None
@@ -46,29 +58,92 @@ def run(args) -> int:
         raise SgcnnError(
             f"{args.checkpoint!r} does not record its dataset: pass --data NAME (and --data-root)"
         )
-    for item in args.sets:
-        if not item.startswith("data."):
-            raise SgcnnError(f"sgcnn eval only takes --set data.KEY=VALUE, got {item!r}")
     recipe = {
         "model": {"name": name, "checkpoint": str(args.checkpoint)},
         "data": dict(saved["data"]) if saved and args.data is None else {},
-        "train": {"epochs": 0},
     }
-    sets = [f"data.name={quote(args.data)}"] if args.data else []
-    sets += [f"data.root={quote(args.data_root)}"] if args.data_root else []
-    config = resolve_config(recipe, sets + args.sets)
-    config.data.augment = False
+    config = _config(args, recipe)
     splits = build_data(config)
     check_fits(model, config, splits)
     device = resolve_device(args.device)
-    model = model.to(device)
+    result = _evaluate(model.to(device), splits, config, args, device)
+    return _print(args, name, config, result, count(model, splits.input_size))
+
+
+def _run_program(args) -> int:
+    """Evaluate a saved program (``sgcnn.load``) as deployed: its own device and kernels."""
+    from sgcnn.exporting import load
+
+    path = args.checkpoint
+    if args.model or args.num_classes:
+        raise SgcnnError("--model / --num-classes describe a checkpoint; a program carries its own")
+    if args.data is None:
+        raise SgcnnError(
+            f"{path!r} is a converted program, which does not record its dataset: pass --data "
+            "NAME (and --data-root)"
+        )
+    config = _config(args, {"train": {"epochs": 1}})  # only its data section is used
+    splits = build_data(config)
+    program = load(path)
+    param = next(program.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    if args.device != "auto" and resolve_device(args.device) != device:
+        raise SgcnnError(
+            f"{path!r} was converted for {device} and runs only there: convert the checkpoint "
+            f"again with --device {args.device}"
+        )
+    _check_program_fits(program, splits, config, path)
+    result = _evaluate(program, splits, config, args, device)
+    return _print(args, "program", config, result, {"params": None, "flops": None})
+
+
+def _check_program_fits(program: nn.Module, splits, config: Config, path: str) -> None:
+    data, size = config.data.name, list(splits.input_size)
+    want = program.sgcnn_example_shape
+    if want is not None and list(want[1:]) != size:
+        hint = (
+            f"--set data.image_size={want[2]}"
+            if want[1] == size[0]
+            else f"a dataset of {want[1]}-channel images"
+        )
+        raise SgcnnError(
+            f"{path!r} was exported for {'x'.join(map(str, want[1:]))} inputs but dataset "
+            f"{data!r} gives {'x'.join(map(str, size))}: {hint}"
+        )
+    if not program.dynamic_batch:
+        raise SgcnnError(
+            f"{path!r} has a fixed batch of {want[0]}: a split cannot be cut into such batches "
+            "without a remainder; save the program with a dynamic batch (the default)"
+        )
+    param = next(program.parameters(), None)
+    with torch.inference_mode():
+        out = program(torch.zeros(1, *size, device=param.device if param is not None else "cpu"))
+    if out.dim() != 2 or out.shape[1] != splits.num_classes:
+        got = out.shape[1] if out.dim() == 2 else tuple(out.shape[1:])
+        raise SgcnnError(
+            f"{path!r} gives {got} class scores but dataset {data!r} has "
+            f"{splits.num_classes} classes"
+        )
+
+
+def _config(args, recipe: dict) -> Config:
+    sets = [f"data.name={quote(args.data)}"] if args.data else []
+    sets += [f"data.root={quote(args.data_root)}"] if args.data_root else []
+    config = resolve_config({"train": {"epochs": 0}, **recipe}, sets + args.sets)
+    config.data.augment = False
+    return config
+
+
+def _evaluate(model: nn.Module, splits, config: Config, args, device: torch.device) -> dict:
     dataset = getattr(splits, args.split)
     if len(dataset) == 0:
         raise SgcnnError(f"the {args.split} split of {config.data.name!r} is empty")
     loader = eval_loader(dataset, Dist(), args.batch_size, 0, device.type == "cuda")
     with torch.inference_mode():
-        result = evaluate(model, loader, Precision(device), Dist())
-    counts = count(model, splits.input_size)
+        return evaluate(model, loader, Precision(device), Dist())
+
+
+def _print(args, name: str, config: Config, result: dict, counts: dict) -> int:
     out = {
         "checkpoint": str(args.checkpoint),
         "model": name,
@@ -78,7 +153,7 @@ def run(args) -> int:
         "top1": round(result["top1"], 4),
         "top5": None if result["top5"] is None else round(result["top5"], 4),
         "loss": round(result["loss"], 6),
-        "params": counts["params"],
+        "params": counts["params"],  # None for a program: count the checkpoint it came from
         "flops": counts["flops"],
     }
     if args.json:
@@ -88,6 +163,7 @@ def run(args) -> int:
     print(f"top1    {out['top1']:.2f} %")
     if out["top5"] is not None:  # None for 5 classes or fewer (always 100 %)
         print(f"top5    {out['top5']:.2f} %")
-    print(f"params  {out['params']:,}")
-    print(f"flops   {out['flops']:,}")
+    if out["params"] is not None:
+        print(f"params  {out['params']:,}")
+        print(f"flops   {out['flops']:,}")
     return 0

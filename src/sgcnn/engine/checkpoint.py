@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from sgcnn._io import atomic_write
+from sgcnn._pt2_check import looks_like_pt2
 from sgcnn.errors import SgcnnError
 from sgcnn.models.registry import create_model
 from sgcnn.nn.masked import MaskedConv2d, MaskedLinear, is_masked
@@ -52,13 +53,29 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise SgcnnError(
-            f"cannot read checkpoint {str(path)!r}: it is corrupt, truncated or not a PyTorch "
-            f"checkpoint ({_first_line(err)})"
-        ) from err
+        raise SgcnnError(_unreadable(path, err)) from err
     if not isinstance(payload, dict):
         raise SgcnnError(f"checkpoint {str(path)!r} holds a {type(payload).__name__}, not a dict")
     return payload
+
+
+def _unreadable(path: Path, err: BaseException) -> str:
+    """Why ``path`` is not a checkpoint: a program written by sgcnn, or a broken file."""
+    uses = (
+        "training, grouping, converting and exporting take the self-grouped checkpoint "
+        "(model.pt) it was made from"
+    )
+    if looks_like_pt2(path):
+        return (
+            f"{str(path)!r} is a converted program (.pt2), not a checkpoint: `sgcnn eval` "
+            f"evaluates it and sgcnn.load(path) runs it; {uses}"
+        )
+    if path.suffix.lower() == ".onnx":
+        return f"{str(path)!r} is an ONNX model, not a checkpoint: run it with onnxruntime; {uses}"
+    return (
+        f"cannot read checkpoint {str(path)!r}: it is corrupt, truncated or not a PyTorch "
+        f"checkpoint ({_first_line(err)})"
+    )
 
 
 def model_payload(model: nn.Module, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
