@@ -1,5 +1,6 @@
 """Saving converted models without their class, ONNX export, and the CLI around them."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -352,19 +353,28 @@ def test_cli_eval_of_a_program_matches_its_checkpoint(tmp_path, checkpoint, caps
     program = tmp_path / "m.pt2"
     argv = ["convert", "--checkpoint", str(checkpoint), "--no-tune", "--quiet"]
     assert main([*argv, "--output", str(program)]) == 0
+    paths = [checkpoint, program]
+    if importlib.util.find_spec("onnxruntime"):
+        paths.append(tmp_path / "m.onnx")
+        argv = ["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--quiet"]
+        assert main([*argv, "--output", str(paths[-1])]) == 0
     capsys.readouterr()
     results = []
-    for path in (checkpoint, program):  # the deployed artifact scores what its checkpoint does
-        data = ["--data", "synthetic", "--set", "data.image_size=16"]
+    data = ["--data", "synthetic", "--set", "data.image_size=16"]
+    for path in paths:  # the deployed artifacts score what their checkpoint does
         assert main(["eval", str(path), *data, "--batch-size", "7", "--json"]) == 0
         results.append(json.loads(capsys.readouterr().out))
-    assert results[1]["images"] == results[0]["images"] > 7
-    assert results[1]["top1"] == results[0]["top1"] and results[1]["params"] is None
+    for result in results[1:]:
+        assert result["images"] == results[0]["images"] > 7 and result["params"] is None
+        assert result["top1"] == results[0]["top1"] and result["loss"] == pytest.approx(
+            results[0]["loss"], rel=1e-4
+        )
     for argv, message in (
         (["eval", str(program)], "does not record its dataset: pass --data"),
         (["eval", str(program), *data, "--set", "data.num_classes=4"], "4 classes"),
         (["eval", str(program), "--data", "synthetic"], "--set data.image_size=16"),
         (["convert", "--checkpoint", str(program), "--output", str(tmp_path / "x.pt2")], "eval"),
+        (["eval", str(paths[-1]), "--data", "synthetic"], "--set data.image_size=16"),
     ):
         assert main(argv) == 2
         err = capsys.readouterr().err

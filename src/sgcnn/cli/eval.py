@@ -1,7 +1,8 @@
 """``sgcnn eval PATH``: Top-1 / Top-5 of a model on a dataset split.
 
-``PATH`` is an sgcnn checkpoint (also Params and FLOPs) or a converted program (``.pt2`` from
-``sgcnn convert`` / ``sgcnn export``: the deployed artifact itself is evaluated). The dataset
+``PATH`` is an sgcnn checkpoint (also Params and FLOPs) or an exported program (``.pt2`` from
+``sgcnn convert`` / ``sgcnn export``, or ``.onnx``, run in onnxruntime): the deployed artifact
+itself is evaluated. The dataset
 defaults to the one a checkpoint was trained on, when it comes from a run folder (its
 ``config``); otherwise ``--data`` names it. ``--set data.KEY=VALUE`` adjusts it.
 """
@@ -31,7 +32,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help=COMMANDS["eval"])
     p.add_argument(
         "checkpoint",
-        help="sgcnn checkpoint (e.g. runs/demo/conv95-fc95/model.pt) or converted program (.pt2)",
+        help="sgcnn checkpoint (e.g. runs/demo/conv95-fc95/model.pt) or exported program "
+        "(.pt2 or .onnx)",
     )
     p.add_argument("--model", help="model name (needed for a plain state_dict)")
     p.add_argument("--num-classes", type=positive_int, help="classes of a plain state_dict's model")
@@ -49,7 +51,7 @@ def run(args) -> int:
     for item in args.sets:
         if not item.startswith("data."):
             raise SgcnnError(f"sgcnn eval only takes --set data.KEY=VALUE, got {item!r}")
-    if looks_like_pt2(args.checkpoint):
+    if looks_like_pt2(args.checkpoint) or _is_onnx(args.checkpoint):
         return _run_program(args)
     payload = load_checkpoint(args.checkpoint)
     model, name, _ = load_model(args.checkpoint, args.model, args.num_classes, user_classes=True)
@@ -71,50 +73,105 @@ def run(args) -> int:
 
 
 def _run_program(args) -> int:
-    """Evaluate a saved program (``sgcnn.load``) as deployed: its own device and kernels."""
-    from sgcnn.exporting import load
-
+    """Evaluate a saved program as deployed: a ``.pt2`` (``sgcnn.load``) on its own device and
+    kernels, an ``.onnx`` in onnxruntime on the CPU."""
     path = args.checkpoint
     if args.model or args.num_classes:
         raise SgcnnError("--model / --num-classes describe a checkpoint; a program carries its own")
     if args.data is None:
         raise SgcnnError(
-            f"{path!r} is a converted program, which does not record its dataset: pass --data "
+            f"{path!r} is an exported program, which does not record its dataset: pass --data "
             "NAME (and --data-root)"
         )
     config = _config(args, {"train": {"epochs": 1}})  # only its data section is used
     splits = build_data(config)
-    program = load(path)
-    param = next(program.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
+    program, device, shape = _load_onnx(path) if _is_onnx(path) else _load_pt2(path)
     if args.device != "auto" and resolve_device(args.device) != device:
         raise SgcnnError(
-            f"{path!r} was converted for {device} and runs only there: convert the checkpoint "
-            f"again with --device {args.device}"
+            f"{path!r} runs on {device} only: convert the checkpoint again with --device "
+            f"{args.device}"
         )
-    _check_program_fits(program, splits, config, path)
+    _check_program_fits(program, shape, splits, config, path)
     result = _evaluate(program, splits, config, args, device)
     return _print(args, "program", config, result, {"params": None, "flops": None})
 
 
-def _check_program_fits(program: nn.Module, splits, config: Config, path: str) -> None:
+def _is_onnx(path: str) -> bool:
+    return str(path).lower().endswith(".onnx")
+
+
+def _load_pt2(path: str) -> tuple[nn.Module, torch.device, list]:
+    """``(program, device, input shape)``; the batch entry is None when it is dynamic."""
+    from sgcnn.exporting import load
+
+    program = load(path)
+    param = next(program.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    shape = program.sgcnn_example_shape
+    if shape is not None and program.dynamic_batch:
+        shape = [None, *shape[1:]]
+    return program, device, shape
+
+
+class _OnnxProgram(nn.Module):
+    """An onnxruntime session as a module: float32 CPU tensors in, the first output out."""
+
+    def __init__(self, session) -> None:
+        super().__init__()
+        self.session = session
+        self.input = session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self.input: x.float().cpu().numpy()})[0]
+        return torch.from_numpy(out)
+
+
+def _load_onnx(path: str) -> tuple[nn.Module, torch.device, list]:
+    try:
+        import onnxruntime as ort
+    except ImportError as err:
+        raise SgcnnError(
+            "evaluating an ONNX model needs onnxruntime: pip install 'sgcnn[onnx]'"
+        ) from err
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as err:
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise SgcnnError(
+            f"onnxruntime cannot load {path!r}: {type(err).__name__}: {first}"
+        ) from err
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise SgcnnError(f"{path!r} takes {len(inputs)} inputs; an image classifier takes one")
+    shape = [d if isinstance(d, int) else None for d in inputs[0].shape]
+    return _OnnxProgram(session), torch.device("cpu"), shape
+
+
+def _check_program_fits(program: nn.Module, shape, splits, config: Config, path: str) -> None:
+    """The program takes the dataset's images in batches of any size and gives one score per
+    class; ``shape`` is its input shape (None for a dynamic entry, or None when unknown)."""
     data, size = config.data.name, list(splits.input_size)
-    want = program.sgcnn_example_shape
-    if want is not None and list(want[1:]) != size:
-        hint = (
-            f"--set data.image_size={want[2]}"
-            if want[1] == size[0]
-            else f"a dataset of {want[1]}-channel images"
+    if shape is not None:
+        fixed = shape[1:]
+        fits = len(fixed) == len(size) and all(
+            w in (None, s) for w, s in zip(fixed, size, strict=True)
         )
-        raise SgcnnError(
-            f"{path!r} was exported for {'x'.join(map(str, want[1:]))} inputs but dataset "
-            f"{data!r} gives {'x'.join(map(str, size))}: {hint}"
-        )
-    if not program.dynamic_batch:
-        raise SgcnnError(
-            f"{path!r} has a fixed batch of {want[0]}: a split cannot be cut into such batches "
-            "without a remainder; save the program with a dynamic batch (the default)"
-        )
+        if not fits:
+            want = "x".join("?" if w is None else str(w) for w in fixed)
+            hint = (
+                f"--set data.image_size={fixed[-1]}"
+                if len(fixed) == 3 and fixed[0] == size[0] and fixed[-1] is not None
+                else f"a dataset of {want} images"
+            )
+            raise SgcnnError(
+                f"{path!r} was exported for {want} inputs but dataset {data!r} gives "
+                f"{'x'.join(map(str, size))}: {hint}"
+            )
+        if shape[0] is not None:
+            raise SgcnnError(
+                f"{path!r} has a fixed batch of {shape[0]}: a split cannot be cut into such "
+                "batches without a remainder; export it with a dynamic batch (the default)"
+            )
     param = next(program.parameters(), None)
     with torch.inference_mode():
         out = program(torch.zeros(1, *size, device=param.device if param is not None else "cpu"))
