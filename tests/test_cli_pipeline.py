@@ -2,6 +2,7 @@
 one-line errors (exit status 2) a user gets for bad input."""
 
 import json
+import os
 
 import pytest
 import yaml
@@ -101,6 +102,26 @@ def test_train_eval_finetune_report(tmp_path, capsys):
     assert "| Conv-30/FC-30 |" in capsys.readouterr().out
     assert "Conv-30/FC-30" in (tuned / "report.md").read_text()
     assert json.loads((tuned / "report.json").read_text())["rows"][1]["name"] == "Conv-30/FC-30"
+
+    # report --latency times every row as deployed and the report shows it.
+    timing = ["report", str(tuned), "--latency", "--runs", "2", "--threads", "1"]
+    assert main(timing) == 0
+    assert "latency ms" in capsys.readouterr().out
+    rows = json.loads((tuned / "report.json").read_text())["rows"]
+    assert all(r["latency_ms"] > 0 for r in rows)
+    assert (tuned / "latency.json").is_file() and (tuned / "accuracy_vs_latency.png").is_file()
+    meta = json.loads((tuned / "report.json").read_text())["meta"]
+    assert "batch 1, 1 thread on" in meta["latency"] and "best:" in meta["latency"]
+    # A row whose checkpoint changed since shows no latency until measured again.
+    changed = tuned / rows[1]["checkpoint"]
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    assert main(["report", str(tuned)]) == 0
+    report = json.loads((tuned / "report.json").read_text())
+    assert report["rows"][0]["latency_ms"] > 0 and report["rows"][1]["latency_ms"] is None
+    assert "changed since): Conv-30/FC-30" in report["meta"]["latency"]
+    capsys.readouterr()
+    assert main([*timing[:-1], "999"]) == 2
+    assert "more than the" in capsys.readouterr().err
 
 
 def test_run_a_recipe_file_with_overrides(tmp_path, capsys):

@@ -159,3 +159,20 @@ def check_example_size(shape: tuple[int, ...]) -> None:
             f"(float32), and converting holds several activations that size; use a --batch-size "
             f"and --input-size whose input stays under {MAX_EXAMPLE_BYTES >> 20} MiB"
         )
+
+
+def set_timing_threads(threads: int | None) -> None:
+    """``torch.set_num_threads(threads)`` for timing; more threads than CPUs is an error
+    (oversubscribed threads make every timing meaningless)."""
+    import os
+
+    import torch
+
+    if threads is None:
+        return
+    if threads > (os.cpu_count() or 1):
+        raise SgcnnError(
+            f"--threads {threads} is more than the {os.cpu_count()} CPUs here; "
+            "oversubscribed threads make every timing meaningless"
+        )
+    torch.set_num_threads(threads)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import sys
 
 import torch
@@ -19,6 +18,7 @@ from sgcnn.cli._common import (
     parse_ratio,
     path_arg,
     positive_int,
+    set_timing_threads,
     write_json,
 )
 from sgcnn.core.grouper import self_group_
@@ -79,16 +79,10 @@ def run(args) -> int:
             f"{' and '.join(given)} self-group a fresh model; a --checkpoint is benchmarked as "
             "it is (self-group it first with `sgcnn group`)"
         )
-    if args.threads is not None and args.threads > (os.cpu_count() or 1):
-        raise SgcnnError(
-            f"--threads {args.threads} is more than the {os.cpu_count()} CPUs here; "
-            "oversubscribed threads make every timing meaningless"
-        )
+    set_timing_threads(args.threads)
     check_output_paths(args.overwrite, {"--output": args.output, "--csv": args.csv})
     resolve_device(args.device, torch.nn.Module())  # fail before any work
     model, name, size = model_for_example(args, max(batch_sizes))
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     grouping = "checkpoint"
     if not any(is_masked(m) for m in model.modules()):
         if args.checkpoint:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from sgcnn._io import check_output_dir, read_text
 from sgcnn.cli import COMMANDS
+from sgcnn.cli._common import positive_int, set_timing_threads
 from sgcnn.engine.config import config_from_yaml
 from sgcnn.engine.reporting import write_run_report
 from sgcnn.engine.state import CONFIG_FILE, METRICS_FILE
@@ -15,6 +17,18 @@ from sgcnn.errors import SgcnnError
 def register(subparsers) -> None:
     p = subparsers.add_parser("report", help=COMMANDS["report"])
     p.add_argument("run_dir", type=Path, help="a run folder (from train, finetune, run, demo)")
+    p.add_argument(
+        "--latency",
+        action="store_true",
+        help="first time every result on this machine (converted as deployed, side by side "
+        "with the baseline's standard deployments) into latency.json; the report shows it",
+    )
+    p.add_argument(
+        "--batch-size", type=positive_int, default=1, help="--latency: images per call (1)"
+    )
+    p.add_argument("--threads", type=positive_int, help="--latency: torch threads (default all)")
+    p.add_argument("--runs", type=positive_int, default=50, help="--latency: timed rounds (50)")
+    p.add_argument("--device", default="cpu", help="--latency: cpu or cuda (default cpu)")
     p.set_defaults(func=run)
 
 
@@ -22,6 +36,8 @@ def run(args) -> int:
     from sgcnn.reports import format_table
 
     check_output_dir(args.run_dir, "run folder")
+    if args.latency:
+        _measure(args)
     try:
         rows = write_run_report(args.run_dir)
     except (KeyError, TypeError, AttributeError, ValueError) as err:  # a hand-damaged record
@@ -34,3 +50,26 @@ def run(args) -> int:
     print(format_table(rows, config.report.paper or None))
     print(f"report: {args.run_dir / 'report.md'}")
     return 0
+
+
+def _measure(args) -> None:
+
+    from sgcnn.engine.reporting import run_rows
+    from sgcnn.engine.run_latency import LATENCY_FILE, measure_run_latency
+    from sgcnn.engine.rundir import require_run_dir
+
+    require_run_dir(args.run_dir)
+    rows, facts = run_rows(args.run_dir)
+    if "input_size" not in facts:
+        raise SgcnnError(f"{str(args.run_dir)!r} does not record its input size: nothing to time")
+    set_timing_threads(args.threads)
+    measure_run_latency(
+        args.run_dir,
+        rows,
+        facts["input_size"],
+        batch=args.batch_size,
+        runs=args.runs,
+        device=args.device,
+        progress=lambda message: print(message, file=sys.stderr),
+    )
+    print(f"latency: {args.run_dir / LATENCY_FILE}")

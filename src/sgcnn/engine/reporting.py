@@ -24,6 +24,7 @@ from sgcnn._io import read_text
 from sgcnn.engine import checkpoint as ckpt
 from sgcnn.engine.config import Config, config_from_yaml
 from sgcnn.engine.health import FAILED
+from sgcnn.engine.run_latency import read_run_latency
 from sgcnn.engine.rundir import require_run_dir
 from sgcnn.engine.state import CONFIG_FILE, METRICS_FILE, read_metrics
 
@@ -162,6 +163,10 @@ def write_run_report(run_dir: str | os.PathLike) -> list:
             structures = group_structure(model)
     title = config.report.title or config.name or run_dir.name
     meta = _meta(run_dir, config, facts, len(rows), _planned_rows(config))
+    latency = read_run_latency(run_dir, rows)
+    if latency is not None:  # measured by `sgcnn report --latency`, not here
+        measured, meta["latency"] = latency
+        rows = [{**r, "latency_ms": measured.get(r["name"])} for r in rows]
     write_report(run_dir, title, rows, config.report.paper or None, structures, meta)
     return rows
 

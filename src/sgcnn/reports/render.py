@@ -2,8 +2,9 @@
 
 A *row* is one model: ``{"name": "baseline" | "Conv-95/FC-95", "params": int, "flops": int,
 "top1": float, "top5": float | None}`` (accuracies in percent; no Top-5 for 5 classes or
-fewer, shown as "-"). *Paper rows* carry the paper's ``params`` / ``flops`` / ``top1`` for
-the same names and are shown beside ours.
+fewer, shown as "-"), optionally ``"latency_ms"`` (a measured latency: a column and a plot of
+its own). *Paper rows* carry the paper's ``params`` / ``flops`` / ``top1`` for the same names
+and are shown beside ours.
 All files are written atomically. Figures are drawn with matplotlib's object API
 (:class:`matplotlib.figure.Figure` on its own Agg canvas), imported on first use: neither pyplot
 nor the user's chosen backend is touched.
@@ -39,7 +40,8 @@ def _pct(x: float | None) -> str:
 def format_table(rows: Sequence[dict], paper_rows: Sequence[dict] | None = None) -> str:
     """A markdown table of ``rows`` (and the paper's figures beside them, when given)."""
     paper = {r["name"]: r for r in paper_rows or ()}
-    head = ["model", "Params", "FLOPs", "Top-1 %", "Top-5 %"]
+    timed = any("latency_ms" in r for r in rows)
+    head = ["model", "Params", "FLOPs", "Top-1 %", "Top-5 %"] + (["latency ms"] if timed else [])
     if paper:
         head += ["paper Params", "paper FLOPs", "paper Top-1 %"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -51,6 +53,8 @@ def format_table(rows: Sequence[dict], paper_rows: Sequence[dict] | None = None)
             _pct(r.get("top1")),
             _pct(r.get("top5")),
         ]
+        if timed:
+            cells.append("-" if r.get("latency_ms") is None else f"{r['latency_ms']:.3f}")
         if paper:
             p = paper.get(r["name"], {})
             cells += [_human(p.get("params")), _human(p.get("flops")), _pct(p.get("top1"))]
@@ -97,6 +101,26 @@ def plot_accuracy_vs_flops(
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:  # nothing to label before the first result row
         ax.legend()
+    _save_png(fig, path)
+
+
+def plot_accuracy_vs_latency(rows: Sequence[dict], path: Path, title: str = "") -> None:
+    """Top-1 against measured latency (ms), one labelled point per timed row."""
+    fig, ax = _figure((6, 4))
+    points = sorted(
+        (r["latency_ms"], r["top1"], r["name"])
+        for r in rows
+        if r.get("latency_ms") is not None and r.get("top1") is not None
+    )
+    if points:
+        x, y, _ = zip(*points, strict=True)
+        ax.plot(x, y, "o")
+        for xi, yi, name in points:
+            ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set_xlabel("latency (ms, measured)")
+    ax.set_ylabel("Top-1 accuracy (%)")
+    ax.set_title(title or "Accuracy against latency")
+    ax.grid(True, alpha=0.3)
     _save_png(fig, path)
 
 
@@ -148,7 +172,8 @@ def write_report(
     structures: dict | None = None,
     meta: dict | None = None,
 ) -> None:
-    """Write ``report.md``, ``report.json``, ``accuracy_vs_flops.png`` and, for each layer of
+    """Write ``report.md``, ``report.json``, ``accuracy_vs_flops.png`` (and
+    ``accuracy_vs_latency.png`` when rows carry a latency) and, for each layer of
     ``structures`` (``{name: LayerGroups}``), ``structure/<name>.png`` into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -158,6 +183,9 @@ def write_report(
         plot_group_structure(name, groups.labels, groups.mask, out_dir / file)
         pictures.append((name, file))
     plot_accuracy_vs_flops(rows, out_dir / "accuracy_vs_flops.png", paper_rows, title)
+    timed = any(r.get("latency_ms") is not None for r in rows)
+    if timed:
+        plot_accuracy_vs_latency(rows, out_dir / "accuracy_vs_latency.png", title)
 
     data = {
         "title": title,
@@ -172,6 +200,8 @@ def write_report(
     if meta:
         md += ["", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in meta.items()] + [""]
     md += ["![Top-1 against FLOPs](accuracy_vs_flops.png)", ""]
+    if timed:
+        md += ["![Top-1 against latency](accuracy_vs_latency.png)", ""]
     if pictures:
         md += ["## Self-group structure", ""]
         md += [f"### {name}\n\n![{name}]({file})\n" for name, file in pictures]
