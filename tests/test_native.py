@@ -77,7 +77,7 @@ def test_torch_export_follows_a_new_input():
 def test_legacy_onnx_export_of_native_layers_is_a_clear_error(tmp_path):
     masked, x = _grouped()
     converted = convert(masked, x, tune=False, realizations=("native",))
-    with pytest.raises(SgcnnError, match="export_onnx"):
+    with pytest.raises(SgcnnError, match=r"sgcnn.export\(model, path, x, format=\"onnx\"\)"):
         torch.onnx.export(converted, (x,), str(tmp_path / "m.onnx"), dynamo=False)
 
 

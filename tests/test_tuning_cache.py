@@ -169,3 +169,17 @@ def test_a_slow_first_call_is_not_judged_when_warming_up_twice():
     assert twice["search"]["runs"] > 0 and tuning.best(twice) == "search"
     assert tuning.warmup_calls(torch.device("cuda")) == 2
     assert tuning.warmup_calls(cpu) == 1
+
+
+def test_every_cache_follows_one_folder_rule(tmp_path, monkeypatch):
+    """$SGCNN_CACHE, else $XDG_CACHE_HOME/sgcnn: data, tuning timings and kernels alike."""
+    from sgcnn.data.cache import cache_root
+    from sgcnn.deploy._native_build import _cache_root
+
+    monkeypatch.delenv("SGCNN_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    want = tmp_path / "xdg" / "sgcnn"
+    assert cache_root() == want and _cache_root() == want
+    assert tuning._cache_file(torch.device("cpu")).parent == want / "tuning"
+    monkeypatch.setenv("SGCNN_CACHE", str(tmp_path / "own"))
+    assert cache_root() == _cache_root() == tmp_path / "own"

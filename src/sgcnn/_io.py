@@ -115,6 +115,17 @@ def usual_mode(base: int = 0o666) -> int:
     return base & ~mask
 
 
+def cache_dir() -> Path:
+    """sgcnn's cache folder (not created here): ``$SGCNN_CACHE``, else
+    ``$XDG_CACHE_HOME/sgcnn``, else ``~/.cache/sgcnn``; data, tuning timings and built kernels
+    all live under it."""
+    if os.environ.get("SGCNN_CACHE"):
+        return Path(os.environ["SGCNN_CACHE"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "sgcnn"
+    return Path.home() / ".cache" / "sgcnn"
+
+
 def atomic_write(
     path: str | os.PathLike, write: Callable[[IO[bytes]], Any], overwrite: bool = True
 ) -> Path:

@@ -29,7 +29,7 @@ try:
 except ImportError:  # Windows: no lock; concurrent builders just duplicate work
     fcntl = None
 
-from sgcnn._io import atomic_write
+from sgcnn._io import atomic_write, cache_dir
 from sgcnn.errors import SgcnnError
 
 _TMP_TAG = ".tmp-"
@@ -37,15 +37,7 @@ _TMP_TAG = ".tmp-"
 
 def cache_root(override: str | None = None) -> Path:
     """The cache folder (created on first use)."""
-    if override:
-        root = Path(override)
-    elif os.environ.get("SGCNN_CACHE"):
-        root = Path(os.environ["SGCNN_CACHE"])
-    elif os.environ.get("XDG_CACHE_HOME"):
-        root = Path(os.environ["XDG_CACHE_HOME"]) / "sgcnn"
-    else:
-        root = Path.home() / ".cache" / "sgcnn"
-    root = root.expanduser()
+    root = Path(override).expanduser() if override else cache_dir()
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -238,6 +238,6 @@ def _refuse_onnx_export(module: nn.Module) -> None:
     if torch.onnx.is_in_onnx_export():
         raise SgcnnError(
             f"{type(module).__name__} runs sgcnn's native kernel, which ONNX cannot express; "
-            "export with sgcnn.export.export_onnx(model, path, x) (or `sgcnn export --format "
+            'export with sgcnn.export(model, path, x, format="onnx") (or `sgcnn export --format '
             "onnx`), which realizes every layer with standard operators"
         )

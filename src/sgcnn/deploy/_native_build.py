@@ -1,12 +1,12 @@
 """Building and loading the native kernels' C library (see :mod:`sgcnn.deploy._native`).
 
 The C sources (``csrc/``: ``dg_conv.c``, ``winograd.c`` and their shared header, shipped with
-the package) are compiled on first use with the
-system C compiler (``$CC`` or ``cc``, ``-O3 -march=native -fopenmp``) into ``$SGCNN_CACHE``
-(default ``~/.cache/sgcnn``) under a key over the source, the compiler, the flags and the
-CPU's features, and loaded with ``ctypes``. The vector width follows the CPU: AVX-512F
-(16 lanes) or AVX2 + FMA (8 lanes). ``SGCNN_NATIVE=0`` disables it; :func:`available` says
-whether it can run.
+the package) are compiled on first use with the system C compiler (``$CC`` or ``cc``,
+``-O3 -march=native -fopenmp``) into sgcnn's cache folder (``sgcnn._io.cache_dir``:
+``$SGCNN_CACHE``, ``$XDG_CACHE_HOME/sgcnn`` or ``~/.cache/sgcnn``) under a key over the
+source, the compiler, the flags and the CPU's features, and loaded with ``ctypes``. The vector
+width follows the CPU: AVX-512F (16 lanes) or AVX2 + FMA (8 lanes). ``SGCNN_NATIVE=0``
+disables it; :func:`available` says whether it can run.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import tempfile
 import threading
 from importlib import resources
 from pathlib import Path
+
+from sgcnn._io import cache_dir
 
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 
@@ -55,7 +57,7 @@ def _source() -> bytes:
 
 
 def _cache_root() -> Path:
-    return Path(os.environ.get("SGCNN_CACHE") or Path.home() / ".cache" / "sgcnn")
+    return cache_dir()
 
 
 def _compiler() -> str:

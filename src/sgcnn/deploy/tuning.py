@@ -7,9 +7,10 @@ disturbed estimate of what the code itself costs. A candidate more than ``cutoff
 than the best after its first timed call (``2 * cutoff`` times after its warm-up call) is
 dropped early, to keep tuning short.
 
-Measurements are cached (:func:`lookup`, :func:`store`) in ``$SGCNN_CACHE`` (default
-``~/.cache/sgcnn``) by layer and machine, so converting the same network again measures
-nothing; ``SGCNN_TUNING_CACHE=0`` turns the cache off.
+Measurements are cached (:func:`lookup`, :func:`store`) in sgcnn's cache folder
+(``$SGCNN_CACHE``, else ``$XDG_CACHE_HOME/sgcnn``, else ``~/.cache/sgcnn``) by layer and
+machine, so converting the same network again measures nothing; ``SGCNN_TUNING_CACHE=0``
+turns the cache off.
 
 The clock is wall time. ``SGCNN_TUNE_CLOCK=cpu`` uses the process's CPU time instead, which
 a busy machine disturbs less (useful for development on a shared box, but it undercounts
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from sgcnn._io import atomic_write
+from sgcnn._io import atomic_write, cache_dir
 from sgcnn.errors import SgcnnError
 
 try:
@@ -236,8 +237,7 @@ def _cache_file(device: torch.device) -> Path:
          device.type, platform.node() if device.type == "cpu" else ""]
     )  # fmt: skip
     name = hashlib.sha256(context.encode()).hexdigest()[:24]
-    root = Path(os.environ.get("SGCNN_CACHE") or Path.home() / ".cache" / "sgcnn")
-    return root / "tuning" / f"{name}.json"
+    return cache_dir() / "tuning" / f"{name}.json"
 
 
 def layer_key(spec, input_shape, residual_shape, dtype, channels_last: bool = False) -> str:
