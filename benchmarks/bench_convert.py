@@ -20,9 +20,9 @@ runs interleaved on the same input in one process (:func:`sgcnn.metrics.latency.
 - ``masked``: the self-grouped model as trained (weights times masks: no faster);
 - ``converted``: :func:`sgcnn.convert`, tuned at that batch size;
 - ``channel_pruned`` (ResNet-50 only): L1 channel pruning to 1.76 GMACs at 224 px (the budget
-  scales with the input area), see ``channel_pruning.py``, deployed the same ways (eager,
-  ``_channels_last``, ``_jit``, ``_onnxruntime``, and ``_fused`` through sgcnn's fusion); the
-  table names its best.
+  scales with the input area), see ``sgcnn/metrics/_channel_peer.py``, deployed the same ways
+  (eager, ``_channels_last``, ``_jit``, ``_onnxruntime``, and ``_fused`` through sgcnn's
+  fusion); the table names its best.
 
 Writes ``<out>.json`` (everything, with provenance) and ``<out>.md`` (the tables).
 """
@@ -76,7 +76,7 @@ def run_model(
     extra = {}
     info = {"conv_sparsity": conv_p, "fc_sparsity": fc_p, "groups": 16, "grouping_s": grouping_s}
     if name == "resnet50":
-        from channel_pruning import prune_to_macs
+        from sgcnn.metrics._channel_peer import prune_to_macs
 
         budget = int(CHANNEL_PRUNED_MACS * size[1] * size[2] / 224**2)
         pruned, ratio = prune_to_macs(dense_copy, budget, size)
@@ -86,7 +86,7 @@ def run_model(
         extra["channel_pruned_fused"] = lambda x, p=pruned: fuse_dense(p, x, tune=tune)
         info["channel_pruning"] = {
             "method": "own L1 channel pruning, uniform ratio over coupled groups "
-            "(benchmarks/channel_pruning.py; equivalent to Torch-Pruning MagnitudePruner L1)",
+            "(sgcnn/metrics/_channel_peer.py; equivalent to Torch-Pruning MagnitudePruner L1)",
             "ratio": ratio,
             "macs": sgcnn.count(pruned, size)["flops"],
             "params": sgcnn.count(pruned, size)["params"],

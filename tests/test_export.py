@@ -433,10 +433,36 @@ def test_cli_bench_writes_json_and_csv_with_provenance(tmp_path, capsys):
             if k == "dense" or k in ("dense_channels_last", "dense_jit", "dense_onnxruntime")
         )
         assert entry["realised_fraction"] is not None
+    assert "not a torchvision ResNet" in result["channel_pruning"]["skipped"]
     rows = table.read_text().strip().splitlines()
     assert rows[0].startswith("model,batch,variant,median_ms")
     assert len(rows) == 1 + sum(len(b["models"]) for b in result["batches"])
     assert "converted" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_channel_pruned_peer_reaches_the_budget_and_runs(name):
+    import torchvision
+
+    from sgcnn.metrics._channel_peer import peer_unavailable, prune_to_macs
+
+    model = getattr(torchvision.models, name)().eval()
+    dense = sgcnn.count(model, 32)["flops"]
+    pruned, ratio = prune_to_macs(model, dense // 2, (3, 32, 32))
+    assert 0.2 < ratio < 0.4 and sgcnn.count(pruned, 32)["flops"] / dense == pytest.approx(
+        0.5, abs=0.01
+    )
+    assert pruned(torch.randn(2, 3, 32, 32)).shape == (2, 1000)
+    assert "ResNeXt" in peer_unavailable(torchvision.models.resnext50_32x4d())
+    assert "not a torchvision ResNet" in peer_unavailable(sgcnn.create_model("resnet20"))
+
+
+def test_cli_bench_shows_the_channel_pruned_peer_of_a_resnet(capsys):
+    argv = ["bench", "--model", "resnet18", "--input-size", "32", "--batch-sizes", "1"]
+    assert main([*argv, "--runs", "1", "--warmup", "0", "--threads", "1", "--no-tune"]) == 0
+    out = capsys.readouterr().out
+    assert "channel_pruned_jit" in out and "best channel-pruned deployment" in out
+    assert "channel-pruned peer: ratio" in out and " ? " not in out
 
 
 def test_cli_bench_bad_input(capsys):

@@ -98,18 +98,25 @@ def run(args) -> int:
     def say(msg: str) -> None:
         print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
+    peer, extra = _channel_pruned_peer(model.eval(), size, not args.no_tune, say)
     result = benchmark(
-        model.eval(),
+        model,
         size,
         batch_sizes,
         device=args.device,
         runs=args.runs,
         warmup=args.warmup,
         tune=not args.no_tune,
+        extra=extra,
         breakdown=args.breakdown,
         progress=None if args.quiet else say,
     )
     result.update(model=name, grouping=grouping, command=" ".join(["sgcnn", *sys.argv[1:]]))
+    result["channel_pruning"] = peer
+    for entry in result["batches"]:  # compiled peers cannot be counted: they run its MACs
+        for variant, row in entry["models"].items():
+            if variant.startswith("channel_pruned") and row["macs_per_image"] is None:
+                row["macs_per_image"] = peer["macs"]
     print(format_table(result))
     if args.output:
         write_json(args.output, result, args.overwrite)
@@ -118,12 +125,48 @@ def run(args) -> int:
     return 0
 
 
+def _channel_pruned_peer(masked, size, tune: bool, say) -> tuple[dict, dict]:
+    """``(description, extra models)``: the model's dense version L1 channel-pruned to the
+    self-grouped model's MACs, deployed every way the dense model is; none (and why) for
+    models other than torchvision ResNets."""
+    import copy
+
+    from sgcnn.deploy.convert import fuse_dense
+    from sgcnn.metrics._channel_peer import peer_unavailable, prune_to_macs
+    from sgcnn.metrics.counting import count
+    from sgcnn.metrics.latency import DEPLOYMENTS, deploy
+    from sgcnn.nn.masked import to_dense
+    from sgcnn.nn.swap import replace_modules_
+
+    dense = copy.deepcopy(masked)
+    replace_modules_(dense, lambda m, n: is_masked(m), lambda m, n: to_dense(m))
+    why = peer_unavailable(dense)
+    if why is not None:
+        say(f"no channel-pruned peer: {why}")
+        return {"skipped": why}, {}
+    target = count(masked, size)["flops"]
+    say(f"channel-pruning the dense model to {target / 1e6:.1f} MMACs (the self-grouped MACs)")
+    pruned, ratio = prune_to_macs(dense, target, size)
+    extra = {"channel_pruned": pruned}
+    for how in DEPLOYMENTS:
+        extra[f"channel_pruned_{how}"] = lambda x, how=how: deploy(pruned, x, how)
+    extra["channel_pruned_fused"] = lambda x: fuse_dense(pruned, x, tune=tune)
+    counts = count(pruned, size)
+    info = {
+        "method": "L1 channel pruning, one ratio over coupled channel groups",
+        "ratio": round(ratio, 4),
+        "macs": counts["flops"],
+        "params": counts["params"],
+    }
+    return info, extra
+
+
 def format_table(result: dict) -> str:
     env = result["environment"]
     lines = [
         f"{result.get('model', '')}  input {'x'.join(map(str, result['input_size']))}  "
         f"{env['device']} ({env['host_cpu']}), {env['threads']} threads, torch {env['torch']}",
-        f"{'batch':>5s} {'model':20s} {'median ms':>10s} {'p10-p90 ms':>15s} {'img/s':>9s} "
+        f"{'batch':>5s} {'model':30s} {'median ms':>10s} {'p10-p90 ms':>15s} {'img/s':>9s} "
         f"{'MMACs/img':>10s} {'vs dense':>9s} {'vs best dense':>14s}",
     ]
     for entry in result["batches"]:
@@ -131,11 +174,15 @@ def format_table(result: dict) -> str:
             macs = row["macs_per_image"]
             macs = f"{macs / 1e6:10.1f}" if macs is not None else f"{'?':>10s}"
             lines.append(
-                f"{entry['batch']:5d} {name:20s} {row['median_ms']:10.2f} "
+                f"{entry['batch']:5d} {name:30s} {row['median_ms']:10.2f} "
                 f"{row['p10_ms']:7.2f}-{row['p90_ms']:<7.2f} {row['images_per_s']:9.1f} "
                 f"{macs} {row['speedup_vs_dense']:8.2f}x {row['speedup_vs_best_dense']:13.2f}x"
             )
         lines.append(f"{'':5s} best dense deployment: {entry['best_dense']}")
+        peers = {k: v for k, v in entry["models"].items() if k.startswith("channel_pruned")}
+        if peers:
+            best = min(peers, key=lambda k: peers[k]["median_ms"])
+            lines.append(f"{'':5s} best channel-pruned deployment: {best}")
         for name, why in entry.get("skipped", {}).items():
             lines.append(f"{'':5s} {name} not measured: {why}")
         realised = entry["realised_fraction"]
@@ -145,6 +192,14 @@ def format_table(result: dict) -> str:
             f"{entry['converted_padding_macs_per_image'] / 1e6:.1f} MMACs/img"
             if realised is not None
             else ""
+        )
+    peer = result.get("channel_pruning") or {}
+    if "skipped" in peer:
+        lines.append(f"channel-pruned peer: none ({peer['skipped']})")
+    elif peer:
+        lines.append(
+            f"channel-pruned peer: ratio {peer['ratio']:.3f}, {peer['macs'] / 1e6:.1f} MMACs, "
+            f"{peer['params']:,} params"
         )
     return "\n".join(lines)
 
