@@ -1,5 +1,6 @@
 """Saving converted models without their class, ONNX export, and the CLI around them."""
 
+import copy
 import importlib.util
 import json
 import os
@@ -379,6 +380,61 @@ def test_cli_eval_of_a_program_matches_its_checkpoint(tmp_path, checkpoint, caps
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+class _TwoOutputs(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        y = self.model(x)
+        return y, 2 * y
+
+
+class _Uint8Input(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x.float() / 255)
+
+
+def _foreign_onnx(path, model, example, dynamic=False):
+    """An ONNX file as other tools write it (fixed batch unless ``dynamic``)."""
+    axes = {"input": {0: "batch"}} if dynamic else None
+    with torch.no_grad():
+        torch.onnx.export(
+            model, (example,), path, dynamo=False, input_names=["input"], dynamic_axes=axes
+        )
+
+
+def test_cli_eval_of_programs_other_tools_write(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    net = sgcnn.create_model("test_resnet").eval()
+    x = torch.randn(1, 3, 16, 16)
+    grouped = sgcnn.create_model("test_resnet").eval()
+    sgcnn.self_group_(grouped, 0.5, groups=4, kmeans=FAST_KMEANS)
+    _foreign_onnx(tmp_path / "fixed1.onnx", net, x)  # batch 1 only: run image by image
+    _foreign_onnx(tmp_path / "half.onnx", copy.deepcopy(net).half(), x.half(), dynamic=True)
+    sgcnn.export(grouped, tmp_path / "fixed4.pt2", x.repeat(4, 1, 1, 1), format="pt2",
+                 dynamic_batch=False)  # fmt: skip
+    _foreign_onnx(tmp_path / "u8.onnx", _Uint8Input(net), x.to(torch.uint8))
+    _foreign_onnx(tmp_path / "two.onnx", _TwoOutputs(net), x)
+    sgcnn.export(_TwoOutputs(grouped), tmp_path / "two.pt2", x, format="pt2")
+    data = ["--data", "synthetic", "--set", "data.image_size=16", "--batch-size", "7", "--json"]
+    for name in ("fixed1.onnx", "half.onnx", "fixed4.pt2"):  # 128 images, 7 at a time
+        assert main(["eval", str(tmp_path / name), *data]) == 0, capsys.readouterr().err
+        assert json.loads(capsys.readouterr().out)["images"] == 128
+    for name, message in (
+        ("u8.onnx", "takes tensor(uint8) input"),
+        ("two.onnx", "gives 2 outputs"),
+        ("two.pt2", "not one tensor of class scores"),
+    ):
+        assert main(["eval", str(tmp_path / name), *data]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
 
 
 def test_cli_bench_writes_json_and_csv_with_provenance(tmp_path, capsys):

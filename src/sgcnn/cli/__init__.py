@@ -12,7 +12,7 @@ COMMANDS = {
     "transfer": "transfer a (self-grouped) classifier to a new dataset: dense, L, G or LG",
     "detect": "object detection (Faster R-CNN) with a self-grouped backbone",
     "run": "run a recipe: train, self-group, fine-tune, evaluate, report",
-    "eval": "evaluate a checkpoint: Top-1 / Top-5, Params, FLOPs",
+    "eval": "evaluate a checkpoint (Top-1 / Top-5, Params, FLOPs) or an exported .pt2 / .onnx",
     "convert": "compile a self-grouped model into exact, fast diverse-group modules (.pt2)",
     "export": "export a self-grouped checkpoint to ONNX or a torch.export program",
     "bench": "measure latency: dense vs self-grouped vs converted (median of interleaved runs)",

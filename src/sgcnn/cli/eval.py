@@ -10,11 +10,12 @@ defaults to the one a checkpoint was trained on, when it comes from a run folder
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from sgcnn._pt2_check import looks_like_pt2
+from sgcnn._programs import is_program
 from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import positive_int
 from sgcnn.cli._pipeline import add_set_arg, quote
@@ -51,7 +52,7 @@ def run(args) -> int:
     for item in args.sets:
         if not item.startswith("data."):
             raise SgcnnError(f"sgcnn eval only takes --set data.KEY=VALUE, got {item!r}")
-    if looks_like_pt2(args.checkpoint) or _is_onnx(args.checkpoint):
+    if is_program(args.checkpoint):
         return _run_program(args)
     payload = load_checkpoint(args.checkpoint)
     model, name, _ = load_model(args.checkpoint, args.model, args.num_classes, user_classes=True)
@@ -73,108 +74,55 @@ def run(args) -> int:
 
 
 def _run_program(args) -> int:
-    """Evaluate a saved program as deployed: a ``.pt2`` (``sgcnn.load``) on its own device and
-    kernels, an ``.onnx`` in onnxruntime on the CPU."""
+    """Evaluate an exported program as deployed (:mod:`sgcnn._programs`): a ``.pt2`` on its
+    own device and kernels, an ``.onnx`` in onnxruntime on the CPU."""
+    from sgcnn._programs import load_classifier
+
     path = args.checkpoint
     if args.model or args.num_classes:
         raise SgcnnError("--model / --num-classes describe a checkpoint; a program carries its own")
+    if not Path(path).is_file():
+        raise SgcnnError(f"{path!r} does not exist (or is not a file)")
     if args.data is None:
         raise SgcnnError(
             f"{path!r} is an exported program, which does not record its dataset: pass --data "
             "NAME (and --data-root)"
         )
+    program = load_classifier(path)
+    if args.device != "auto" and resolve_device(args.device) != program.device:
+        again = (
+            "ONNX models are evaluated on the CPU"
+            if program.kind == "onnx"
+            else f"convert the checkpoint again with --device {args.device}"
+        )
+        raise SgcnnError(f"{path!r} runs on {program.device} only: {again}")
     config = _config(args, {"train": {"epochs": 1}})  # only its data section is used
     splits = build_data(config)
-    program, device, shape = _load_onnx(path) if _is_onnx(path) else _load_pt2(path)
-    if args.device != "auto" and resolve_device(args.device) != device:
-        raise SgcnnError(
-            f"{path!r} runs on {device} only: convert the checkpoint again with --device "
-            f"{args.device}"
-        )
-    _check_program_fits(program, shape, splits, config, path)
-    result = _evaluate(program, splits, config, args, device)
+    _check_program_fits(program, splits, config, path)
+    result = _evaluate(program.module, splits, config, args, program.device)
     return _print(args, "program", config, result, {"params": None, "flops": None})
 
 
-def _is_onnx(path: str) -> bool:
-    return str(path).lower().endswith(".onnx")
-
-
-def _load_pt2(path: str) -> tuple[nn.Module, torch.device, list]:
-    """``(program, device, input shape)``; the batch entry is None when it is dynamic."""
-    from sgcnn.exporting import load
-
-    program = load(path)
-    param = next(program.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    shape = program.sgcnn_example_shape
-    if shape is not None and program.dynamic_batch:
-        shape = [None, *shape[1:]]
-    return program, device, shape
-
-
-class _OnnxProgram(nn.Module):
-    """An onnxruntime session as a module: float32 CPU tensors in, the first output out."""
-
-    def __init__(self, session) -> None:
-        super().__init__()
-        self.session = session
-        self.input = session.get_inputs()[0].name
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {self.input: x.float().cpu().numpy()})[0]
-        return torch.from_numpy(out)
-
-
-def _load_onnx(path: str) -> tuple[nn.Module, torch.device, list]:
-    try:
-        import onnxruntime as ort
-    except ImportError as err:
-        raise SgcnnError(
-            "evaluating an ONNX model needs onnxruntime: pip install 'sgcnn[onnx]'"
-        ) from err
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as err:
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
-        raise SgcnnError(
-            f"onnxruntime cannot load {path!r}: {type(err).__name__}: {first}"
-        ) from err
-    inputs = session.get_inputs()
-    if len(inputs) != 1:
-        raise SgcnnError(f"{path!r} takes {len(inputs)} inputs; an image classifier takes one")
-    shape = [d if isinstance(d, int) else None for d in inputs[0].shape]
-    return _OnnxProgram(session), torch.device("cpu"), shape
-
-
-def _check_program_fits(program: nn.Module, shape, splits, config: Config, path: str) -> None:
-    """The program takes the dataset's images in batches of any size and gives one score per
-    class; ``shape`` is its input shape (None for a dynamic entry, or None when unknown)."""
-    data, size = config.data.name, list(splits.input_size)
+def _check_program_fits(program, splits, config: Config, path: str) -> None:
+    """The program takes the dataset's images and gives one score per class."""
+    data, size, shape = config.data.name, list(splits.input_size), program.image_shape
     if shape is not None:
-        fixed = shape[1:]
-        fits = len(fixed) == len(size) and all(
-            w in (None, s) for w, s in zip(fixed, size, strict=True)
+        fits = len(shape) == len(size) and all(
+            w in (None, s) for w, s in zip(shape, size, strict=True)
         )
         if not fits:
-            want = "x".join("?" if w is None else str(w) for w in fixed)
+            want = "x".join("?" if w is None else str(w) for w in shape)
             hint = (
-                f"--set data.image_size={fixed[-1]}"
-                if len(fixed) == 3 and fixed[0] == size[0] and fixed[-1] is not None
+                f"--set data.image_size={shape[-1]}"
+                if len(shape) == 3 and shape[0] == size[0] and shape[-1] is not None
                 else f"a dataset of {want} images"
             )
             raise SgcnnError(
                 f"{path!r} was exported for {want} inputs but dataset {data!r} gives "
                 f"{'x'.join(map(str, size))}: {hint}"
             )
-        if shape[0] is not None:
-            raise SgcnnError(
-                f"{path!r} has a fixed batch of {shape[0]}: a split cannot be cut into such "
-                "batches without a remainder; export it with a dynamic batch (the default)"
-            )
-    param = next(program.parameters(), None)
     with torch.inference_mode():
-        out = program(torch.zeros(1, *size, device=param.device if param is not None else "cpu"))
+        out = program.module(torch.zeros(1, *size, device=program.device))
     if out.dim() != 2 or out.shape[1] != splits.num_classes:
         got = out.shape[1] if out.dim() == 2 else tuple(out.shape[1:])
         raise SgcnnError(

@@ -24,7 +24,7 @@ from torch import nn
 
 from sgcnn._io import atomic_write
 from sgcnn._pt2_check import looks_like_pt2
-from sgcnn.errors import SgcnnError
+from sgcnn.errors import SgcnnError, describe
 from sgcnn.models.registry import create_model
 from sgcnn.nn.masked import MaskedConv2d, MaskedLinear, is_masked
 from sgcnn.nn.swap import replace_modules_
@@ -36,11 +36,6 @@ VERSION = 1
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """``torch.save(payload)`` to ``path`` atomically."""
     atomic_write(path, lambda f: torch.save(payload, f))
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -71,10 +66,13 @@ def _unreadable(path: Path, err: BaseException) -> str:
             f"evaluates it and sgcnn.load(path) runs it; {uses}"
         )
     if path.suffix.lower() == ".onnx":
-        return f"{str(path)!r} is an ONNX model, not a checkpoint: run it with onnxruntime; {uses}"
+        return (
+            f"{str(path)!r} is an ONNX model, not a checkpoint: `sgcnn eval` evaluates it in "
+            f"onnxruntime; {uses}"
+        )
     return (
         f"cannot read checkpoint {str(path)!r}: it is corrupt, truncated or not a PyTorch "
-        f"checkpoint ({_first_line(err)})"
+        f"checkpoint ({describe(err)})"
     )
 
 
