@@ -2,12 +2,13 @@
 one-line errors (exit status 2) a user gets for bad input."""
 
 import json
-import os
+import shutil
 
 import pytest
 import yaml
 
 from sgcnn.cli.main import main
+from sgcnn.engine.checkpoint import load_checkpoint, save_checkpoint
 from sgcnn.engine.state import read_metrics
 
 DATA = [
@@ -112,16 +113,29 @@ def test_train_eval_finetune_report(tmp_path, capsys):
     assert (tuned / "latency.json").is_file() and (tuned / "accuracy_vs_latency.png").is_file()
     meta = json.loads((tuned / "report.json").read_text())["meta"]
     assert "batch 1, 1 thread on" in meta["latency"] and "best:" in meta["latency"]
-    # A row whose checkpoint changed since shows no latency until measured again.
-    changed = tuned / rows[1]["checkpoint"]
-    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
-    assert main(["report", str(tuned)]) == 0
-    report = json.loads((tuned / "report.json").read_text())
+    # A copied run folder keeps its measurement (the checkpoints' contents are the same) ...
+    copied = tmp_path / "copied"
+    shutil.copytree(tuned, copied)
+    assert main(["report", str(copied)]) == 0
+    copied_rows = json.loads((copied / "report.json").read_text())["rows"]
+    assert all(r["latency_ms"] > 0 for r in copied_rows)
+    # ... a row whose checkpoint changed since shows no latency until measured again.
+    changed = copied / rows[1]["checkpoint"]
+    save_checkpoint(changed, {**load_checkpoint(changed), "note": "trained further"})
+    assert main(["report", str(copied)]) == 0
+    report = json.loads((copied / "report.json").read_text())
     assert report["rows"][0]["latency_ms"] > 0 and report["rows"][1]["latency_ms"] is None
     assert "changed since): Conv-30/FC-30" in report["meta"]["latency"]
     capsys.readouterr()
-    assert main([*timing[:-1], "999"]) == 2
-    assert "more than the" in capsys.readouterr().err
+    for path in copied.glob("*/model.pt"):
+        path.unlink()
+    for argv, message in (
+        ([*timing[:-1], "999"], "more than the"),
+        (["report", str(copied), "--latency"], "nothing to time"),
+        (["report", str(tuned), "--runs", "3"], "add --latency"),
+    ):
+        assert main(argv) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_run_a_recipe_file_with_overrides(tmp_path, capsys):

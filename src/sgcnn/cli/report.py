@@ -7,11 +7,13 @@ from pathlib import Path
 
 from sgcnn._io import check_output_dir, read_text
 from sgcnn.cli import COMMANDS
-from sgcnn.cli._common import positive_int, set_timing_threads
+from sgcnn.cli._common import check_example_size, positive_int, set_timing_threads
 from sgcnn.engine.config import config_from_yaml
 from sgcnn.engine.reporting import write_run_report
 from sgcnn.engine.state import CONFIG_FILE, METRICS_FILE
 from sgcnn.errors import SgcnnError
+
+_TIMING = {"batch_size": 1, "threads": None, "runs": 50, "device": "cpu"}  # --latency defaults
 
 
 def register(subparsers) -> None:
@@ -36,9 +38,12 @@ def run(args) -> int:
     from sgcnn.reports import format_table
 
     check_output_dir(args.run_dir, "run folder")
-    if args.latency:
-        _measure(args)
+    given = [f"--{k.replace('_', '-')}" for k in _TIMING if getattr(args, k) != _TIMING[k]]
+    if given and not args.latency:
+        raise SgcnnError(f"{', '.join(given)} set how --latency times; add --latency")
     try:
+        if args.latency:
+            _measure(args)
         rows = write_run_report(args.run_dir)
     except (KeyError, TypeError, AttributeError, ValueError) as err:  # a hand-damaged record
         raise SgcnnError(
@@ -63,6 +68,7 @@ def _measure(args) -> None:
     if "input_size" not in facts:
         raise SgcnnError(f"{str(args.run_dir)!r} does not record its input size: nothing to time")
     set_timing_threads(args.threads)
+    check_example_size((args.batch_size, *facts["input_size"]))
     measure_run_latency(
         args.run_dir,
         rows,

@@ -10,12 +10,14 @@ interleaved rounds (:func:`sgcnn.metrics.latency.compare_latency`), and the medi
 to ``latency.json`` in the run folder with the machine, threads, batch and clock; the report
 renders that file and measures nothing itself.
 
-Each row's entry records its checkpoint's size and modification time: a row whose checkpoint
-changed after the measurement (a run resumed or redone) shows no latency until measured again.
+Each row's entry records its checkpoint's content hash: a row whose checkpoint changed after
+the measurement (a run resumed or redone) shows no latency until measured again; a copied run
+folder keeps its measurement.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -32,9 +34,14 @@ LATENCY_FILE = "latency.json"
 FORMAT = "sgcnn.run_latency"
 
 
-def _stamp(path: Path) -> list[int]:
-    st = path.stat()
-    return [st.st_size, st.st_mtime_ns]
+def _stamp(path: Path) -> str:
+    """The checkpoint's content hash: a copied run folder keeps its measurement, a changed
+    checkpoint loses it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:32]
 
 
 def measure_run_latency(
@@ -60,6 +67,7 @@ def measure_run_latency(
     dev = resolve_device(device, torch.nn.Module())
     x = torch.randn(batch, *input_size, device=dev)
     models: dict[str, Callable] = {}
+    baseline = None  # the row whose standard deployments are timed too
     entries: dict[str, dict] = {}
     standard: dict[str, str] = {}
     for row in rows:
@@ -76,6 +84,7 @@ def measure_run_latency(
         how = "sgcnn.convert" if grouped else "dense, sgcnn fusion"
         entries[row["name"]] = {"ms": None, "deployed": how, "checkpoint": _stamp(path)}
         if row.get("scheme") == "baseline" and not grouped and not standard:
+            baseline = row["name"]
             models[f"{row['name']} (eager)"] = model
             standard[f"{row['name']} (eager)"] = "eager"
             for way in DEPLOYMENTS:
@@ -84,6 +93,10 @@ def measure_run_latency(
                     standard[f"{row['name']} ({way})"] = way
                 except Exception as err:  # an unavailable way is reported, not fatal
                     say(f"{row['name']}: {way} skipped ({type(err).__name__}: {err})"[:200])
+    if not models:
+        raise SgcnnError(
+            f"no result row of {str(run_dir)!r} has its checkpoint (model.pt): nothing to time"
+        )
     say(f"timing {len(models)} models, {runs} interleaved rounds at batch {batch}")
     with torch.inference_mode():
         times = compare_latency(models, x, runs=runs, warmup=warmup)
@@ -99,7 +112,7 @@ def measure_run_latency(
         "clock": "wall",
         "environment": environment(dev),
         "rows": entries,
-        "baseline_deployments": dense,
+        "baseline_deployments": {"row": baseline, "ms": dense} if dense else {},
     }
     text = json.dumps(doc, indent=2) + "\n"
     atomic_write(run_dir / LATENCY_FILE, lambda f: f.write(text.encode()))
@@ -123,7 +136,9 @@ def read_run_latency(run_dir: Path, rows: list[dict]) -> tuple[dict[str, float],
                 continue
             if _stamp(file) == entry.get("checkpoint"):
                 measured[name] = float(entry["ms"])
-        env, dense = doc["environment"], doc.get("baseline_deployments") or {}
+        env, deployed = doc["environment"], doc.get("baseline_deployments") or {}
+        # the standard deployments belong to the baseline row's measurement: as current as it
+        dense = deployed.get("ms", {}) if deployed.get("row") in measured else {}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None  # a damaged file measures nothing; `--latency` writes it again
     threads = env.get("threads")

@@ -155,6 +155,8 @@ def compare_latency(
     """
     if runs < 1:
         raise ValueError("runs must be >= 1")
+    if not models:
+        raise ValueError("no models to time")
     now = _clock(clock)
     device = x.device
     names = list(models)
