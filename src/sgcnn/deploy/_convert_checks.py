@@ -77,24 +77,64 @@ def run_checked(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         ) from err
 
 
-def module_state(model: nn.Module) -> dict[tuple[str, str], object]:
-    """Every attribute, parameter and buffer of every submodule, by (module, name), holding
-    the objects themselves (compared with ``is``; a freed object's id could be reused)."""
+_MODULE_INTERNALS = frozenset(vars(nn.Module())) - {"training"}  # hooks, submodules, ...
+
+
+def module_state(model: nn.Module) -> dict[tuple[str, str], tuple]:
+    """Every attribute, parameter and buffer of every submodule, by (module, name): the object
+    itself (compared with ``is``; holding it keeps its id from being reused) and, for a list,
+    dict or set, its items (a feature kept by ``append`` changes the items, not the list)."""
     state = {}
     for name, module in model.named_modules():
+        recomputed = _recomputed_by_hooks(module)
         for store in (vars(module), module._parameters, module._buffers):
             for key, value in store.items():
-                state[(name, key)] = value
+                if (store is vars(module) and key in _MODULE_INTERNALS) or key in recomputed:
+                    continue
+                state[(name, key)] = (value, _items(value))
     return state
 
 
-def forward_side_effects(model: nn.Module, before: dict[tuple[str, str], object]) -> list[str]:
-    """The attributes (``module.name``) that a forward pass set or replaced since ``before``
-    (:func:`module_state`): state a traced program would not update."""
+def _items(value) -> tuple | None:
+    if isinstance(value, dict):
+        return tuple(value.items())
+    if isinstance(value, (list, set)):
+        return tuple(value)
+    return None
+
+
+def _recomputed_by_hooks(module: nn.Module) -> set[str]:
+    """Attributes a forward pre-hook sets on every call from the module's own parameters
+    (``weight_norm``, ``spectral_norm``: the hook object names its attribute)."""
+    return {
+        hook.name
+        for hook in module._forward_pre_hooks.values()
+        if isinstance(getattr(hook, "name", None), str)
+    }
+
+
+def forward_side_effects(model: nn.Module, before: dict[tuple[str, str], tuple]) -> list[str]:
+    """The attributes (``module.name``) that a forward pass set, replaced or changed in place
+    since ``before`` (:func:`module_state`): state a traced program would not update."""
     after = module_state(model)
-    changed = [key for key, value in after.items() if key not in before or before[key] is not value]
-    changed += [key for key in before if key not in after]
-    return [f"{module}.{attr}" if module else attr for module, attr in changed]
+
+    def changed(key) -> bool:
+        if key not in before:
+            return True
+        (old, old_items), (new, new_items) = before[key], after[key]
+        if old is not new or (old_items is None) != (new_items is None):
+            return True
+        if old_items is None:
+            return False
+        a, b = _flat(old_items), _flat(new_items)
+        return len(a) != len(b) or any(x is not y for x, y in zip(a, b, strict=True))
+
+    keys = [key for key in after if changed(key)] + [key for key in before if key not in after]
+    return [f"{module}.{attr}" if module else attr for module, attr in keys]
+
+
+def _flat(items: tuple) -> list:
+    return [x for item in items for x in (item if isinstance(item, tuple) else (item,))]
 
 
 @contextlib.contextmanager
