@@ -42,8 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import sgcnn
 from sgcnn.deploy import _native
-from sgcnn.deploy.convert import fuse_dense
-from sgcnn.metrics.latency import DEPLOYMENTS, benchmark, deploy, environment
+from sgcnn.metrics.latency import benchmark, environment
 
 CONFIGS = {
     # name: (conv sparsity, fc sparsity, input size)
@@ -76,14 +75,11 @@ def run_model(
     extra = {}
     info = {"conv_sparsity": conv_p, "fc_sparsity": fc_p, "groups": 16, "grouping_s": grouping_s}
     if name == "resnet50":
-        from sgcnn.metrics._channel_peer import prune_to_macs
+        from sgcnn.metrics._channel_peer import peer_models, prune_to_macs
 
         budget = int(CHANNEL_PRUNED_MACS * size[1] * size[2] / 224**2)
         pruned, ratio = prune_to_macs(dense_copy, budget, size)
-        extra["channel_pruned"] = pruned
-        for how in DEPLOYMENTS:
-            extra[f"channel_pruned_{how}"] = lambda x, p=pruned, how=how: deploy(p, x, how)
-        extra["channel_pruned_fused"] = lambda x, p=pruned: fuse_dense(p, x, tune=tune)
+        extra.update(peer_models(pruned, tune))
         info["channel_pruning"] = {
             "method": "own L1 channel pruning, uniform ratio over coupled groups "
             "(sgcnn/metrics/_channel_peer.py; equivalent to Torch-Pruning MagnitudePruner L1)",

@@ -136,3 +136,12 @@ def test_resizing_away_from_the_models_size_is_noted(tmp_path, capsys):
     (tmp_path / "again").mkdir()
     code, _ = _transfer(tmp_path / "again", checkpoint, "dense")
     assert code == 0 and "resized" not in capsys.readouterr().err  # the recipe's 16 px is native
+    # A checkpoint whose run recorded its image size is judged by that size.
+    trained = tmp_path / "trained24.pt"
+    model = sgcnn.create_model("test_resnet")
+    save_checkpoint(trained, {**model_payload(model, "test_resnet", {}), "config": {
+        "data": {"image_size": 24}}})  # fmt: skip
+    (tmp_path / "third").mkdir()
+    code, _ = _transfer(tmp_path / "third", str(trained), "dense")
+    err = capsys.readouterr().err
+    assert code == 0 and "was trained at 24x24" in err and "data.image_size=24" in err

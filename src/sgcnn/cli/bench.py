@@ -98,7 +98,11 @@ def run(args) -> int:
     def say(msg: str) -> None:
         print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
-    peer, extra = _channel_pruned_peer(model.eval(), size, not args.no_tune, say)
+    def note(msg: str) -> None:
+        if not args.quiet:
+            say(msg)
+
+    peer, extra = _channel_pruned_peer(model.eval(), size, not args.no_tune, note)
     result = benchmark(
         model,
         size,
@@ -131,10 +135,8 @@ def _channel_pruned_peer(masked, size, tune: bool, say) -> tuple[dict, dict]:
     models other than torchvision ResNets."""
     import copy
 
-    from sgcnn.deploy.convert import fuse_dense
-    from sgcnn.metrics._channel_peer import peer_unavailable, prune_to_macs
+    from sgcnn.metrics._channel_peer import peer_models, peer_unavailable, prune_to_macs
     from sgcnn.metrics.counting import count
-    from sgcnn.metrics.latency import DEPLOYMENTS, deploy
     from sgcnn.nn.masked import to_dense
     from sgcnn.nn.swap import replace_modules_
 
@@ -147,10 +149,7 @@ def _channel_pruned_peer(masked, size, tune: bool, say) -> tuple[dict, dict]:
     target = count(masked, size)["flops"]
     say(f"channel-pruning the dense model to {target / 1e6:.1f} MMACs (the self-grouped MACs)")
     pruned, ratio = prune_to_macs(dense, target, size)
-    extra = {"channel_pruned": pruned}
-    for how in DEPLOYMENTS:
-        extra[f"channel_pruned_{how}"] = lambda x, how=how: deploy(pruned, x, how)
-    extra["channel_pruned_fused"] = lambda x: fuse_dense(pruned, x, tune=tune)
+    extra = peer_models(pruned, tune)
     counts = count(pruned, size)
     info = {
         "method": "L1 channel pruning, one ratio over coupled channel groups",

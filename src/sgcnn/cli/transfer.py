@@ -112,7 +112,7 @@ def run(args) -> int:
     if config.report.title is None:
         config.report.title = f"Transfer ({args.scheme}) of {args.checkpoint}"
     run_dir = output_dir(args, config, default)
-    _note_resizing(model, config.data.image_size)
+    _note_resizing(model, payload, config.data.image_size)
 
     def masks(rows: list[dict]) -> None:
         _report_masks(args.checkpoint, model, run_dir, rows)
@@ -120,19 +120,25 @@ def run(args) -> int:
     return execute_and_print(config, run_dir, args, after=masks if grouped else None)
 
 
-def _note_resizing(model: str, image_size: int | None) -> None:
-    """Say when the new task's images are resized away from the size the model was built for.
+def _note_resizing(model: str, payload: dict, image_size: int | None) -> None:
+    """Say when the new task's images are resized away from the size the checkpoint was
+    trained at (recorded by its run), else the size its model is built for.
 
     The default recipe resizes to 224 px (ImageNet sources); a CIFAR source (32 px) would
     silently run on 49 times the pixels.
     """
-    native = model_entry(model).input_size[1:]
-    if image_size is None or (image_size, image_size) == native:
+    saved = payload.get("config") if payload.get("format") == FORMAT else None
+    trained = (saved or {}).get("data", {}).get("image_size") if isinstance(saved, dict) else None
+    if isinstance(trained, int):
+        native, what = (trained, trained), "was trained at"
+    else:
+        native, what = model_entry(model).input_size[1:], "was built for"
+    if image_size is None or (image_size, image_size) == tuple(native):
         return
     print(
-        f"note: images are resized to {image_size}x{image_size} px (data.image_size); {model} "
-        f"was built for {native[0]}x{native[1]}: --set data.image_size={native[0]} keeps that "
-        "size (compute grows with the pixel count)",
+        f"note: images are resized to {image_size}x{image_size} px (data.image_size); the "
+        f"checkpoint's {model} {what} {native[0]}x{native[1]}: --set "
+        f"data.image_size={native[0]} keeps that size (compute grows with the pixel count)",
         file=sys.stderr,
     )
 

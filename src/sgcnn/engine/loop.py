@@ -130,8 +130,11 @@ def evaluate(
         if progress is not None:
             progress.update(1)
     model.train(was_training)
-    loss, top1, top5, n = all_reduce_sums(d, sums.tolist(), precision.device)
+    # Ranks agree on the class count even where a shard is empty: the largest any rank saw
+    # (as a sum over ranks of "more than 5 classes seen").
+    many = 1.0 if classes > 5 else 0.0
+    loss, top1, top5, n, many = all_reduce_sums(d, [*sums.tolist(), many], precision.device)
     if n == 0:
-        return {"loss": float("nan"), "top1": float("nan"), "top5": float("nan"), "n": 0}
-    top5 = 100 * top5 / n if classes > 5 else None
+        return {"loss": float("nan"), "top1": float("nan"), "top5": None, "n": 0}
+    top5 = 100 * top5 / n if many > 0 else None
     return {"loss": loss / n, "top1": 100 * top1 / n, "top5": top5, "n": int(n)}

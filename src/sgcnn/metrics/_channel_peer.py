@@ -158,3 +158,18 @@ def prune_to_macs(model: ResNet, target_macs: int, input_size=(3, 224, 224)) -> 
             hi = mid
     ratio = (lo + hi) / 2
     return prune_resnet(model, ratio), ratio
+
+
+def peer_models(pruned: nn.Module, tune: bool = True) -> dict:
+    """The pruned peer deployed every way the dense model is, for
+    :func:`sgcnn.metrics.latency.benchmark`'s ``extra``: eager (``channel_pruned``), each of
+    :data:`~sgcnn.metrics.latency.DEPLOYMENTS` and sgcnn's fusion (``_fused``), the latter
+    built per batch size (callables of the batch's input)."""
+    from sgcnn.deploy.convert import fuse_dense
+    from sgcnn.metrics._timing import DEPLOYMENTS, deploy
+
+    extra = {"channel_pruned": pruned}
+    for how in DEPLOYMENTS:
+        extra[f"channel_pruned_{how}"] = lambda x, how=how: deploy(pruned, x, how)
+    extra["channel_pruned_fused"] = lambda x: fuse_dense(pruned, x, tune=tune)
+    return extra
