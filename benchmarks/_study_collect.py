@@ -111,7 +111,15 @@ def _latencies(paths: dict[str, Path], batch: int, threads: int) -> dict[str, tu
     return out
 
 
-def collect(runs: Path, lenet: Path | None, out: Path, latency: bool, threads: int, batch: int):
+def collect(
+    runs: Path,
+    lenet: Path | None,
+    out: Path,
+    latency: bool,
+    threads: int,
+    batch: int,
+    notes: Path | None = None,
+):
     runs, out = runs.resolve(), out.resolve()
     study = json.loads((runs / STUDY_FILE).read_text()) if (runs / STUDY_FILE).is_file() else {}
     records = study.get("runs", {})
@@ -169,7 +177,10 @@ def collect(runs: Path, lenet: Path | None, out: Path, latency: bool, threads: i
 
         doc["latency_machine"] = environment("cpu")
     _write(out / "cifar10.json", json.dumps(doc, indent=2) + "\n")
-    _write(out / "cifar10.md", _markdown(doc, records))
+    markdown = _markdown(doc, records)
+    if notes is not None:  # what the tables cannot say (how the run went), kept on regeneration
+        markdown = markdown.rstrip("\n") + "\n\n" + notes.read_text().strip() + "\n"
+    _write(out / "cifar10.md", markdown)
     _plot(entries, out / "cifar10.png")
     if lenet is not None:
         _lenet(lenet.resolve(), out)

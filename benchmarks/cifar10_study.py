@@ -257,7 +257,9 @@ def cmd_pack(args) -> int:
 def cmd_collect(args) -> int:
     from _study_collect import collect
 
-    collect(args.runs, args.lenet, args.out, args.latency, args.threads, args.batch)
+    if args.notes is not None and not args.notes.is_file():
+        raise SystemExit(f"--notes {args.notes}: no such file")
+    collect(args.runs, args.lenet, args.out, args.latency, args.threads, args.batch, args.notes)
     return 0
 
 
@@ -305,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency", action="store_true", help="measure CPU latency here")
     p.add_argument("--threads", type=int, default=1, help="torch threads for latency")
     p.add_argument("--batch", type=int, default=1, help="batch size for latency")
+    p.add_argument("--notes", type=Path, help="markdown appended to cifar10.md (how it went)")
     p.set_defaults(func=cmd_collect)
     args = parser.parse_args(argv)
     _exit_on_sigterm()

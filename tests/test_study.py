@@ -24,12 +24,15 @@ def test_collect_on_an_empty_study_lists_every_row_as_missing(tmp_path):
     from _study_collect import collect
 
     (tmp_path / "runs").mkdir()
-    collect(tmp_path / "runs", None, tmp_path / "out", latency=False, threads=1, batch=1)
+    notes = tmp_path / "notes.md"
+    notes.write_text("## Notes on this run\n\n- trained on a quiet machine\n")
+    collect(tmp_path / "runs", None, tmp_path / "out", False, 1, 1, notes=notes)
     doc = json.loads((tmp_path / "out" / "cifar10.json").read_text())
     assert len(doc["rows"]) == 19
     assert {r["status"] for r in doc["rows"]} == {"missing"}
     table = (tmp_path / "out" / "cifar10.md").read_text()
     assert "missing: sg-LG-conv70-s0 (missing)" in table
+    assert table.endswith("## Notes on this run\n\n- trained on a quiet machine\n")
     assert (tmp_path / "out" / "cifar10.png").stat().st_size > 0
     assert not (tmp_path / "out" / "checkpoints").exists()
 
