@@ -86,7 +86,7 @@ class TrainConfig:
     workers: int = 0  # DataLoader worker processes per training process
     device: str = "auto"  # auto (CUDA when available) | cpu | cuda | cuda:N
     amp: str = "none"  # none | bf16 | fp16 mixed precision (CUDA only; ignored on CPU)
-    channels_last: bool = False  # NHWC memory format (CUDA only; ignored on CPU)
+    channels_last: bool = False  # NHWC memory format (CPU and CUDA)
     seed: int = 0  # initial weights, shuffling and augmentation
     threads: int = 0  # torch.set_num_threads per process; 0: PyTorch's default
     limit_batches: int = 0  # training steps per epoch at most (0: the whole epoch); quick checks

