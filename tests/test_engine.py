@@ -333,3 +333,11 @@ def test_resnet20_on_cifar10_trains_self_groups_and_recovers(tmp_path):
         if r["event"] == "epoch" and r["kind"] == "global"
     ]
     assert fine_tune and fine_tune[0]["val_top1"] > 25
+
+
+def test_precision_on_cpu_keeps_channels_last_and_drops_autocast():
+    p = Precision.create(torch.device("cpu"), "bf16", channels_last=True)
+    assert p.amp_dtype is None and p.scaler is None and p.channels_last
+    x, _ = p.inputs(torch.zeros(2, 3, 8, 8), torch.zeros(2, dtype=torch.long))
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    assert not Precision.create(torch.device("cpu"), "none", channels_last=False).channels_last
