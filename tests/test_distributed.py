@@ -25,7 +25,8 @@ SCRIPT = textwrap.dedent(
     config = resolve_config({
         "model": {"name": "test_resnet"},
         "data": {"name": "synthetic", "synthetic_size": 128, "image_size": 16},
-        "train": {"epochs": 1, "batch_size": 16, "threads": 1, "device": "cpu"},
+        "train": {"epochs": 1, "batch_size": 16, "threads": 1, "device": "cpu",
+                  "channels_last": True},
         "grouping": {"scheme": "LG", "conv": [0.3], "lg_step": 0.15, "local_epochs": 1,
                      "global_epochs": 1},
     })
