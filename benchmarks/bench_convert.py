@@ -75,18 +75,11 @@ def run_model(
     extra = {}
     info = {"conv_sparsity": conv_p, "fc_sparsity": fc_p, "groups": 16, "grouping_s": grouping_s}
     if name == "resnet50":
-        from sgcnn.metrics._channel_peer import peer_models, prune_to_macs
+        from sgcnn.metrics._channel_peer import build_peer
 
         budget = int(CHANNEL_PRUNED_MACS * size[1] * size[2] / 224**2)
-        pruned, ratio = prune_to_macs(dense_copy, budget, size)
-        extra.update(peer_models(pruned, tune))
-        info["channel_pruning"] = {
-            "method": "own L1 channel pruning, uniform ratio over coupled groups "
-            "(sgcnn/metrics/_channel_peer.py; equivalent to Torch-Pruning MagnitudePruner L1)",
-            "ratio": ratio,
-            "macs": sgcnn.count(pruned, size)["flops"],
-            "params": sgcnn.count(pruned, size)["params"],
-        }
+        info["channel_pruning"], peer = build_peer(dense_copy, budget, size, tune)
+        extra.update(peer)
     result = benchmark(
         model,
         size,

@@ -37,8 +37,9 @@ from torch import nn
 from sgcnn._io import atomic_write
 from sgcnn._pt2_check import check_pt2
 from sgcnn.deploy import fast
+from sgcnn.deploy._convert_checks import output_tensors
 from sgcnn.deploy.convert import convert, example_tensor, run_checked
-from sgcnn.errors import SgcnnError
+from sgcnn.errors import SgcnnError, describe
 from sgcnn.nn.masked import is_masked
 from sgcnn.nn.swap import replace_modules_
 
@@ -131,25 +132,15 @@ def _difference(got: torch.Tensor, want: torch.Tensor, what: str, x: torch.Tenso
     return diff
 
 
-def _leaves(output) -> list[torch.Tensor]:
-    """The tensors of a model's output (a tensor, or tuples / lists / dicts of them)."""
-    return [t for t in torch.utils._pytree.tree_leaves(output) if isinstance(t, torch.Tensor)]
-
-
 def _differences(got, want, what: str, x: torch.Tensor) -> float:
     """:func:`_difference` over every output tensor, matched in order; the largest."""
-    got, want = _leaves(got), _leaves(want)
+    got, want = output_tensors(got), output_tensors(want)
     if len(got) != len(want):
         raise SgcnnError(
             f"{what} returns {len(got)} tensors where PyTorch returns {len(want)} on a new "
             f"input of shape {tuple(x.shape)}; nothing was written"
         )
     return max((_difference(g, w, what, x) for g, w in zip(got, want, strict=True)), default=0.0)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:200]
 
 
 # --------------------------------------------------------------------------- .pt2
@@ -190,7 +181,7 @@ def save(
             program.example_inputs = ((x[:1].clone(),), {})  # the file need not hold a batch
     except Exception as err:
         hint = " (try dynamic_batch=False: the model may fix its batch size)" if shapes else ""
-        raise SgcnnError(f"torch.export cannot trace the model{hint}: {_first_line(err)}") from err
+        raise SgcnnError(f"torch.export cannot trace the model{hint}: {describe(err)}") from err
     meta = {
         "format": "sgcnn.converted",
         "version": 2,
@@ -264,7 +255,7 @@ def load(path) -> nn.Module:
     except Exception as err:
         raise SgcnnError(
             f"cannot read {str(path)!r} as a saved converted model (.pt2 from `sgcnn convert`): "
-            f"{_first_line(err)}"
+            f"{describe(err)}"
         ) from err
     meta = json.loads(extra[META]) if extra[META] else {}
     return LoadedProgram(program.module(), meta).eval()
@@ -288,7 +279,7 @@ def export_onnx(
     path = Path(path)
     x = example_tensor(example_input, _device_of(model))
     model = _converted(model, x, portable=True, progress=progress).eval()
-    outputs = _leaves(run_checked(model, x))
+    outputs = output_tensors(run_checked(model, x))
     names = ["output"] if len(outputs) == 1 else [f"output{i}" for i in range(len(outputs))]
     axes = {"input": {0: "batch"}}  # every output with a batch dimension gets a dynamic one
     axes.update({n: {0: "batch"} for n, t in zip(names, outputs, strict=True) if t.dim() > 0})
@@ -308,7 +299,7 @@ def export_onnx(
                 dynamic_axes=axes,
             )
     except Exception as err:
-        raise SgcnnError(f"the ONNX exporter cannot export the model: {_first_line(err)}") from err
+        raise SgcnnError(f"the ONNX exporter cannot export the model: {describe(err)}") from err
     data = buffer.getvalue()
     diff = None
     if verify:
@@ -327,7 +318,7 @@ def export_onnx(
                 got = session.run(None, {"input": x_new.cpu().numpy()})
             except Exception as err:
                 raise SgcnnError(
-                    f"onnxruntime cannot run the exported model: {_first_line(err)}; "
+                    f"onnxruntime cannot run the exported model: {describe(err)}; "
                     "nothing was written"
                 ) from err
             got = [torch.from_numpy(g) for g in got]

@@ -135,7 +135,7 @@ def _channel_pruned_peer(masked, size, tune: bool, say) -> tuple[dict, dict]:
     models other than torchvision ResNets."""
     import copy
 
-    from sgcnn.metrics._channel_peer import peer_models, peer_unavailable, prune_to_macs
+    from sgcnn.metrics._channel_peer import build_peer, peer_unavailable
     from sgcnn.metrics.counting import count
     from sgcnn.nn.masked import to_dense
     from sgcnn.nn.swap import replace_modules_
@@ -148,16 +148,7 @@ def _channel_pruned_peer(masked, size, tune: bool, say) -> tuple[dict, dict]:
         return {"skipped": why}, {}
     target = count(masked, size)["flops"]
     say(f"channel-pruning the dense model to {target / 1e6:.1f} MMACs (the self-grouped MACs)")
-    pruned, ratio = prune_to_macs(dense, target, size)
-    extra = peer_models(pruned, tune)
-    counts = count(pruned, size)
-    info = {
-        "method": "L1 channel pruning, one ratio over coupled channel groups",
-        "ratio": round(ratio, 4),
-        "macs": counts["flops"],
-        "params": counts["params"],
-    }
-    return info, extra
+    return build_peer(dense, target, size, tune)
 
 
 def format_table(result: dict) -> str:

@@ -10,7 +10,6 @@ defaults to the one a checkpoint was trained on, when it comes from a run folder
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -81,14 +80,12 @@ def _run_program(args) -> int:
     path = args.checkpoint
     if args.model or args.num_classes:
         raise SgcnnError("--model / --num-classes describe a checkpoint; a program carries its own")
-    if not Path(path).is_file():
-        raise SgcnnError(f"{path!r} does not exist (or is not a file)")
+    program = load_classifier(path)  # a missing or unreadable file is said first
     if args.data is None:
         raise SgcnnError(
             f"{path!r} is an exported program, which does not record its dataset: pass --data "
             "NAME (and --data-root)"
         )
-    program = load_classifier(path)
     if args.device != "auto" and resolve_device(args.device) != program.device:
         again = (
             "ONNX models are evaluated on the CPU"

@@ -58,7 +58,6 @@ def run(args) -> int:
 
 
 def _measure(args) -> None:
-
     from sgcnn.engine.reporting import run_rows
     from sgcnn.engine.run_latency import LATENCY_FILE, measure_run_latency
     from sgcnn.engine.rundir import require_run_dir

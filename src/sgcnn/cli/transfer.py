@@ -128,7 +128,7 @@ def _note_resizing(model: str, payload: dict, image_size: int | None) -> None:
     silently run on 49 times the pixels.
     """
     saved = payload.get("config") if payload.get("format") == FORMAT else None
-    trained = (saved or {}).get("data", {}).get("image_size") if isinstance(saved, dict) else None
+    trained = saved.get("data", {}).get("image_size") if isinstance(saved, dict) else None
     if isinstance(trained, int):
         native, what = (trained, trained), "was trained at"
     else:

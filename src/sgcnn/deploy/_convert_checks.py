@@ -149,14 +149,18 @@ def _full_fp32():
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
 
 
+def output_tensors(output) -> list[torch.Tensor]:
+    """The tensors of a model's output (a tensor, or tuples / lists / dicts of them), in order."""
+    return [t for t in torch.utils._pytree.tree_leaves(output) if isinstance(t, torch.Tensor)]
+
+
 @torch.no_grad()
 def check_equivalent(converted: nn.Module, reference, x: torch.Tensor) -> None:
     """``torch.testing.assert_close(converted(x), reference)`` with atol 1e-5 (times the
     outputs' scale when above 1) and rtol 1e-4; outputs may be nested tuples, lists and
     dicts of tensors. A failure here is a bug in sgcnn."""
     out = converted(x)
-    leaves = [t for t in torch.utils._pytree.tree_leaves(reference) if isinstance(t, torch.Tensor)]
-    scale = max([1.0, *(float(t.abs().max()) for t in leaves if t.numel())])
+    scale = max([1.0, *(float(t.abs().max()) for t in output_tensors(reference) if t.numel())])
     try:
         torch.testing.assert_close(out, reference, atol=1e-5 * scale, rtol=1e-4)
     except AssertionError as err:

@@ -230,7 +230,8 @@ def _trace(work: nn.Module, x: torch.Tensor, fuse: bool, name: str) -> fx.GraphM
 
 
 def _convert_by_swapping(work, x, dev, tune, realizations, dtype, records, progress) -> nn.Module:
-    """Layer-by-layer conversion for models ``torch.fx`` cannot trace (nothing fused)."""
+    """Layer-by-layer conversion, the model's own forward kept (nothing fused): for models
+    ``torch.fx`` cannot trace or whose forward has side effects."""
     shapes: dict[str, tuple[int, ...]] = {}
 
     def record(name: str):

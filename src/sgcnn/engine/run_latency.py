@@ -28,7 +28,7 @@ import torch
 
 from sgcnn._io import atomic_write
 from sgcnn.engine import checkpoint as ckpt
-from sgcnn.errors import SgcnnError
+from sgcnn.errors import SgcnnError, describe
 
 LATENCY_FILE = "latency.json"
 FORMAT = "sgcnn.run_latency"
@@ -92,7 +92,7 @@ def measure_run_latency(
                     models[f"{row['name']} ({way})"] = deploy(model, x, way)
                     standard[f"{row['name']} ({way})"] = way
                 except Exception as err:  # an unavailable way is reported, not fatal
-                    say(f"{row['name']}: {way} skipped ({type(err).__name__}: {err})"[:200])
+                    say(f"{row['name']}: {way} skipped ({describe(err)})")
     if not models:
         raise SgcnnError(
             f"no result row of {str(run_dir)!r} has its checkpoint (model.pt): nothing to time"

@@ -76,24 +76,31 @@ def _save_png(fig, path: Path) -> None:
     atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
+def _points(rows: Sequence[dict], key: str) -> list[tuple]:
+    """``(row[key], top1, name)`` of the rows that have both (a zero ``key`` has no point on a
+    log scale), sorted by ``key``."""
+    have = [r for r in rows if r.get(key) and r.get("top1") is not None]
+    return sorted((r[key], r["top1"], r["name"]) for r in have)
+
+
+def _label(ax, points: list[tuple]) -> None:
+    for xi, yi, name in points:
+        ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(4, -10), fontsize=7)
+
+
 def plot_accuracy_vs_flops(
     rows: Sequence[dict], path: Path, paper_rows: Sequence[dict] | None = None, title: str = ""
 ) -> None:
     """Top-1 against FLOPs (log scale), ours and, when given, the paper's."""
     fig, ax = _figure((6, 4))
     for series, style, label in ((rows, "o-", "sgcnn"), (paper_rows or [], "s--", "paper")):
-        points = sorted(
-            (r["flops"], r["top1"], r["name"])
-            for r in series
-            if r.get("flops") and r.get("top1") is not None
-        )
+        points = _points(series, "flops")
         if not points:
             continue
         x, y, _ = zip(*points, strict=True)
         ax.plot(x, y, style, label=label)
         if label == "sgcnn":
-            for xi, yi, name in points:
-                ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(4, -10), fontsize=7)
+            _label(ax, points)
     ax.set_xscale("log")
     ax.set_xlabel("FLOPs (multiply-accumulates, log scale)")
     ax.set_ylabel("Top-1 accuracy (%)")
@@ -107,16 +114,11 @@ def plot_accuracy_vs_flops(
 def plot_accuracy_vs_latency(rows: Sequence[dict], path: Path, title: str = "") -> None:
     """Top-1 against measured latency (ms), one labelled point per timed row."""
     fig, ax = _figure((6, 4))
-    points = sorted(
-        (r["latency_ms"], r["top1"], r["name"])
-        for r in rows
-        if r.get("latency_ms") is not None and r.get("top1") is not None
-    )
+    points = _points(rows, "latency_ms")
     if points:
         x, y, _ = zip(*points, strict=True)
         ax.plot(x, y, "o")
-        for xi, yi, name in points:
-            ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(4, -10), fontsize=7)
+        _label(ax, points)
     ax.set_xlabel("latency (ms, measured)")
     ax.set_ylabel("Top-1 accuracy (%)")
     ax.set_title(title or "Accuracy against latency")
