@@ -13,8 +13,8 @@ from torch import nn
 
 import sgcnn
 from _shared import FAST_KMEANS
-from sgcnn import exporting
 from sgcnn.cli.main import main
+from sgcnn.deploy import export as exporting
 from sgcnn.deploy import fast
 from sgcnn.engine.checkpoint import model_payload, save_checkpoint
 

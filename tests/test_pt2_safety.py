@@ -12,8 +12,8 @@ import torch
 
 import sgcnn
 from _shared import FAST_KMEANS
-from sgcnn import exporting as export
 from sgcnn.cli.main import main
+from sgcnn.deploy import export
 from sgcnn.engine.checkpoint import model_payload, save_checkpoint
 
 

@@ -29,8 +29,8 @@ _LAZY = {
     "create_model": "sgcnn.models.registry",
     "list_models": "sgcnn.models.registry",
     "convert": "sgcnn.deploy.convert",
-    "export": "sgcnn.exporting",
-    "load": "sgcnn.exporting",
+    "export": "sgcnn.deploy.export",
+    "load": "sgcnn.deploy.export",
 }
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 
-from sgcnn import exporting
 from sgcnn._io import check_output_paths
 from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import (
@@ -19,6 +18,7 @@ from sgcnn.cli._common import (
     require_grouped_checkpoint,
     write_json,
 )
+from sgcnn.deploy import export as exporting
 from sgcnn.deploy.convert import convert
 from sgcnn.errors import SgcnnError
 

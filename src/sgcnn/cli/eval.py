@@ -14,10 +14,10 @@ import json
 import torch
 from torch import nn
 
-from sgcnn._programs import is_program
 from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import positive_int
 from sgcnn.cli._pipeline import add_set_arg, quote
+from sgcnn.deploy._programs import is_program
 from sgcnn.engine.build import build_data, check_fits
 from sgcnn.engine.checkpoint import FORMAT, load_checkpoint, load_model
 from sgcnn.engine.config import Config, resolve_config
@@ -73,9 +73,9 @@ def run(args) -> int:
 
 
 def _run_program(args) -> int:
-    """Evaluate an exported program as deployed (:mod:`sgcnn._programs`): a ``.pt2`` on its
+    """Evaluate an exported program as deployed (:mod:`sgcnn.deploy._programs`): a ``.pt2`` on its
     own device and kernels, an ``.onnx`` in onnxruntime on the CPU."""
-    from sgcnn._programs import load_classifier
+    from sgcnn.deploy._programs import load_classifier
 
     path = args.checkpoint
     if args.model or args.num_classes:

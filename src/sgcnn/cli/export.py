@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from sgcnn import exporting
 from sgcnn._io import check_output_path
 from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import (
@@ -15,6 +14,7 @@ from sgcnn.cli._common import (
     positive_int,
     require_grouped_checkpoint,
 )
+from sgcnn.deploy import export as exporting
 from sgcnn.errors import SgcnnError
 
 

@@ -15,8 +15,12 @@
 - :mod:`sgcnn.deploy._arena`: the activation buffers a converted model reuses between calls
   (:func:`release_buffers` frees them).
 
-Export (ONNX, ``.pt2``) is :mod:`sgcnn.exporting`. Nothing is imported here: the submodules
-load when used.
+- :mod:`sgcnn.deploy.export`: export to ONNX and ``.pt2`` (:func:`sgcnn.export`,
+  :func:`sgcnn.load`), each program checked on a new input before it is written;
+  ``_pt2_check`` reads a ``.pt2`` archive without unpickling anything, and ``_programs`` runs
+  exported programs for ``sgcnn eval``.
+
+Nothing is imported here: the submodules load when used.
 """
 
 

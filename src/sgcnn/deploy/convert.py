@@ -24,7 +24,7 @@ What happens, in order:
    the target device at the example's shape and memory layout (:mod:`sgcnn.deploy.tuning`) and
    the fastest kept; the
    measurements are stored on the result as ``model.sgcnn_conversion`` (and in files written
-   by :mod:`sgcnn.exporting`), so they need not be measured again. A dense candidate is always
+   by :mod:`sgcnn.deploy.export`), so they need not be measured again. A dense candidate is always
    among them, so no layer ends up slower than its dense version beyond measurement noise.
 5. The result is checked against the masked model on the example input
    (``torch.testing.assert_close``, atol 1e-5, rtol 1e-4 scaled to the output's magnitude;

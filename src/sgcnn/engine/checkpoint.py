@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from sgcnn._io import atomic_write
-from sgcnn._pt2_check import looks_like_pt2
+from sgcnn.deploy._pt2_check import looks_like_pt2
 from sgcnn.errors import SgcnnError, describe
 from sgcnn.models.registry import create_model
 from sgcnn.nn.masked import MaskedConv2d, MaskedLinear, is_masked

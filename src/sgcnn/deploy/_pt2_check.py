@@ -7,7 +7,7 @@ shape expressions with ``sympy.sympify`` (``eval``), compiles ``guards_code`` in
 function, and resolves graph targets by attribute lookup on ``torch``. Any of these runs
 whatever a crafted file holds.
 
-What :func:`sgcnn.exporting.save` writes has none of that: raw tensor payloads described by JSON
+What :func:`sgcnn.deploy.export.save` writes has none of that: raw tensor payloads described by JSON
 (``use_pickle: false``), sample inputs that load with ``weights_only=True``, no guards, shape
 expressions made only of ``Symbol('s0', positive=True, integer=True)`` and arithmetic, and
 graph targets that are ATen, prims, sgcnn or ``_operator`` functions. :func:`check_pt2`

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sgcnn._pt2_check import looks_like_pt2
+from sgcnn.deploy._pt2_check import looks_like_pt2
 from sgcnn.errors import SgcnnError, describe
 
 _ONNX_FLOATS = {
@@ -50,7 +50,7 @@ def load_classifier(path) -> Classifier:
 
 
 def _load_pt2(path: Path) -> Classifier:
-    from sgcnn.exporting import MAX_BATCH, load
+    from sgcnn.deploy.export import MAX_BATCH, load
 
     program = load(path)
     param = next(program.parameters(), None)

@@ -35,9 +35,9 @@ import torch
 from torch import nn
 
 from sgcnn._io import atomic_write
-from sgcnn._pt2_check import check_pt2
 from sgcnn.deploy import fast
 from sgcnn.deploy._convert_checks import output_tensors
+from sgcnn.deploy._pt2_check import check_pt2
 from sgcnn.deploy.convert import convert, example_tensor, run_checked
 from sgcnn.errors import SgcnnError, describe
 from sgcnn.nn.masked import is_masked
