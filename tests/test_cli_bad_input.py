@@ -396,3 +396,31 @@ def test_ctrl_c_outside_a_run_says_interrupted(monkeypatch, capsys):
     monkeypatch.setattr(sgcnn.cli.models, "run", interrupted)
     assert main(["models"]) == 130
     assert capsys.readouterr().err.strip() == "sgcnn models: interrupted"
+
+
+@pytest.mark.parametrize("where", ["read-only mount", "proc"])
+def test_unwritable_output_is_refused_before_any_work(where, files, tmp_path, capsys,
+                                                      monkeypatch):  # fmt: skip
+    """Permission bits can say "writable" where no file can be made (root on a read-only mount,
+    /proc): the output check creates a file to be sure, so convert fails before converting."""
+    monkeypatch.setenv("SGCNN_CACHE", str(tmp_path / "cache"))
+    output = tmp_path / "out" / "m.pt2"
+    if where == "proc":
+        if not os.path.isdir("/proc/self"):
+            pytest.skip("no /proc here")
+        output = "/proc/sgcnn-test.pt2"
+    else:
+        import errno
+        import tempfile
+
+        def read_only(*args, **kwargs):
+            raise OSError(errno.EROFS, "Read-only file system")
+
+        monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    rc = main(
+        ["convert", "--checkpoint", str(files / "g.pt"), "--no-tune", "--output", str(output)]
+    )
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert len(err.splitlines()) == 1 and "cannot create a file in" in err, err
+    assert not (tmp_path / "out").exists()

@@ -3,8 +3,8 @@
 One discipline for every output of sgcnn:
 
 - :func:`check_output_path` / :func:`check_output_dir` validate the location *before* any work
-  (the parent is a writable folder, a file is not a folder, an existing output is refused unless
-  ``overwrite``), so a long computation never ends in "permission denied".
+  (the parent is a folder a file can be created in, a file is not a folder, an existing output
+  is refused unless ``overwrite``), so a long computation never ends in "permission denied".
 - :func:`atomic_write` writes to a fresh temporary file in the target folder (a unique name from
   ``mkstemp``, so concurrent writers never share it), flushes it to disk (``fsync``), and
   renames it over the target; the folder is then fsynced so the rename survives a crash. A
@@ -47,6 +47,17 @@ def _check_parent(path: Path, flag: str) -> None:
             f"cannot write {flag} {str(path)!r}: the folder {str(parent)!r} is not writable; "
             f"choose another {flag}"
         )
+    # os.access trusts permission bits only: root passes it on a read-only mount or in /proc.
+    # Creating (and removing) an empty file is the check that cannot be fooled.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".sgcnn-probe-", dir=parent)
+    except OSError as err:
+        raise SgcnnError(
+            f"cannot write {flag} {str(path)!r}: cannot create a file in {str(parent)!r} "
+            f"({_why(err)}); choose another {flag}"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def check_output_path(path: str | os.PathLike, overwrite: bool, flag: str = "--output") -> Path:
