@@ -1,7 +1,8 @@
 """Does self-grouping beat the alternatives at the same cost? ResNet-20 on CIFAR-10.
 
 Every row starts from the same trained baseline, prunes the same layers to the same conv
-sparsity with one method (``grouping.method``), and is fine-tuned with the same budget::
+sparsity with one method (``grouping.method``), and is fine-tuned with the same budget
+(``--ft-epochs`` epochs after pruning; an LG row's local epochs count against it)::
 
     # 1. train the baseline, then every fine-tune row, N at a time (one `sgcnn run` each)
     python benchmarks/cifar10_study.py run --archive cifar10-jpeg.tar.gz --out runs/study \\
@@ -37,9 +38,32 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # the checkout's sgcnn, installed or not
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _study_rows import SPARSITIES, STUDY_FILE, Row, finished, study_rows  # noqa: E402, F401
+from _study_rows import SPARSITIES, STUDY_FILE, Row, finished, study_rows  # noqa: E402
 
 QUICK_SETS = ["train.limit_batches=4", "grouping.global_epochs=1", "grouping.local_epochs=1"]
+LG_STEP, LOCAL_EPOCHS = 0.1, 1  # LG rows: pruning step, and local epochs after each step
+
+
+def budget_sets(row: Row, ft_epochs: int) -> list[str]:
+    """Every row trains ``ft_epochs`` epochs after pruning: a G row all in its global fine-tune,
+    an LG row ``LOCAL_EPOCHS`` after each of its steps and the rest in its global fine-tune."""
+    if row.scheme != "LG":
+        return [f"grouping.global_epochs={ft_epochs}"]
+    from sgcnn.engine.schemes import lg_steps
+
+    local = len(lg_steps(row.conv, 0.0, LG_STEP)) * LOCAL_EPOCHS
+    return [
+        f"grouping.lg_step={LG_STEP}",
+        f"grouping.local_epochs={LOCAL_EPOCHS}",
+        f"grouping.global_epochs={ft_epochs - local}",
+    ]
+
+
+def smallest_budget() -> int:
+    """The fewest ``--ft-epochs`` that leave every LG row at least one global epoch."""
+    from sgcnn.engine.schemes import lg_steps
+
+    return 1 + max(len(lg_steps(c, 0.0, LG_STEP)) * LOCAL_EPOCHS for c in SPARSITIES)
 
 
 def sgcnn_command(recipe: str, out: Path, sets: list[str], extra: list[str]) -> list[str]:
@@ -147,10 +171,15 @@ def cmd_run(args) -> int:
     os.environ.setdefault("SGCNN_CACHE", str(out / "cache"))
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     common = ["--data-root", str(args.archive.resolve()), "--device", args.device]
-    quick = [*QUICK_SETS, "train.epochs=1"] if args.quick else []
+    # --quick: the baseline trains 1 epoch of 4 batches; the rows (train.epochs 0 in their
+    # recipe) start from it and fine-tune 1 epoch per phase
+    quick = QUICK_SETS if args.quick else []
     # --full-train: all 50,000 training images, each run's last epoch (no validation split)
     protocol = ["data.val_fraction=0", "train.select=last"] if args.full_train else []
-    base_sets = [*protocol, *(quick or [f"train.epochs={args.epochs}"])]
+    base_sets = [
+        *protocol,
+        *(["train.epochs=1", *quick] if quick else [f"train.epochs={args.epochs}"]),
+    ]
     print(f"baseline ({args.epochs if not args.quick else 1} epochs)", flush=True)
     study.run_all(
         [
@@ -179,7 +208,7 @@ def cmd_run(args) -> int:
             f"train.threads={threads}",
             *protocol,
         ]
-        sets += quick or [f"grouping.global_epochs={args.ft_epochs}"]
+        sets += quick or budget_sets(row, args.ft_epochs)
         commands.append(
             (row.name, sgcnn_command("resnet20_cifar10_finetune", out / row.name, sets, common))
         )
@@ -282,7 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=8, help="fine-tune runs at a time")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--epochs", type=int, default=80, help="baseline epochs")
-    p.add_argument("--ft-epochs", type=int, default=12, help="global fine-tune epochs")
+    p.add_argument(
+        "--ft-epochs",
+        type=int,
+        default=12,
+        help="training epochs of every row after pruning (an LG row's local epochs included)",
+    )
     p.add_argument("--quick", action="store_true", help="smoke test: 1 epoch of 4 batches")
     p.add_argument(
         "--full-train",
@@ -311,6 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_collect)
     args = parser.parse_args(argv)
     _exit_on_sigterm()
+    if getattr(args, "ft_epochs", None) is not None and args.ft_epochs < smallest_budget():
+        parser.error(
+            f"--ft-epochs must be >= {smallest_budget()}: an LG row spends {LOCAL_EPOCHS} epoch "
+            "after each of its steps and needs at least one global epoch"
+        )
     if getattr(args, "jobs", 1) < 1:
         parser.error("--jobs must be >= 1")
     return args.func(args)

@@ -58,3 +58,44 @@ def test_full_train_reaches_the_baseline_and_every_row(tmp_path, monkeypatch, fu
         protocol = {"data.val_fraction=0", "train.select=last"}
         assert (protocol <= sets) == full_train
         assert not (protocol & sets) or full_train
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_every_row_gets_the_same_training_budget_from_the_same_baseline(tmp_path, monkeypatch,
+                                                                         quick):  # fmt: skip
+    """An LG row's local epochs count against the budget (--ft-epochs), so every row trains the
+    same number of epochs after pruning; no row trains the baseline again first."""
+    from sgcnn.engine.config import resolve_config
+    from sgcnn.engine.recipes import load_recipe
+    from sgcnn.engine.schemes import plan, total_epochs
+
+    launched = []
+
+    def run_all(self, commands):
+        launched.extend(commands)
+        checkpoint = tmp_path / "study" / "baseline" / "baseline" / "model.pt"
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.touch()
+
+    monkeypatch.setattr(study.Study, "run_all", run_all)
+    argv = ["run", "--archive", str(tmp_path / "c.tar.gz"), "--out", str(tmp_path / "study")]
+    assert study.main(argv + (["--quick"] if quick else ["--ft-epochs", "10"])) == 0
+    budgets, schemes = {}, set()
+    for name, command in launched[1:]:
+        sets = [command[i + 1] for i, arg in enumerate(command) if arg == "--set"]
+        config = resolve_config(load_recipe(command[command.index("run") + 1])[1], sets)
+        assert config.train.epochs == 0, name  # the baseline checkpoint, not trained again
+        budgets[name] = total_epochs(plan(config))
+        schemes.add(config.grouping.scheme)
+    assert schemes == {"G", "LG"}
+    if not quick:
+        assert set(budgets.values()) == {10}, budgets
+
+
+def test_a_budget_too_small_for_the_lg_rows_is_refused(tmp_path, capsys):
+    argv = ["run", "--archive", str(tmp_path / "c.tar.gz"), "--out", str(tmp_path / "study")]
+    with pytest.raises(SystemExit) as exit_:
+        study.main([*argv, "--ft-epochs", "7"])
+    assert exit_.value.code == 2
+    assert "--ft-epochs must be >= 8" in capsys.readouterr().err
+    assert not (tmp_path / "study").exists()
