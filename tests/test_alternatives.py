@@ -68,18 +68,29 @@ def test_random_keeps_sg_group_sizes_and_kept_counts_but_not_the_choice():
     )
 
 
-def test_kernel_l1_keeps_each_filters_strongest_channels():
-    model = _model()
-    create_pruner("kernel_l1", model, input_size=SIZE).step(0.5)
+@pytest.mark.parametrize("target", [0.5, 0.7])
+def test_kernel_l1_keeps_each_filters_strongest_channels_and_sg_kernel_count(target):
+    model, sg = _model(), _model()
+    create_pruner("kernel_l1", model, input_size=SIZE).step(target)
+    sgcnn.SelfGrouper(sg, 4, 0, input_size=SIZE).step(target)
     layer = model.layer1[0].conv2
     dense = _model().layer1[0].conv2.weight.detach()
     norms = dense.abs().sum((2, 3))
-    k = round(0.5 * norms.shape[1])
-    for n in range(norms.shape[0]):
+    n_filters, c = norms.shape
+    total = round((1 - target) * n_filters * c)  # 8 x 8 at 0.7: 19 kernels, not 8 x round(2.4)
+    assert layer.sg_mask.sum() == total
+    sg_kept = sg.layer1[0].conv2.sg_mask.sum().item()  # SG: the target up to its groups' sizes
+    assert abs(sg_kept - total) <= torch.bincount(sg.layer1[0].conv2.sg_labels).max()
+    counts = layer.sg_mask.sum(1)
+    assert set(counts.tolist()) <= {total // n_filters, total // n_filters + 1}
+    for n in range(n_filters):
         kept = layer.sg_mask[n].nonzero().flatten()
-        assert len(kept) == k
         assert norms[n, kept].min() >= norms[n][~layer.sg_mask[n]].max()
-    assert torch.equal(layer.sg_labels, torch.arange(norms.shape[0]))
+    extra, k = counts > total // n_filters, total // n_filters  # the extra kernel went to the
+    nxt = norms.sort(1, descending=True).values[:, k]  # filters whose next channel is strongest
+    if extra.any() and (~extra).any():
+        assert nxt[extra].min() >= nxt[~extra].max()
+    assert torch.equal(layer.sg_labels, torch.arange(n_filters))
 
 
 def test_l1filter_removes_whole_filters_and_their_consumer_inputs_at_sg_flops():
