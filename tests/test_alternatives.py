@@ -183,3 +183,32 @@ def test_producer_consumer_search_skips_residual_outputs():
     pruner = sgcnn.SelfGrouper(model, input_size=SIZE)
     pairs = producer_consumers(model, pruner.selection.layers, torch.zeros(1, *SIZE))
     assert all(p.endswith("conv1") and c.endswith("conv2") for p, c in pairs)
+
+
+def test_slim_gives_the_smaller_dense_network_that_computes_the_same():
+    from sgcnn.core.filter_pruning import slim
+
+    model = _model()
+    create_pruner("l1filter", model, input_size=SIZE).step(0.5)
+    model.eval()
+    x = torch.randn(2, *SIZE)
+    small = slim(model, x)
+    assert not any(isinstance(m, MaskedConv2d) for m in small.modules())
+    conv1, kept = small.layer1[0].conv1, model.layer1[0].conv1.sg_mask.any(1)
+    assert conv1.out_channels == conv1.weight.shape[0] == int(kept.sum()) < len(kept)
+    assert small.layer1[0].bn1.num_features == small.layer1[0].conv2.in_channels == kept.sum()
+    new = torch.randn(3, *SIZE)  # another input and batch size than the example
+    with torch.no_grad():
+        torch.testing.assert_close(small(new), model(new), atol=1e-5, rtol=1e-5)
+    assert sgcnn.count(small, SIZE)["flops"] == sgcnn.count(model, SIZE)["flops"]
+
+
+def test_slim_refuses_a_model_that_is_not_filter_pruned():
+    from sgcnn.core.filter_pruning import slim
+
+    model = _model()
+    sgcnn.SelfGrouper(model, 4, 0, input_size=SIZE).step(0.5)
+    with pytest.raises(sgcnn.SgcnnError, match="not filter-pruned"):
+        slim(model, torch.randn(1, *SIZE))
+    with pytest.raises(sgcnn.SgcnnError, match="no pruned layers"):
+        slim(_model(), torch.randn(1, *SIZE))

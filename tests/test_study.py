@@ -99,3 +99,26 @@ def test_a_budget_too_small_for_the_lg_rows_is_refused(tmp_path, capsys):
     assert exit_.value.code == 2
     assert "--ft-epochs must be >= 8" in capsys.readouterr().err
     assert not (tmp_path / "study").exists()
+
+
+def test_an_l1filter_row_is_timed_as_the_smaller_dense_network(tmp_path):
+    import torch
+
+    import sgcnn
+    from _study_collect import _deployable
+    from sgcnn.core.alternatives import create_pruner
+    from sgcnn.engine.checkpoint import model_payload, save_checkpoint
+
+    torch.manual_seed(0)
+    model = sgcnn.create_model("resnet20")
+    create_pruner("l1filter", model, input_size=(3, 32, 32), exclude=["fc"]).step(0.5)
+    save_checkpoint(tmp_path / "m.pt", model_payload(model, "resnet20", {}))
+    fast, note = _deployable(tmp_path / "m.pt", 2, "l1filter")
+    assert "smaller dense" in note
+    kept = int(model.layer1[0].conv1.sg_mask.any(1).sum())
+    assert kept < 16
+    widths = [m.weight.shape[0] for m in fast.modules() if getattr(m, "weight", None) is not None]
+    assert widths[:3] == [16, kept, 16]  # stem, layer1.0.conv1 sliced (not masked), conv2
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model.eval()(x), atol=1e-4, rtol=1e-4)

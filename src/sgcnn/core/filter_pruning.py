@@ -20,10 +20,12 @@ self-grouping at ``p`` reaches):
 Per-layer sparsities then differ from ``p`` (only producers and their consumers are pruned);
 the FLOPs match, which is the comparison Li et al. make. Structure as groups: kept filters form
 group 0 (keeping the consumer-side input channels not removed), removed filters group 1
-(keeping nothing).
+(keeping nothing). :func:`slim` turns the masked network into the physically smaller dense one.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
@@ -33,6 +35,8 @@ from sgcnn.core.graph import trace_graph
 from sgcnn.core.grouper import GroupingReport, SelfGrouper, _check_ratio
 from sgcnn.errors import SgcnnError
 from sgcnn.metrics.counting import count
+from sgcnn.nn.masked import is_masked, to_dense
+from sgcnn.nn.swap import replace_modules_
 
 _CHANNELWISE_HOPS = 6  # operations allowed between a producer and its consumer
 
@@ -172,3 +176,131 @@ class FilterL1Pruner(SelfGrouper):
                 self._apply(name, layer, is_conv, targets[name], labels, keep, mask)
             )
         return report
+
+
+@torch.no_grad()
+def slim(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
+    """The physically smaller dense network an ``l1filter``-pruned ``model`` stands for.
+
+    A copy in which every removed filter of a producer is gone: its weight row (and bias), the
+    channel of the BatchNorm that reads the producer's output directly, and the consumer's
+    input column; every masked layer becomes a plain ``nn.Conv2d`` / ``nn.Linear``. The copy
+    is checked against ``model`` on ``example_input``. A model whose masks are not whole
+    removed filters and their consumers' matching inputs (self-grouped, say) is an error.
+    """
+    work = copy.deepcopy(model).eval()
+    layers = {n: m for n, m in work.named_modules() if is_masked(m)}
+    if not layers:
+        raise SgcnnError(f"{type(model).__name__} has no pruned layers to slim")
+    pairs = producer_consumers(work, list(layers), example_input)
+    rows = {n: m.sg_mask.any(1) for n, m in layers.items()}  # filters kept
+    cols = {n: m.sg_mask.any(0) for n, m in layers.items()}  # input channels read
+    removed = {p: ~rows[p] for p, _ in pairs}
+    for name, layer in layers.items():
+        whole = torch.equal(layer.sg_mask, rows[name].unsqueeze(1) & cols[name].unsqueeze(0))
+        consumer_of = next((p for p, c in pairs if c == name), None)
+        reads = removed[consumer_of] if consumer_of else torch.zeros_like(cols[name])
+        if (
+            not whole
+            or (not rows[name].all() and name not in removed)
+            or not torch.equal(~cols[name], reads)
+        ):
+            raise SgcnnError(
+                f"layer {name!r} is not filter-pruned (its mask is not whole filters removed "
+                "and its consumer's matching inputs): slim takes a model pruned with method "
+                "l1filter; convert other models with sgcnn.convert"
+            )
+    norms = _norms_reading(work, [p for p, _ in pairs], example_input)
+    reference = work(example_input)
+    for p, c in pairs:
+        keep = rows[p]
+        replace_modules_(work, lambda m, n, t=p: n == t, lambda m, n, k=keep: _rows(m, k))
+        replace_modules_(work, lambda m, n, t=c: n == t, lambda m, n, k=keep: _cols(m, k))
+        if p in norms:
+            replace_modules_(
+                work, lambda m, n, t=norms[p]: n == t, lambda m, n, k=keep: _channels(m, k)
+            )
+    replace_modules_(work, lambda m, n: is_masked(m), lambda m, n: to_dense(m))
+    out = work(example_input)
+    tol = 1e-4 * max(1.0, reference.abs().max().item())
+    if out.shape != reference.shape or (out - reference).abs().max().item() > tol:
+        raise SgcnnError(
+            "the slimmed network does not compute what the pruned one does (a removed filter "
+            "reaches more than its consumer); deploy it with sgcnn.convert instead"
+        )
+    return work
+
+
+def _norms_reading(model, producers, example_input) -> dict[str, str]:
+    """``{producer: name}`` of the BatchNorm whose input is the producer's output itself."""
+    modules = dict(model.named_modules())
+    outputs, found, handles = {}, {}, []
+    for p in producers:
+        handles.append(
+            modules[p].register_forward_hook(lambda m, a, out, p=p: outputs.__setitem__(p, out))
+        )
+    for name, module in modules.items():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+
+            def pre(m, args, name=name):
+                for p, out in outputs.items():
+                    if args[0] is out:
+                        found[p] = name
+
+            handles.append(module.register_forward_pre_hook(pre))
+    try:
+        model(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+    return found
+
+
+def _rows(layer: nn.Module, keep: torch.Tensor) -> nn.Conv2d:
+    dense = to_dense(layer) if is_masked(layer) else layer
+    out = nn.Conv2d(
+        dense.in_channels,
+        int(keep.sum()),
+        dense.kernel_size,
+        dense.stride,
+        dense.padding,
+        dense.dilation,
+        dense.groups,
+        dense.bias is not None,
+        dense.padding_mode,
+    )
+    out.weight.data = dense.weight.data[keep].clone()
+    if dense.bias is not None:
+        out.bias.data = dense.bias.data[keep].clone()
+    return out
+
+
+def _cols(layer: nn.Module, keep: torch.Tensor) -> nn.Conv2d:
+    dense = to_dense(layer) if is_masked(layer) else layer
+    out = nn.Conv2d(
+        int(keep.sum()),
+        dense.out_channels,
+        dense.kernel_size,
+        dense.stride,
+        dense.padding,
+        dense.dilation,
+        dense.groups,
+        dense.bias is not None,
+        dense.padding_mode,
+    )
+    out.weight.data = dense.weight.data[:, keep].clone()
+    if dense.bias is not None:
+        out.bias.data = dense.bias.data.clone()
+    return out
+
+
+def _channels(norm: nn.Module, keep: torch.Tensor) -> nn.Module:
+    out = copy.deepcopy(norm)
+    out.num_features = int(keep.sum())
+    for key in ("weight", "bias"):
+        if getattr(norm, key) is not None:
+            setattr(out, key, nn.Parameter(getattr(norm, key).data[keep].clone()))
+    for key in ("running_mean", "running_var"):
+        if getattr(norm, key) is not None:
+            setattr(out, key, getattr(norm, key)[keep].clone())
+    return out
