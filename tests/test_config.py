@@ -1,6 +1,7 @@
 """Typed configs: defaults, recipes, --set overrides, and clear errors for bad keys and values."""
 
 import math
+import re
 
 import pytest
 import yaml
@@ -114,10 +115,14 @@ def test_unknown_keys_and_wrong_types_are_errors(recipe, sets, message):
             "names a target twice",
         ),
         (["train.select=val_top5"], "train.select must be one of"),
+        (["report.paper=[{top1: 74.4}]"], "report.paper[0] must be a mapping with a name"),
+        (["report.paper=[baseline]"], "report.paper[0] must be a mapping"),
+        (["report.paper=[{name: b, top1: 74%}]"], "report.paper[0].top1 must be a number"),
+        (["report.paper=[{name: b, acc: 74}]"], "report.paper[0] has unknown keys ['acc']"),
     ],
 )
 def test_bad_values_are_errors(sets, message):
-    with pytest.raises(SgcnnError, match=message.replace(".", r"\.")):
+    with pytest.raises(SgcnnError, match=re.escape(message)):
         resolve_config(None, sets)
 
 

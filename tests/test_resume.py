@@ -197,3 +197,33 @@ def test_a_key_added_after_the_run_started_does_not_block_resume():
         ["model.checkpoint=w.pt"],
     )
     assert any(d.startswith("model.reset_classifier") for d in config_differences(saved, changed))
+
+
+def test_resume_with_another_number_of_processes_is_refused(tmp_path):
+    """Steps per epoch, the schedule and each process's random state depend on the number of
+    processes: a run saved by 2 (torchrun) cannot continue in 1, nor the other way round."""
+    from sgcnn.engine.state import load_state, save_state
+
+    out = tmp_path / "run"
+    Runner(_tiny_config(), out, quiet=True).run()
+    state = load_state(out)
+    save_state(out, {**state, "rng": state["rng"] * 2})  # as two processes would have saved it
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(
+        SgcnnError, match=r"with 1 process\(es\): it was saved by 2.*nproc_per_node 2"
+    ):
+        Runner(_tiny_config(), out, resume=True, quiet=True).run()
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_random_state_restores_on_fewer_visible_gpus(monkeypatch):
+    """A state saved with two GPUs visible restores with one (CUDA_VISIBLE_DEVICES)."""
+    from sgcnn.engine import state as state_module
+
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, i: restored.append(i))
+    saved = {**state_module.rng_state(), "cuda": [torch.zeros(8, dtype=torch.uint8)] * 2}
+    state_module.set_rng_state(saved)
+    assert restored == [0]

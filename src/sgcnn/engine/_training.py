@@ -64,7 +64,8 @@ class _TrainingPhase:
         if self.d.enabled:  # re-wrapped per phase: pruning replaced the mask buffers
             ids = [self.precision.device.index] if self.precision.device.type == "cuda" else None
             net = DistributedDataParallel(self.model, device_ids=ids)
-        sums = pending["sums"] if pending and self.batch > 0 else None
+        # The saved sums are over all ranks (see _train_epoch): one rank carries them on.
+        sums = pending["sums"] if pending and self.batch > 0 and self.d.is_main else None
         for epoch in range(self.epoch, stage.epochs):
             begin = time.monotonic()
             lr = self.optimizer.param_groups[0]["lr"]  # at the start of the epoch
@@ -107,7 +108,8 @@ class _TrainingPhase:
 
     def _train_epoch(self, net, stage: Stage, epoch: int, steps: int, sums: list | None):
         """The rest of ``epoch`` from batch ``self.batch`` on; returns ``[loss sum, correct,
-        images]`` over all ranks (``sums`` carries those of the batches done before a resume).
+        images]`` over all ranks (``sums``: those of the batches done before a resume, over
+        all ranks, given to one rank only).
         Saves the state when a checkpoint is due, and stops when asked to."""
         device = self.precision.device
         total = torch.tensor(sums or [0.0, 0.0, 0.0], dtype=torch.float64, device=device)
@@ -141,7 +143,7 @@ class _TrainingPhase:
                     self._diverged(stage, epoch, f"the training loss became {loss}")
                 if stop or due:
                     self._check_weights(stage, epoch)
-                    self._save(sums=total.tolist())
+                    self._save(sums=all_reduce_sums(self.d, total.tolist(), device))
                 if stop:
                     self._interrupted()
         return all_reduce_sums(self.d, total.tolist(), device)

@@ -286,6 +286,31 @@ def validate(config: Config) -> None:
             "(--set model.checkpoint=PATH) or a number of training epochs"
         )
     _validate_grouping(g)
+    _validate_paper_rows(config.report.paper)
+
+
+_PAPER_KEYS = ("params", "flops", "top1", "top5")
+
+
+def _validate_paper_rows(rows: list) -> None:
+    """``report.paper``: ``[{name: "Conv-95/FC-95", params: 22000, flops: 388000, top1: 99.17},
+    ...]``, checked now so that a typo does not fail the report after the whole run."""
+    example = "e.g. - {name: Conv-95/FC-95, params: 22000, flops: 388000, top1: 99.17}"
+    for i, row in enumerate(rows):
+        where = f"report.paper[{i}]"
+        if not isinstance(row, dict) or not isinstance(row.get("name"), str):
+            raise SgcnnError(f"{where} must be a mapping with a name ({example}), got {row!r}")
+        unknown = sorted(set(row) - {"name", *_PAPER_KEYS})
+        if unknown:
+            raise SgcnnError(
+                f"{where} has unknown keys {unknown}; valid: name, {', '.join(_PAPER_KEYS)}"
+            )
+        for key in _PAPER_KEYS:
+            value = row.get(key)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float)
+            ):
+                raise SgcnnError(f"{where}.{key} must be a number or null, got {value!r}")
 
 
 def _validate_grouping(g: GroupingConfig) -> None:

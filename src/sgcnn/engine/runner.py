@@ -209,6 +209,14 @@ class Runner(_TrainingPhase, _PruneEvaluate):
                 f"same steps into the same failure. {failure.get('message', '')}"
             )
         check_resume(self.run_dir, state["config"], self.config)
+        saved_by = len(state["rng"])  # one random state per process of the run that saved it
+        if saved_by != self.d.world:
+            how = f"torchrun --nproc_per_node {saved_by} ..." if saved_by > 1 else "no torchrun"
+            raise SgcnnError(
+                f"cannot resume {str(self.run_dir)!r} with {self.d.world} process(es): it was "
+                f"saved by {saved_by}, and the steps per epoch, the learning-rate schedule and "
+                f"each process's random state depend on that; resume it with {saved_by} ({how})"
+            )
         remove_stale_temporaries(self.run_dir)
         return state
 
@@ -239,8 +247,7 @@ class Runner(_TrainingPhase, _PruneEvaluate):
         self.rows = list(state["rows"])
         self.elapsed_before = float(state["elapsed"])
         self._offset = state["metrics_offset"]
-        rng = state["rng"]
-        set_rng_state(rng[self.d.rank] if self.d.rank < len(rng) else rng[0])
+        set_rng_state(state["rng"][self.d.rank])  # as many entries as processes (_read_state)
         if state["optimizer"] is not None or state["best"] is not None:
             self._pending = state
         where = "complete" if self.stage >= len(self.plan) else self.plan[self.stage].describe()

@@ -63,7 +63,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # As many GPUs as both runs see (a resume may see fewer: CUDA_VISIBLE_DEVICES).
+        for index, saved in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(saved, index)
 
 
 def save_state(run_dir: Path, state: dict[str, Any]) -> None:
