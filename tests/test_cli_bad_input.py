@@ -424,3 +424,20 @@ def test_unwritable_output_is_refused_before_any_work(where, files, tmp_path, ca
     assert rc == 2, err
     assert len(err.splitlines()) == 1 and "cannot create a file in" in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_gpu_index_past_the_visible_gpus_is_one_line(monkeypatch, files, capsys, tmp_path):
+    """``--device cuda:3`` on a machine that shows one GPU: named before anything runs."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("SGCNN_CACHE", str(tmp_path / "cache"))
+    for argv in (
+        ["train", "--model", "test_convnet", "--epochs", "1", *DATA[:-3], "--device", "cuda:3",
+         "--output", str(tmp_path / "run")],
+        ["convert", "--checkpoint", str(files / "g.pt"), "--device", "cuda:3",
+         "--output", str(tmp_path / "m.pt2")],
+    ):  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "shows 1 GPU(s) (cuda:0 to cuda:0)" in err, err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "m.pt2").exists()

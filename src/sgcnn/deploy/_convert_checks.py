@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from sgcnn._device import checked_device
 from sgcnn.errors import SgcnnError
 
 # ------------------------------------------------------------------------- checks
@@ -21,18 +22,7 @@ def resolve_device(device, model: nn.Module) -> torch.device:
     if device is None:
         param = next(model.parameters(), None)
         return param.device if param is not None else torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise SgcnnError(f"{device!r} is not a device; use 'cpu' or 'cuda'") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SgcnnError(
-            f"device {str(dev)!r} is not available here (torch.cuda.is_available() is False); "
-            "use device='cpu' or run on a machine with a CUDA GPU"
-        )
-    if dev.type not in ("cpu", "cuda"):
-        raise SgcnnError(f"device {str(dev)!r} is not supported; use 'cpu' or 'cuda'")
-    return dev
+    return checked_device(device, "device=")
 
 
 def example_tensor(example_input, device: torch.device) -> torch.Tensor:

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Sampler
 
-from sgcnn.errors import SgcnnError
+from sgcnn._device import checked_device
 from sgcnn.nn.masked import is_masked
 
 
@@ -49,15 +49,10 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> ``cuda:<local rank>`` when CUDA is available, else ``cpu``."""
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise SgcnnError(
-                f"device {spec!r} asked for (--device, or train.device in a recipe) but CUDA is "
-                "not available here; use --device cpu"
-            )
-        if spec == "cuda":
-            return torch.device("cuda", local_rank)
-    return torch.device(spec)
+    dev = checked_device(spec, "--device, or train.device in a recipe")
+    if spec == "cuda":
+        return checked_device(torch.device("cuda", local_rank), "the local rank's GPU")
+    return dev
 
 
 def setup(device: torch.device) -> Dist:
