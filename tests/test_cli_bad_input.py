@@ -36,6 +36,8 @@ def files(tmp_path_factory):
     (root / "a_file").write_text("I am a file")
     (root / "empty.yaml").write_text("")
     (root / "model_int.yaml").write_text("model: 3\n")
+    (root / "grouping_empty.yaml").write_text("grouping:\n  # scheme: G\n")
+    (root / "grouping_list.yaml").write_text("grouping: [G]\n")
     (root / "existing.pt2").write_text("keep me")
     (root / "existing.json").write_text("keep me")
     (root / "recipe_dir.yaml").mkdir()
@@ -243,6 +245,24 @@ def _cases():
             "grouping.include=[nomatch]",
         ],
         "finetune-twice-the-target": ["finetune", *GROUPED, "--conv", "0.5", "0.5", *DATA],
+        "finetune-grouping-empty": [
+            "finetune",
+            *GROUPED,
+            "--recipe",
+            "{root}/grouping_empty.yaml",
+            "--conv",
+            "0.5",
+            *DATA,
+        ],
+        "finetune-grouping-list": [
+            "finetune",
+            *GROUPED,
+            "--recipe",
+            "{root}/grouping_list.yaml",
+            "--conv",
+            "0.5",
+            *DATA,
+        ],
         "eval-run-state": ["eval", "{root}/run/state.pt"],
         "eval-num-classes-of-a-checkpoint": ["eval", "{ckpt}", "--num-classes", "5", *DATA[:6]],
         "group-empty-output": ["group", *model, "--conv-sparsity", "0.5", "--output", ""],
@@ -441,3 +461,12 @@ def test_a_gpu_index_past_the_visible_gpus_is_one_line(monkeypatch, files, capsy
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "shows 1 GPU(s) (cuda:0 to cuda:0)" in err, err
     assert not (tmp_path / "run").exists() and not (tmp_path / "m.pt2").exists()
+
+
+def test_train_from_a_checkpoint_builds_the_model_it_names(files, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SGCNN_CACHE", str(tmp_path / "cache"))
+    checkpoint = files / "run" / "baseline" / "model.pt"
+    argv = ["train", "--checkpoint", str(checkpoint), "--epochs", "1", *DATA,
+            "--output", str(tmp_path / "again")]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "name: test_convnet" in (tmp_path / "again" / "config.yaml").read_text()

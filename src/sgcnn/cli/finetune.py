@@ -56,7 +56,8 @@ def run(args) -> int:
             "lr": "finetune.lr",
         },
     )
-    if args.scheme is None and not recipe.get("grouping", {}).get("scheme"):
+    grouping = recipe.get("grouping")  # not a mapping: resolving the config says so
+    if args.scheme is None and not (isinstance(grouping, dict) and grouping.get("scheme")):
         sets.append("grouping.scheme=G")
     sets += [*args.sets, "train.epochs=0"]
     return execute_named(

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import positive_int
-from sgcnn.cli._pipeline import add_run_args, execute_named, recipe_from_args, shortcut_sets
+from sgcnn.cli._pipeline import (
+    add_run_args,
+    checkpoint_model,
+    execute_named,
+    recipe_from_args,
+    shortcut_sets,
+)
+from sgcnn.engine.checkpoint import load_checkpoint
 
 
 def register(subparsers) -> None:
@@ -23,6 +30,9 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     name, recipe = recipe_from_args(args)
+    named = isinstance(recipe.get("model"), dict) and recipe["model"].get("name")
+    if args.checkpoint and not args.model and not named:  # the model the checkpoint names
+        args.model = checkpoint_model(args.checkpoint, load_checkpoint(args.checkpoint))
     sets = shortcut_sets(
         args,
         {
