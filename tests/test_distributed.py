@@ -11,8 +11,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from sgcnn.engine.distributed import Dist, ShardSampler
-from sgcnn.engine.state import read_metrics
+from sgcnn.engine.state import load_state, read_metrics
 
 SCRIPT = textwrap.dedent(
     """
@@ -89,3 +91,57 @@ def test_evaluation_shards_cover_the_split_exactly_once():
     shards = [list(ShardSampler(7, Dist(rank, 3))) for rank in range(3)]
     assert sorted(i for s in shards for i in s) == list(range(7))
     assert not Dist().enabled  # without torchrun: one process, collectives do nothing
+
+
+RESUME_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from sgcnn.engine.config import resolve_config
+    from sgcnn.engine.interrupt import RunInterrupted
+    from sgcnn.engine.runner import Runner
+
+    out, mode = sys.argv[1], sys.argv[2]
+    config = resolve_config({
+        "model": {"name": "test_convnet"},
+        "data": {"name": "synthetic", "synthetic_size": 160, "image_size": 16},
+        "train": {"epochs": 1, "batch_size": 16, "threads": 1, "device": "cpu", "workers": 0},
+        "grouping": {"scheme": "baseline", "conv": []},
+    })
+    if mode == "stop":  # stop on every rank after the second step, as Ctrl-C would
+        poll = Runner._poll
+        Runner._poll = lambda self, flag=None: (
+            (lambda s, due, bad: (s or self.batch == 2, due, bad))(*poll(self, flag)))
+    try:
+        Runner(config, out, resume=mode == "resume", quiet=True).run()
+    except RunInterrupted:
+        sys.exit(130)
+    """
+)
+
+
+def _torchrun(script, *args):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", "2", str(script), *map(str, args)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+
+
+def test_a_run_stopped_mid_epoch_under_ddp_resumes_to_the_same_epoch_figures(tmp_path):
+    """The training loss and accuracy of an epoch interrupted and resumed are those of the
+    uninterrupted epoch: the sums saved mid-epoch are over both ranks, and counted once."""
+    script = tmp_path / "ddp_resume.py"
+    script.write_text(RESUME_SCRIPT)
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert _torchrun(script, whole, "run").returncode == 0
+    stopped = _torchrun(script, parts, "stop")
+    assert stopped.returncode != 0 and "exitcode: 130" in stopped.stderr, stopped.stderr[-2000:]
+    assert load_state(parts)["batch"] == 2  # saved inside the epoch
+    assert not [r for r in read_metrics(parts / "metrics.jsonl") if r["event"] == "epoch"]
+    resumed = _torchrun(script, parts, "resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    def epoch(out):
+        (record,) = [r for r in read_metrics(out / "metrics.jsonl") if r["event"] == "epoch"]
+        return record["train_loss"], record["train_top1"]
+
+    assert epoch(parts) == pytest.approx(epoch(whole), rel=1e-6)
