@@ -222,7 +222,8 @@ def _markdown(doc: dict, records: dict) -> str:
     lines += [
         "Every row starts from the same baseline checkpoint, prunes the same layers (all 3x3 "
         "convolutions but the stem; the classifier stays dense) to the conv sparsity shown, "
-        "and is fine-tuned with the same schedule. Top-1 / Top-5 on the 10,000 test images "
+        "and is trained for the same number of epochs after pruning (an LG row's local epochs "
+        "count against it; the epochs column). Top-1 / Top-5 on the 10,000 test images "
         f"{doc.get('protocol', _protocol_text(None))}. Mean over "
         "seeds; spread = max - min. FLOPs are multiply-accumulates per image.",
         "",
