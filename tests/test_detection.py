@@ -73,7 +73,11 @@ def _bad(shapes, tmp_path, edit):
     [
         (lambda d: d["images"][0].update(file_name="nope.png"), "missing from"),
         (lambda d: d["annotations"][0].update(bbox=[60, 60, 20, 20]), "outside its image"),
-        (lambda d: d["annotations"][0].update(bbox=[5, 5, 0, 10]), "zero area"),
+        (lambda d: d["annotations"][0].update(bbox=[5, 5, -3, 10]), "negative size"),
+        (lambda d: d["annotations"][0].update(area="n/a"), "area must be a number >= 0"),
+        (lambda d: d["annotations"][0].update(area=-4.0), "area must be a number >= 0"),
+        (lambda d: d["annotations"][0].update(iscrowd="0"), "iscrowd must be an integer"),
+        (lambda d: d["annotations"][0].update(iscrowd=2), "iscrowd must be 0 or 1"),
         (lambda d: d["annotations"][0].update(image_id=999), "not in 'images'"),
         (lambda d: d["annotations"][0].update(category_id=7), "not among the categories"),
         (lambda d: d.pop("annotations"), "no 'annotations' list"),
@@ -83,6 +87,24 @@ def _bad(shapes, tmp_path, edit):
 def test_loader_rejects_malformed_annotations(shapes, tmp_path, edit, message):
     with pytest.raises(sgcnn.SgcnnError, match=message):
         load_coco(shapes / "train", _bad(shapes, tmp_path, edit))
+
+
+def test_boxes_without_area_after_clipping_leave_training_but_not_evaluation(shapes, tmp_path):
+    """COCO-2014's train set has boxes like [x, y, w, 0.0]; clipping can also empty a box. The
+    detector's loss cannot take them: they leave the training targets and stay in COCOeval's."""
+
+    def edit(d):
+        d["annotations"][0].update(bbox=[5, 5, 3, 0.0])  # zero height
+        d["annotations"][1].update(bbox=[-0.9, 5, 0.5, 10])  # clips to x1 < x0
+
+    data = load_coco(shapes / "train", _bad(shapes, tmp_path, edit))
+    assert data.dropped == 2
+    for target in data.targets:
+        boxes = target["boxes"]
+        assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+    total = sum(len(t["category_ids"]) for t in data.targets)
+    assert len(data.ground_truth["annotations"]) == total + 2
+    assert data.ground_truth["info"] == {}  # pycocotools 2.0.9 / 2.0.10 read it
 
 
 def test_an_image_of_another_size_than_its_entry_is_refused(shapes, tmp_path):
@@ -102,6 +124,12 @@ def test_loader_rejects_unparsable_files_and_unknown_categories(shapes, tmp_path
         load_coco(shapes / "val", shapes / "val.json", category_ids=[1, 2])
 
 
+def test_a_random_backbone_with_frozen_batchnorm_is_refused(shapes):
+    with pytest.raises(sgcnn.SgcnnError, match="--backbone-checkpoint PATH"):
+        _config(shapes, name="test_resnet", train_bn="false")
+    assert _config(shapes, name="test_resnet", train_bn="true").backbone.train_bn
+
+
 @pytest.mark.parametrize("name", ["test_resnet", "test_densenet", "resnet18", "mobilenet_v2"])
 def test_detector_builds_on_resnet_densenet_mobilenet(name):
     detector = build_detector(sgcnn.create_model(name), 3, min_size=64, max_size=64)
@@ -116,7 +144,12 @@ def test_a_model_without_usable_backbone_is_refused():
 
 
 def test_training_keeps_masks_and_the_converted_backbone_is_exact(shapes, tmp_path):
-    config = _config(shapes, name="test_resnet", conv=0.5, groups=4)
+    from sgcnn.engine.checkpoint import model_payload, save_checkpoint
+
+    torch.manual_seed(0)  # a "trained" classifier: frozen BatchNorm needs one
+    classifier = tmp_path / "classifier.pt"
+    save_checkpoint(classifier, model_payload(sgcnn.create_model("test_resnet"), "test_resnet", {}))
+    config = _config(shapes, name="test_resnet", conv=0.5, groups=4, checkpoint=classifier)
     train = load_coco(shapes / "train", shapes / "train.json", flip=True)
     detector, payload = build(config, train.categories)
     before = masks_of(detector)
@@ -170,9 +203,18 @@ def test_detect_cli_trains_evaluates_and_refuses_bad_input(shapes, tmp_path, cap
     evaluation = ["detect", "eval", str(out / "detector.pt"), "--images", str(shapes / "val")]
     evaluation += ["--annotations", str(shapes / "val.json"), "--device", "cpu", "--runs", "1"]
     code = main(evaluation)
-    assert code == 0 and "converted backbone" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert code == 0 and "converted backbone" in printed and "pruned weights all zero" in printed
+    assert oct(out.stat().st_mode & 0o777) != oct(0o700)  # published with the usual mode
 
-    bad = _bad(shapes, tmp_path, lambda d: d["annotations"][0].update(bbox=[0, 0, 0, 5]))
+    bad = _bad(shapes, tmp_path, lambda d: d["annotations"][0].update(bbox=[0, 0, -1, 5]))
     argv[argv.index(str(shapes / "train.json"))] = str(bad)
     assert main([*argv, *small, "--device", "cpu", "--output", str(tmp_path / "bad")]) == 2
-    assert "zero area" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert "negative size" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+    no_boxes = tmp_path / "val_no_boxes.json"
+    no_boxes.write_text(json.dumps({**json.loads((shapes / "val.json").read_text()),
+                                    "annotations": []}))  # fmt: skip
+    evaluation[evaluation.index(str(shapes / "val.json"))] = str(no_boxes)
+    assert main(evaluation) == 2
+    assert "no (non-crowd) boxes: there is nothing to evaluate" in capsys.readouterr().err

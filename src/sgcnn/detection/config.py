@@ -93,6 +93,13 @@ def _validate(c: DetectConfig) -> None:
         raise SgcnnError(f"backbone.conv must be a sparsity in [0, 1), got {c.backbone.conv}")
     if c.backbone.groups < 1:
         raise SgcnnError(f"backbone.groups must be >= 1, got {c.backbone.groups}")
+    if c.backbone.checkpoint is None and not c.backbone.train_bn:
+        raise SgcnnError(
+            "backbone.checkpoint is not set and backbone.train_bn is false: a random backbone "
+            "with frozen BatchNorm (mean 0, variance 1) does not learn; pass "
+            "--backbone-checkpoint PATH (a trained classifier), or --set backbone.train_bn=true "
+            "to train from random weights"
+        )
     for name in ("epochs", "batch_size", "latency_runs"):
         if getattr(t, name) < 1:
             raise SgcnnError(f"train.{name} must be >= 1, got {getattr(t, name)}")

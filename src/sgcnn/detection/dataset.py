@@ -3,10 +3,12 @@
 :func:`load_coco` reads ``{"images": [...], "annotations": [...], "categories": [...]}`` and
 rejects, with one line naming the file, the entry and the fix: a file that is not JSON, missing
 sections or fields, images missing from the folder, duplicate ids, annotations of unknown
-images, boxes with zero (or negative) width or height or reaching more than one pixel outside
-their image, and category ids the model was not built for. Crowd annotations
-(``iscrowd: 1``) are left out of training targets, as in torchvision's references, and kept in
-the file that COCO evaluation reads.
+images, boxes with negative width or height or reaching more than one pixel outside their
+image, an ``area`` that is not a number >= 0, an ``iscrowd`` other than 0 / 1, and category ids
+the model was not built for. Crowd annotations (``iscrowd: 1``) and boxes with no area once
+clipped to their image (COCO-2014's train set has some: ``[x, y, w, 0.0]``) are left out of
+training targets, as in torchvision's references (:attr:`CocoDetection.dropped` counts the
+latter), and kept in the file that COCO evaluation reads.
 
 Items are ``(image, target)``: ``image`` float32 ``[3, H, W]`` in ``[0, 1]``, ``target``
 ``{"boxes": float32 [n, 4] (x0, y0, x1, y1) in pixels, "labels": int64 [n] (1..K; 0 is the
@@ -42,6 +44,7 @@ class CocoDetection(Dataset):
         annotation_file: Path,
         ground_truth: dict,
         flip: bool = False,
+        dropped: int = 0,
     ) -> None:
         self.images = images  # [{"id", "path", "width", "height"}]
         self.targets = targets  # per image: {"boxes": ndarray [n, 4] xyxy, "category_ids": [n]}
@@ -50,6 +53,7 @@ class CocoDetection(Dataset):
         self.annotation_file = annotation_file
         self.ground_truth = ground_truth  # checked COCO dict (areas filled in) for COCOeval
         self.flip = flip  # random horizontal flip (training)
+        self.dropped = dropped  # boxes with no area once clipped: not training targets
         self._label = {cid: i + 1 for i, cid in enumerate(self.category_ids)}
 
     def __len__(self) -> int:
@@ -136,9 +140,9 @@ def load_coco(
     boxes: list[list] = [[] for _ in images]
     cats: list[list] = [[] for _ in images]
     valid_ids = {c["id"] for c in categories}
-    gt_annotations = []
+    gt_annotations, dropped = [], 0
     for entry in data["annotations"]:
-        image_id, category, box, crowd = _annotation(entry, where)
+        image_id, category, box, crowd, area = _annotation(entry, where)
         if image_id not in index:
             raise SgcnnError(
                 f"{where}: annotation {entry.get('id')} refers to image {image_id}, "
@@ -157,8 +161,8 @@ def load_coco(
                 "image_id": image_id,
                 "category_id": category,
                 "bbox": box,
-                "area": float(entry.get("area") or box[2] * box[3]),
-                "iscrowd": int(crowd),
+                "area": area if area is not None else box[2] * box[3],
+                "iscrowd": crowd,
             }
         )
         if crowd:
@@ -166,6 +170,9 @@ def load_coco(
         x, y, w, h = box
         x0, y0 = max(x, 0.0), max(y, 0.0)
         x1, y1 = min(x + w, info["width"]), min(y + h, info["height"])
+        if x1 <= x0 or y1 <= y0:  # the detector's loss needs x1 > x0 and y1 > y0
+            dropped += 1
+            continue
         boxes[index[image_id]].append((x0, y0, x1, y1))
         cats[index[image_id]].append(category)
     targets = [
@@ -173,11 +180,13 @@ def load_coco(
         for b, c in zip(boxes, cats, strict=True)
     ]
     ground_truth = {
+        "info": {},  # pycocotools 2.0.9 / 2.0.10 read it in loadRes
+        "licenses": [],
         "images": [{k: v for k, v in i.items() if k != "path"} for i in images],
         "annotations": gt_annotations,
         "categories": categories,
     }
-    return CocoDetection(images, targets, categories, path, ground_truth, flip)
+    return CocoDetection(images, targets, categories, path, ground_truth, flip, dropped)
 
 
 def _read_json(path: Path) -> dict:
@@ -224,7 +233,8 @@ def _image(entry, folder: Path, where: str) -> dict:
     }
 
 
-def _annotation(entry, where: str) -> tuple[int, int, list[float], bool]:
+def _annotation(entry, where: str) -> tuple[int, int, list[float], int, float | None]:
+    """``(image_id, category_id, bbox, iscrowd, area or None)`` of a checked annotation."""
     if not isinstance(entry, dict) or not {"image_id", "category_id", "bbox"} <= set(entry):
         raise SgcnnError(
             f"{where}: an annotation lacks image_id / category_id / bbox: {str(entry)[:120]}"
@@ -242,15 +252,31 @@ def _annotation(entry, where: str) -> tuple[int, int, list[float], bool]:
         )
     image_id = _int(entry["image_id"], "annotation image_id", where)
     category = _int(entry["category_id"], "annotation category_id", where)
-    return image_id, category, [float(v) for v in box], bool(entry.get("iscrowd", 0))
+    crowd = _int(entry.get("iscrowd", 0), "annotation iscrowd", where)
+    if crowd not in (0, 1):
+        raise SgcnnError(
+            f"{where}: annotation {entry.get('id')} iscrowd must be 0 or 1, got {crowd}"
+        )
+    area = entry.get("area")
+    if area is not None and (
+        isinstance(area, bool)
+        or not isinstance(area, int | float)
+        or not math.isfinite(area)
+        or area < 0
+    ):
+        raise SgcnnError(
+            f"{where}: annotation {entry.get('id')} area must be a number >= 0 (or absent), "
+            f"got {area!r}"
+        )
+    return image_id, category, [float(v) for v in box], crowd, None if area is None else float(area)
 
 
 def _check_box(box: list[float], info: dict, ann_id, where: str) -> None:
     x, y, w, h = box
-    if w <= 0 or h <= 0:
+    if w < 0 or h < 0:
         raise SgcnnError(
-            f"{where}: annotation {ann_id} has a box of zero area ({w} x {h}); remove it or "
-            "fix its bbox [x, y, w, h]"
+            f"{where}: annotation {ann_id} has a box of negative size ({w} x {h}); fix its "
+            "bbox [x, y, w, h]"
         )
     t = BOX_TOLERANCE
     if x < -t or y < -t or x + w > info["width"] + t or y + h > info["height"] + t:

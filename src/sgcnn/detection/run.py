@@ -17,7 +17,7 @@ import copy
 import json
 import os
 import shutil
-import tempfile
+import sys
 from pathlib import Path
 
 import torch
@@ -25,9 +25,16 @@ import yaml
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from sgcnn._io import publish_dir, staging_dir
 from sgcnn.detection.config import DetectConfig
 from sgcnn.detection.dataset import load_coco
-from sgcnn.detection.engine import build, evaluate_coco, save_detector, train_detector
+from sgcnn.detection.engine import (
+    _pycocotools,
+    build,
+    evaluate_coco,
+    save_detector,
+    train_detector,
+)
 from sgcnn.engine.distributed import resolve_device
 from sgcnn.engine.typed import to_dict
 from sgcnn.errors import SgcnnError
@@ -128,10 +135,18 @@ def run_detection(
     if t.threads:
         torch.set_num_threads(t.threads)
     device = resolve_device(t.device)
+    _pycocotools()  # the mAP at the end needs it: say so before training, not after
     train = load_coco(d.train_images, d.train_annotations, flip=d.flip)
     val = load_coco(d.val_images, d.val_annotations, category_ids=train.category_ids)
     if not any(len(x["category_ids"]) for x in train.targets):
         raise SgcnnError(f"{d.train_annotations} has no (non-crowd) boxes to train on")
+    _require_boxes(val)
+    if train.dropped and not quiet:
+        print(
+            f"note: {train.dropped} boxes of {d.train_annotations} have no area once clipped to "
+            "their image: left out of training (as torchvision's references do)",
+            file=sys.stderr,
+        )
     torch.manual_seed(t.seed)
     detector, payload = build(config, train.categories)
     before = masks_of(detector)
@@ -152,6 +167,7 @@ def run_detection(
         "title": config.name or "detection",
         "backbone": config.backbone.name,
         "self_grouped_layers": len(before),
+        "train_boxes_dropped": train.dropped,
         "masks_kept": masks_kept(detector, before),
         "map": evaluate_coco(detector, val, device, t.batch_size),
     }
@@ -165,19 +181,26 @@ def run_detection(
     return report
 
 
+def _require_boxes(data) -> None:
+    """COCO evaluation of a set without (non-crowd) boxes has nothing to score: refuse it
+    rather than report an AP of 0."""
+    if not any(a["iscrowd"] == 0 for a in data.ground_truth["annotations"]):
+        raise SgcnnError(
+            f"{data.annotation_file} has no (non-crowd) boxes: there is nothing to evaluate "
+            "against; give an annotated validation set"
+        )
+
+
 def _write_run(out: Path, config, detector, payload, records, report) -> None:
     out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    staging = staging_dir(out)
     try:
         save_detector(staging / "detector.pt", detector, payload)
         (staging / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
         (staging / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (staging / "report.md").write_text(format_report(report))
-        if out.is_dir():
-            out.rmdir()
-        os.replace(staging, out)
+        publish_dir(staging, out, overwrite=False)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -195,7 +218,12 @@ def format_report(report: dict) -> str:
         f"# {report['title']}",
         "",
         f"Backbone {report['backbone']} ({report['self_grouped_layers']} self-grouped layers; "
-        f"masks kept through training: {report['masks_kept']}), input {report.get('input')}; "
+        + (
+            f"masks kept through training: {report['masks_kept']}"
+            if "masks_kept" in report
+            else f"pruned weights all zero: {report['pruned_weights_zero']}"
+        )
+        + f"), input {report.get('input')}; "
         "FLOPs are multiply-accumulates of unmasked weights, latency the median of "
         "interleaved runs at batch 1.",
         "",
@@ -224,14 +252,16 @@ def evaluate_checkpoint(
     from sgcnn.detection.engine import load_detector
 
     dev = resolve_device(device)
+    _pycocotools()
     detector, payload = load_detector(path)
     data = load_coco(images, annotations, category_ids=[c["id"] for c in payload["categories"]])
+    _require_boxes(data)
     masked = masks_of(detector)
     report = {
         "title": f"{path} on {annotations}",
         "backbone": payload["backbone"]["name"],
         "self_grouped_layers": len(masked),
-        "masks_kept": masks_kept(detector, masked),
+        "pruned_weights_zero": masks_kept(detector, masked),  # its masks are the saved ones
         "map": evaluate_coco(detector, data, dev),
     }
     size = example_size(payload["settings"]["min_size"])
