@@ -250,6 +250,29 @@ def test_call_plans_follow_the_input_shape_and_the_geometry_settings():
 
 
 @needs_native
+def test_a_block_chosen_for_narrower_vectors_runs_where_vectors_are_wider():
+    """A model converted with AVX2 (8 lanes) records blocks up to twice AVX-512's largest; run
+    where the library is built with wider vectors, it takes the largest block, same result."""
+    spec = _plain_spec()
+    module = fast.NativeGroupConv2d.from_spec(spec, 4)
+    x = torch.randn(2, 12, 9, 9)
+    with torch.inference_mode():
+        want = module(x).clone()
+        for vectors in (_native.max_block(), _native.max_block() + 4, 2 * _native.max_block()):
+            module._vectors = vectors
+            module._plans.clear()
+            assert torch.equal(module(x), want)
+
+
+def test_native_kernels_unavailable_at_run_time_is_a_clear_error(monkeypatch):
+    """A converted model (or .pt2) using the native kernels, run where they cannot load."""
+    monkeypatch.setattr(_native_build, "_load", lambda: None)
+    monkeypatch.setattr(_native_build, "_error", "disabled by SGCNN_NATIVE=0")
+    with pytest.raises(SgcnnError, match=r"native kernels, which cannot run here \(disabled"):
+        _native_build.lanes()
+
+
+@needs_native
 def test_a_plan_follows_the_layer_tensors_and_its_arena_buffer():
     """A plan keeps the layer's own kernel arguments while their addresses stay the same:
     after the weights are replaced (new storage, same parameter) the call reads the new

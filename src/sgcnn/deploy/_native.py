@@ -134,9 +134,13 @@ class Geometry:
 
     def c_struct(self, x_shape) -> _CGeometry:
         b, c, h, w = x_shape
+        # The block was chosen in vectors of the converting CPU's width; a program run where
+        # vectors are wider (AVX-512 after AVX2) takes the largest block this build has. The
+        # block only splits the work: every output is summed in the same order.
+        block = min(self.block, max_block())
         return _CGeometry(
             b, c, h, w, self.filters, *self.kernel, *self.stride, *self.padding,
-            *self.dilation, *self._out_hw(h, w), self.block, *self.border,
+            *self.dilation, *self._out_hw(h, w), block, *self.border,
             int(self.input_padded),
         )  # fmt: skip
 

@@ -24,6 +24,7 @@ from importlib import resources
 from pathlib import Path
 
 from sgcnn._io import cache_dir
+from sgcnn.errors import SgcnnError
 
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 
@@ -172,8 +173,12 @@ def unavailable_reason() -> str | None:
 
 def _need() -> ctypes.CDLL:
     lib = _load()
-    if lib is None:
-        raise RuntimeError(f"sgcnn native kernel unavailable: {_error}")
+    if lib is None:  # e.g. a converted model or .pt2 from another machine
+        raise SgcnnError(
+            f"this model uses sgcnn's native kernels, which cannot run here ({_error}); "
+            "convert it again on this machine (sgcnn.convert uses other realizations where the "
+            "kernels are unavailable), or export it as ONNX (standard operators only)"
+        )
     return lib
 
 
