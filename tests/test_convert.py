@@ -321,6 +321,31 @@ def test_first_touch_cost_grows_with_the_bytes():
         assert tuning.first_touch_ms(32 << 20) > 0.0
 
 
+class _PositionEmbedding(nn.Module):
+    """timm PiT's pattern: a convolution plus a learnt [1, C, H, W] tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv = nn.Conv2d(16, 16, 3, padding=1)
+        self.pos = nn.Parameter(torch.randn(1, 16, 8, 8))
+
+    def forward(self, x):
+        return self.conv(self.stem(x)) + self.pos
+
+
+def test_an_operand_that_broadcasts_over_the_batch_is_not_fused_as_a_residual():
+    """On a batch-1 example the [1, C, H, W] parameter has the activation's shape; fused as a
+    residual, the converted model would fail at any other batch size."""
+    torch.manual_seed(0)
+    model = _PositionEmbedding().eval()
+    sgcnn.self_group_(model, 0.5, groups=4, kmeans=FAST_KMEANS, input_size=(3, 8, 8))
+    converted = convert(model, torch.randn(1, 3, 8, 8), tune=False)
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x), model(x), atol=1e-4, rtol=1e-4)
+
+
 def test_fusion_folds_batchnorm_relu_and_residual_into_layers():
     masked, x = _grouped("test_resnet")
     converted = convert(masked, x, tune=False)

@@ -59,7 +59,8 @@ def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
 
 
 def _residual_of(node: fx.Node, prev: fx.Node) -> fx.Node | None:
-    """The other operand if ``node`` is ``prev + other`` of equal shape and dtype, else None."""
+    """The other operand if ``node`` is ``prev + other`` of equal shape and dtype (at the
+    example's batch size and at another), else None."""
     is_add = (node.op == "call_function" and node.target in _ADDS) or (
         node.op == "call_method" and node.target in ("add", "add_", "__add__", "__iadd__")
     )
@@ -73,6 +74,9 @@ def _residual_of(node: fx.Node, prev: fx.Node) -> fx.Node | None:
     if meta_p is None or meta_o is None or not hasattr(meta_o, "shape"):
         return None
     if meta_p.shape != meta_o.shape or meta_p.dtype != meta_o.dtype:
+        return None
+    # equal at another batch size too: not an operand that broadcasts (see convert._trace)
+    if prev.meta.get("other_batch_shape") != other.meta.get("other_batch_shape"):
         return None
     return other
 

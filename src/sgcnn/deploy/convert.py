@@ -217,12 +217,29 @@ def _convert(model, example_input, device, tune, fuse, realizations, check, prog
 
 
 def _trace(work: nn.Module, x: torch.Tensor, fuse: bool, name: str) -> fx.GraphModule | None:
-    """``work`` as a graph with every tensor's shape on ``x``; None when fx cannot trace it."""
+    """``work`` as a graph with every tensor's shape on ``x``; None when fx cannot trace it.
+
+    Shapes are also taken at another batch size (``meta["other_batch_shape"]``), so that fusion
+    tells a tensor that follows the batch from one that broadcasts against it (a ``[1, C, H, W]``
+    parameter looks like an activation on a batch-1 example)."""
     try:
         gm = fx.GraphModule(work, _Tracer().trace(work), class_name=name)
         if fuse:
             _split_norm_acts(gm)
             gm.recompile()
+    except Exception:
+        return None
+    if fuse and x.dim() > 0:
+        other = torch.cat([x, x[:1]]) if x.shape[0] == 1 else x[:1]
+        try:
+            ShapeProp(gm).propagate(other)
+            for node in gm.graph.nodes:
+                meta = node.meta.get("tensor_meta")
+                if hasattr(meta, "shape"):
+                    node.meta["other_batch_shape"] = tuple(meta.shape)
+        except Exception:  # a model fixed to one batch size: the final check will tell
+            pass
+    try:
         ShapeProp(gm).propagate(x)
     except Exception:
         return None
