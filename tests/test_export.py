@@ -307,6 +307,22 @@ def test_cli_export_onnx_and_unsupported_format(tmp_path, checkpoint, capsys):
     assert "unsupported export format 'coreml'" in capsys.readouterr().err
 
 
+def test_onnx_without_onnxruntime_is_refused_unless_told_not_to_check(
+    tmp_path, checkpoint, capsys, monkeypatch
+):
+    """Every program is checked before it is written; where onnxruntime is missing an ONNX
+    file is written only with --no-verify, and the command says it was not checked."""
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime fails
+    out = tmp_path / "m.onnx"
+    argv = ["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--output", str(out)]
+    assert main([*argv, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "needs onnxruntime: pip install 'sgcnn[onnx]'" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+    assert main([*argv, "--quiet", "--no-verify"]) == 0
+    assert "not checked (--no-verify)" in capsys.readouterr().out and out.is_file()
+
+
 def test_cli_export_failure_is_one_line_status_2_and_no_file(
     tmp_path, checkpoint, capsys, monkeypatch
 ):

@@ -264,6 +264,18 @@ def load(path) -> nn.Module:
 # --------------------------------------------------------------------------- ONNX
 
 
+def _onnxruntime():
+    """onnxruntime, which checks an ONNX file before it is written, or a clear error."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise SgcnnError(
+            "checking the ONNX file before writing it needs onnxruntime: pip install "
+            "'sgcnn[onnx]' (or onnxruntime); or skip the check (verify=False, --no-verify)"
+        ) from None
+    return onnxruntime
+
+
 def export_onnx(
     model: nn.Module,
     path,
@@ -275,8 +287,10 @@ def export_onnx(
 ) -> dict:
     """Write ``model`` as ONNX (standard operators only, dynamic batch axis); returns
     ``{"path", "max_abs_diff"}``, the difference of onnxruntime's output from PyTorch's on a
-    new input of another batch size (``None`` without onnxruntime)."""
+    new input of another batch size (``None`` when ``verify`` is false). ``verify`` needs
+    onnxruntime: without it nothing is converted or written."""
     path = Path(path)
+    ort = _onnxruntime() if verify else None
     x = example_tensor(example_input, _device_of(model))
     model = _converted(model, x, portable=True, progress=progress).eval()
     outputs = output_tensors(run_checked(model, x))
@@ -303,26 +317,19 @@ def export_onnx(
     data = buffer.getvalue()
     diff = None
     if verify:
+        _say(progress, "checking in onnxruntime on a new input")
+        x_new = _new_input(x, True)
+        with torch.no_grad():
+            want = model(x_new)
         try:
-            import onnxruntime as ort
-        except ImportError:
-            ort = None
-            _say(progress, "onnxruntime is not installed: the file is not checked")
-        if ort is not None:
-            _say(progress, "checking in onnxruntime on a new input")
-            x_new = _new_input(x, True)
-            with torch.no_grad():
-                want = model(x_new)
-            try:
-                session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-                got = session.run(None, {"input": x_new.cpu().numpy()})
-            except Exception as err:
-                raise SgcnnError(
-                    f"onnxruntime cannot run the exported model: {describe(err)}; "
-                    "nothing was written"
-                ) from err
-            got = [torch.from_numpy(g) for g in got]
-            diff = _differences(got, want, "onnxruntime", x_new)
+            session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+            got = session.run(None, {"input": x_new.cpu().numpy()})
+        except Exception as err:
+            raise SgcnnError(
+                f"onnxruntime cannot run the exported model: {describe(err)}; nothing was written"
+            ) from err
+        got = [torch.from_numpy(g) for g in got]
+        diff = _differences(got, want, "onnxruntime", x_new)
     atomic_write(path, lambda f: f.write(data), overwrite)
     _say(progress, f"wrote {path}")
     return {"path": str(path), "max_abs_diff": diff}
