@@ -276,11 +276,19 @@ def _read(path: Path) -> dict:
         return {}
 
 
+def _candidates(entry) -> list[str] | None:
+    """An entry's sorted candidate labels; ``None`` when they are not a list of strings."""
+    labels = entry.get("candidates", []) if isinstance(entry, dict) else None
+    if not isinstance(labels, list) or not all(isinstance(c, str) for c in labels):
+        return None
+    return sorted(labels)
+
+
 def _valid(entry, labels) -> bool:
     if not isinstance(entry, dict) or not isinstance(entry.get("times_ms"), dict):
         return False
     times = entry["times_ms"]
-    if sorted(entry.get("candidates", [])) != sorted(labels) or not times:
+    if _candidates(entry) != sorted(labels) or not times:
         return False
     for name, t in times.items():
         if name not in labels or not isinstance(t, dict):
@@ -308,7 +316,8 @@ def lookup(key: str, labels, device: torch.device) -> dict[str, dict[str, float]
     if entry is None:
         return None
     if not _valid(entry, list(labels)):
-        if isinstance(entry, dict) and sorted(entry.get("candidates", [])) != sorted(labels):
+        known = _candidates(entry)
+        if known is not None and known != sorted(labels):
             return None  # stale: the candidates changed; measured again silently
         warnings.warn(f"ignoring a malformed entry of the tuning cache {path}", stacklevel=2)
         return None
