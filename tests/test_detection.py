@@ -218,3 +218,23 @@ def test_detect_cli_trains_evaluates_and_refuses_bad_input(shapes, tmp_path, cap
     evaluation[evaluation.index(str(shapes / "val.json"))] = str(no_boxes)
     assert main(evaluation) == 2
     assert "no (non-crowd) boxes: there is nothing to evaluate" in capsys.readouterr().err
+
+
+def test_a_backbone_checkpoint_alone_names_its_model(shapes, tmp_path, monkeypatch):
+    """--backbone-checkpoint without --backbone builds the model the checkpoint holds (the
+    recipe's backbone name is for checkpoints that do not say)."""
+    from sgcnn.detection import run as detection_run
+    from sgcnn.engine.checkpoint import model_payload, save_checkpoint
+
+    path = tmp_path / "classifier.pt"
+    save_checkpoint(path, model_payload(sgcnn.create_model("test_resnet"), "test_resnet", {}))
+    seen = {}
+    monkeypatch.setattr(detection_run, "run_detection", lambda c, *a, **k: seen.update(c=c) or {})
+    monkeypatch.setattr(detection_run, "format_report", lambda report: "")
+    argv = ["detect", "train", "--recipe", "coco2014", "--backbone-checkpoint", str(path),
+            "--images", "i", "--annotations", "a", "--output", str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 0
+    assert seen["c"].backbone.name == "test_resnet" and seen["c"].backbone.checkpoint == str(path)
+    (tmp_path / "plain.pt").write_bytes(b"")
+    argv[argv.index(str(path))] = str(tmp_path / "plain.pt")
+    assert main(argv) == 2

@@ -76,6 +76,16 @@ def _load_recipe(name: str | None) -> dict:
     return data
 
 
+def _checkpoint_model(path: str) -> str:
+    from sgcnn.cli._pipeline import checkpoint_model
+    from sgcnn.engine.checkpoint import load_checkpoint
+
+    try:
+        return checkpoint_model(path, load_checkpoint(path))
+    except SgcnnError as err:  # the model is named by --backbone here, not --model
+        raise SgcnnError(str(err).replace("--model", "--backbone")) from err
+
+
 def _train(args) -> int:
     from sgcnn.detection.config import resolve_detect_config
     from sgcnn.detection.run import format_report, run_detection
@@ -95,6 +105,8 @@ def _train(args) -> int:
         "device": "train.device",
     }
     sets = shortcut_sets(args, options)
+    if args.backbone_checkpoint and not args.backbone:  # the model the checkpoint names
+        sets.insert(0, f"backbone.name={_checkpoint_model(args.backbone_checkpoint)}")
     config = resolve_detect_config(_load_recipe(args.recipe), sets + args.sets)
     report = run_detection(config, args.output, {"command": command_line()}, quiet=args.quiet)
     print(format_report(report))
