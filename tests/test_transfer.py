@@ -54,6 +54,17 @@ def test_load_transferred_replaces_only_the_classifier(tmp_path):
     assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 3)
 
 
+def test_a_plain_state_dict_of_another_class_count_transfers(tmp_path):
+    """A user's own weights (torch.save(model.state_dict())) trained on 7 classes, where the
+    model's default is 10: the class count is read from the classifier weight."""
+    torch.manual_seed(0)
+    trained = sgcnn.create_model("test_resnet", num_classes=7)
+    torch.save(trained.state_dict(), tmp_path / "plain.pt")
+    model, _, kwargs, classifier = load_transferred(str(tmp_path / "plain.pt"), "test_resnet", 3)
+    assert kwargs["num_classes"] == 3 and getattr(model, classifier).out_features == 3
+    assert torch.equal(model.state_dict()["conv1.weight"], trained.state_dict()["conv1.weight"])
+
+
 @pytest.mark.parametrize("scheme", ["L", "G", "LG"])
 def test_transfer_keeps_masks_and_reports(tmp_path, capsys, scheme):
     grouped = scheme == "L"

@@ -76,6 +76,19 @@ def model_classifier(model: nn.Module, name: str, kwargs: dict[str, Any]) -> str
         ) from err
 
 
+def _plain_classes(path: str, name: str | None) -> int | None:
+    """The class count of a plain ``state_dict``'s classifier (an sgcnn checkpoint records
+    its own; ``None`` then): read from the classifier weight's first dimension, so that a
+    source trained on another number of classes than the model's default loads."""
+    payload = ckpt.load_checkpoint(path)
+    if payload.get("format") == ckpt.FORMAT or name is None:
+        return None
+    state = ckpt.plain_state_dict(str(path), payload)
+    default = create_model(name)
+    weight = state.get(f"{model_classifier(default, name, {})}.weight")
+    return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.dim() else None
+
+
 def load_transferred(
     path: str, name: str | None, num_classes: int
 ) -> tuple[nn.Module, str, dict[str, Any], str]:
@@ -91,7 +104,7 @@ def load_transferred(
             f"the target dataset has {num_classes} class: a classifier needs at least 2 classes "
             "(check the dataset folder or data.classes)"
         )
-    source, name, kwargs = ckpt.load_model(path, name)
+    source, name, kwargs = ckpt.load_model(path, name, _plain_classes(path, name))
     try:
         classifier = model_classifier(source, name, kwargs)
     except SgcnnError as err:
