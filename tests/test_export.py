@@ -540,7 +540,10 @@ def test_cli_bench_shows_the_channel_pruned_peer_of_a_resnet(capsys):
 def test_cli_bench_bad_input(capsys):
     if not torch.cuda.is_available():
         assert main(["bench", "--model", "test_convnet", "--device", "cuda"]) == 2
-        assert "'cuda' is not available" in capsys.readouterr().err
+        assert (
+            "'cuda' asked for (device= or --device) but CUDA is not available"
+            in capsys.readouterr().err
+        )
     assert main(["bench", "--model", "test_convnet", "--batch-sizes", "1,x"]) == 2
     assert "--batch-sizes" in capsys.readouterr().err
 

@@ -22,7 +22,7 @@ def resolve_device(device, model: nn.Module) -> torch.device:
     if device is None:
         param = next(model.parameters(), None)
         return param.device if param is not None else torch.device("cpu")
-    return checked_device(device, "device=")
+    return checked_device(device, "device= or --device")
 
 
 def example_tensor(example_input, device: torch.device) -> torch.Tensor:
