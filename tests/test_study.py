@@ -37,10 +37,8 @@ def test_collect_on_an_empty_study_lists_every_row_as_missing(tmp_path):
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 
-@pytest.mark.parametrize("full_train", [False, True])
-def test_full_train_reaches_the_baseline_and_every_row(tmp_path, monkeypatch, full_train):
-    """``--full-train`` trains every run on all training images and keeps its last epoch; without
-    it no run is told so (the recipes hold out a validation split)."""
+def _launcher(tmp_path, monkeypatch) -> list:
+    """The commands ``run`` launches, collected instead of run (the baseline "finishes")."""
     launched = []
 
     def run_all(self, commands):
@@ -50,6 +48,14 @@ def test_full_train_reaches_the_baseline_and_every_row(tmp_path, monkeypatch, fu
         checkpoint.touch()
 
     monkeypatch.setattr(study.Study, "run_all", run_all)
+    return launched
+
+
+@pytest.mark.parametrize("full_train", [False, True])
+def test_full_train_reaches_the_baseline_and_every_row(tmp_path, monkeypatch, full_train):
+    """``--full-train`` trains every run on all training images and keeps its last epoch; without
+    it no run is told so (the recipes hold out a validation split)."""
+    launched = _launcher(tmp_path, monkeypatch)
     argv = ["run", "--archive", str(tmp_path / "c.tar.gz"), "--out", str(tmp_path / "study")]
     assert study.main(argv + (["--full-train"] if full_train else [])) == 0
     assert len(launched) == 19
@@ -69,15 +75,7 @@ def test_every_row_gets_the_same_training_budget_from_the_same_baseline(tmp_path
     from sgcnn.engine.recipes import load_recipe
     from sgcnn.engine.schemes import plan, total_epochs
 
-    launched = []
-
-    def run_all(self, commands):
-        launched.extend(commands)
-        checkpoint = tmp_path / "study" / "baseline" / "baseline" / "model.pt"
-        checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        checkpoint.touch()
-
-    monkeypatch.setattr(study.Study, "run_all", run_all)
+    launched = _launcher(tmp_path, monkeypatch)
     argv = ["run", "--archive", str(tmp_path / "c.tar.gz"), "--out", str(tmp_path / "study")]
     assert study.main(argv + (["--quick"] if quick else ["--ft-epochs", "10"])) == 0
     budgets, schemes = {}, set()

@@ -214,8 +214,12 @@ def slim(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
     reference = work(example_input)
     for p, c in pairs:
         keep = rows[p]
-        replace_modules_(work, lambda m, n, t=p: n == t, lambda m, n, k=keep: _rows(m, k))
-        replace_modules_(work, lambda m, n, t=c: n == t, lambda m, n, k=keep: _cols(m, k))
+        replace_modules_(
+            work, lambda m, n, t=p: n == t, lambda m, n, k=keep: _sliced_conv(m, k, None)
+        )
+        replace_modules_(
+            work, lambda m, n, t=c: n == t, lambda m, n, k=keep: _sliced_conv(m, None, k)
+        )
         if p in norms:
             replace_modules_(
                 work, lambda m, n, t=norms[p]: n == t, lambda m, n, k=keep: _channels(m, k)
@@ -256,11 +260,16 @@ def _norms_reading(model, producers, example_input) -> dict[str, str]:
     return found
 
 
-def _rows(layer: nn.Module, keep: torch.Tensor) -> nn.Conv2d:
+def _sliced_conv(layer: nn.Module, rows: torch.Tensor | None, cols: torch.Tensor | None):
+    """A plain ``nn.Conv2d`` holding ``layer``'s (masked) weight with only the output filters
+    ``rows`` and input channels ``cols`` kept (``None``: all)."""
     dense = to_dense(layer) if is_masked(layer) else layer
+    weight = dense.weight.data
+    weight = weight if rows is None else weight[rows]
+    weight = weight if cols is None else weight[:, cols]
     out = nn.Conv2d(
-        dense.in_channels,
-        int(keep.sum()),
+        weight.shape[1] * dense.groups,
+        weight.shape[0],
         dense.kernel_size,
         dense.stride,
         dense.padding,
@@ -269,28 +278,10 @@ def _rows(layer: nn.Module, keep: torch.Tensor) -> nn.Conv2d:
         dense.bias is not None,
         dense.padding_mode,
     )
-    out.weight.data = dense.weight.data[keep].clone()
+    out.weight.data = weight.clone()
     if dense.bias is not None:
-        out.bias.data = dense.bias.data[keep].clone()
-    return out
-
-
-def _cols(layer: nn.Module, keep: torch.Tensor) -> nn.Conv2d:
-    dense = to_dense(layer) if is_masked(layer) else layer
-    out = nn.Conv2d(
-        int(keep.sum()),
-        dense.out_channels,
-        dense.kernel_size,
-        dense.stride,
-        dense.padding,
-        dense.dilation,
-        dense.groups,
-        dense.bias is not None,
-        dense.padding_mode,
-    )
-    out.weight.data = dense.weight.data[:, keep].clone()
-    if dense.bias is not None:
-        out.bias.data = dense.bias.data.clone()
+        bias = dense.bias.data
+        out.bias.data = (bias if rows is None else bias[rows]).clone()
     return out
 
 
