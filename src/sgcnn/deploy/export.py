@@ -132,6 +132,16 @@ def _difference(got: torch.Tensor, want: torch.Tensor, what: str, x: torch.Tenso
     return diff
 
 
+def _check_on_new_input(model, x, dynamic_batch: bool, what: str, run) -> float:
+    """Run the written program (``run``) and ``model`` on a new input (:func:`_new_input`);
+    their largest difference, or an :class:`SgcnnError` past the tolerance."""
+    x_new = _new_input(x, dynamic_batch)
+    with torch.no_grad():
+        want = model(x_new)
+        got = run(x_new)
+    return _differences(got, want, what, x_new)
+
+
 def _differences(got, want, what: str, x: torch.Tensor) -> float:
     """:func:`_difference` over every output tensor, matched in order; the largest."""
     got, want = output_tensors(got), output_tensors(want)
@@ -195,11 +205,10 @@ def save(
     diff = None
     if verify:
         _say(progress, "checking the saved program on a new input")
-        x_new = _new_input(x, dynamic_batch)
-        with torch.no_grad():
-            want = model(x_new)
-            got = torch.export.load(io.BytesIO(data)).module()(x_new)
-        diff = _differences(got, want, "the saved program", x_new)
+        diff = _check_on_new_input(
+            model, x, dynamic_batch, "the saved program",
+            lambda x_new: torch.export.load(io.BytesIO(data)).module()(x_new),
+        )  # fmt: skip
     atomic_write(path, lambda f: f.write(data), overwrite)
     _say(progress, f"wrote {path}")
     return {"path": str(path), "max_abs_diff": diff, "dynamic_batch": dynamic_batch}
@@ -318,18 +327,19 @@ def export_onnx(
     diff = None
     if verify:
         _say(progress, "checking in onnxruntime on a new input")
-        x_new = _new_input(x, True)
-        with torch.no_grad():
-            want = model(x_new)
-        try:
-            session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-            got = session.run(None, {"input": x_new.cpu().numpy()})
-        except Exception as err:
-            raise SgcnnError(
-                f"onnxruntime cannot run the exported model: {describe(err)}; nothing was written"
-            ) from err
-        got = [torch.from_numpy(g) for g in got]
-        diff = _differences(got, want, "onnxruntime", x_new)
+
+        def run(x_new: torch.Tensor) -> list[torch.Tensor]:
+            try:
+                session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+                got = session.run(None, {"input": x_new.cpu().numpy()})
+            except Exception as err:
+                raise SgcnnError(
+                    f"onnxruntime cannot run the exported model: {describe(err)}; nothing "
+                    "was written"
+                ) from err
+            return [torch.from_numpy(g) for g in got]
+
+        diff = _check_on_new_input(model, x, True, "onnxruntime", run)
     atomic_write(path, lambda f: f.write(data), overwrite)
     _say(progress, f"wrote {path}")
     return {"path": str(path), "max_abs_diff": diff}
