@@ -346,6 +346,31 @@ def test_an_operand_that_broadcasts_over_the_batch_is_not_fused_as_a_residual():
         torch.testing.assert_close(converted(x), model(x), atol=1e-4, rtol=1e-4)
 
 
+class _CalledTwiceBesideItsRenaming(nn.Module):
+    """`conv` runs twice; a fast module per call must not take the name `conv_1`, which is
+    already a (non-realizable) submodule here."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.conv_1 = nn.Hardtanh(-0.5, 0.5)
+
+    def forward(self, x):
+        return self.conv_1(self.conv(self.conv(self.stem(x))))
+
+
+def test_a_layer_called_twice_never_takes_an_existing_submodules_name():
+    torch.manual_seed(0)
+    model = _CalledTwiceBesideItsRenaming().eval()
+    sgcnn.self_group_(model, 0.5, groups=4, kmeans=FAST_KMEANS, input_size=(3, 6, 6))
+    converted = convert(model, torch.randn(2, 3, 6, 6), tune=False)
+    assert isinstance(converted.get_submodule("conv_1"), nn.Hardtanh)
+    x = torch.randn(3, 3, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x), model(x), atol=1e-4, rtol=1e-4)
+
+
 def test_fusion_folds_batchnorm_relu_and_residual_into_layers():
     masked, x = _grouped("test_resnet")
     converted = convert(masked, x, tune=False)

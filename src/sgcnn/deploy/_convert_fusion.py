@@ -144,7 +144,8 @@ def _fuse_sites(gm: fx.GraphModule, fuse: bool) -> list[tuple[_Site, fx.Node, li
     """Find the layers to realize and the chain of nodes each one replaces."""
     modules = dict(gm.named_modules())
     found = []
-    used_names: set[str] = set()
+    used_names = set(modules)  # a second call's module must not replace an existing one
+    site_names: set[str] = set()
     claimed: set[fx.Node] = set()  # nodes already fused into an earlier layer
 
     def free(user: fx.Node | None) -> fx.Node | None:
@@ -183,12 +184,13 @@ def _fuse_sites(gm: fx.GraphModule, fuse: bool) -> list[tuple[_Site, fx.Node, li
             continue  # a plain linear layer with nothing fused stays as it is
         claimed.update(chain)
         name = str(node.target)
-        if name in used_names:  # a layer called more than once: one fast module per call
+        if name in site_names:  # a layer called more than once: one fast module per call
             i = 1
             while f"{name}_{i}" in used_names:
                 i += 1
             name = f"{name}_{i}"
         used_names.add(name)
+        site_names.add(str(node.target))
         x = node.args[0]
         site = _Site(
             name,
