@@ -163,11 +163,13 @@ def test_l1filter_without_removable_filters_and_unknown_method_are_errors():
         create_pruner("groupconv", nn.Sequential(nn.Conv2d(3, 3, 3, groups=3)))
 
 
-def test_alternatives_prune_once_from_dense():
+@pytest.mark.parametrize("method", ["groupconv", "random", "kernel_l1", "l1filter"])
+def test_alternatives_prune_once_from_dense_and_say_so_when_built(method):
+    """Refused when the pruner is built (before a run trains anything), not at its step."""
     model = _model()
     create_pruner("kernel_l1", model, input_size=SIZE).step(0.3)
     with pytest.raises(sgcnn.SgcnnError, match="already pruned"):
-        create_pruner("kernel_l1", model, input_size=SIZE).step(0.5)
+        create_pruner(method, model, input_size=SIZE)
 
 
 def test_config_checks_the_method():

@@ -348,6 +348,18 @@ def test_messages_name_the_file_and_the_fix(files, tmp_path, capsys):
     state = str(files / "run" / "state.pt")
     for argv in (["eval", state], ["eval", state, "--model", "test_convnet"]):
         assert "a run's training state" in error(argv)  # not "pass --model", then "neither"
+    damaged, detector = tmp_path / "damaged.pt", tmp_path / "detector.pt"
+    torch.save({"format": "sgcnn.model", "version": 1, "state_dict": {}}, damaged)
+    torch.save({"format": "sgcnn.detector", "version": 1, "state_dict": {}}, detector)
+    recipe = ["--data-root", str(tmp_path), "--output", str(tmp_path / "t")]
+    for argv, fragment in [
+        (["eval", str(damaged)], "damaged sgcnn checkpoint"),
+        (["transfer", "--checkpoint", str(damaged), "--scheme", "L", *recipe], "damaged"),
+        (["eval", str(detector), "--model", "test_convnet"], "a detector checkpoint"),
+        (["transfer", "--checkpoint", state, "--model", "test_convnet", "--scheme", "L",
+          *recipe], "a run's training state"),
+    ]:  # fmt: skip
+        assert fragment in error(argv), argv
     assert "give each its own file" in error(["convert", "--checkpoint", str(files / "g.pt"),
         "--output", str(tmp_path / "s.pt2"), "--report", str(tmp_path / "s.pt2")])  # fmt: skip
     ckpt = str(files / "g.pt")

@@ -97,6 +97,10 @@ def test_unknown_keys_and_wrong_types_are_errors(recipe, sets, message):
         (["train.device=tpu"], "train.device must be auto, cpu, cuda or cuda:N"),
         (["train.batch_size=0"], "train.batch_size must be >= 1"),
         (["train.epochs=0"], "model.checkpoint is not set"),
+        (
+            ["train.epochs=0", "model.checkpoint=m.pt", "model.reset_classifier=true"],
+            "the new classifier starts from random weights",
+        ),
         (["finetune.lr=0"], "finetune.lr must be finite and > 0"),
         (["optim.lr=.inf"], "optim.lr must be finite and > 0"),
         (["optim.momentum=2"], "optim.momentum must be below 1"),

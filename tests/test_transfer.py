@@ -65,6 +65,28 @@ def test_a_plain_state_dict_of_another_class_count_transfers(tmp_path):
     assert torch.equal(model.state_dict()["conv1.weight"], trained.state_dict()["conv1.weight"])
 
 
+def test_a_users_grouped_state_dict_of_another_class_count_transfers_end_to_end(tmp_path, capsys):
+    """Through the CLI, to the end-of-run mask check: a self-grouped 7-class state_dict whose
+    pruned weights are not zero (the user's own training never re-applied the masks)."""
+    torch.manual_seed(0)
+    trained = sgcnn.create_model("test_resnet", num_classes=7)
+    sgcnn.self_group_(trained, 0.5, groups=4, seed=0)
+    with torch.no_grad():
+        for m in trained.modules():
+            if hasattr(m, "sg_mask"):
+                m.weight.add_(0.01)  # pruned positions no longer zero
+    torch.save(trained.state_dict(), tmp_path / "plain.pt")
+    plain = str(tmp_path / "plain.pt")
+    code, out = _transfer(tmp_path, plain, "L", "--model", "test_resnet")
+    assert code == 0 and "masks kept" in capsys.readouterr().out
+    rows = yaml.safe_load((out / "report.json").read_text())["rows"]
+    result, _, kwargs = load_model(out / rows[-1]["checkpoint"])
+    assert kwargs["num_classes"] == 3
+    for m in result.modules():
+        if hasattr(m, "sg_mask"):
+            assert (m.weight * (1 - m.weight_mask())).abs().max() == 0
+
+
 @pytest.mark.parametrize("scheme", ["L", "G", "LG"])
 def test_transfer_keeps_masks_and_reports(tmp_path, capsys, scheme):
     grouped = scheme == "L"
@@ -97,6 +119,15 @@ def test_scheme_must_fit_the_checkpoint(tmp_path, capsys):
     code, out = _transfer(tmp_path, _source(tmp_path, grouped=False), "L")
     assert code == 2 and "no self-grouped layers" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_one_shot_method_on_a_grouped_source_is_refused_before_training(tmp_path, capsys):
+    code, out = _transfer(
+        tmp_path, _source(tmp_path, grouped=True), "G", "--conv", "0.6",
+        "--set", "grouping.method=random",
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "already pruned" in err and "epoch" not in err and not out.exists()
 
 
 def test_one_class_target_is_refused(tmp_path):

@@ -18,7 +18,7 @@ from typing import Any
 
 from sgcnn._io import check_output_dir
 from sgcnn.cli._common import parse_ratio, path_arg, positive_int, seed_int
-from sgcnn.engine.checkpoint import FORMAT, plain_state_dict
+from sgcnn.engine.checkpoint import FORMAT, checkpoint_name, plain_state_dict
 from sgcnn.engine.config import Config, resolve_config
 from sgcnn.engine.recipes import load_recipe
 from sgcnn.errors import SgcnnError
@@ -173,7 +173,7 @@ def execute_named(
 def checkpoint_model(path: str, payload: dict) -> str:
     """The model an sgcnn checkpoint names (a plain state_dict does not: ``--model`` must)."""
     if payload.get("format") == FORMAT:
-        return payload["model"]["name"]
+        return checkpoint_name(path, payload)
     plain_state_dict(path, payload)  # else: not a model at all, said as such
     raise SgcnnError(f"{path!r} is a plain state_dict: pass --model NAME to say whose")
 

@@ -31,7 +31,7 @@ from sgcnn.cli._pipeline import (
     quote,
     shortcut_sets,
 )
-from sgcnn.engine.checkpoint import FORMAT, load_checkpoint
+from sgcnn.engine.checkpoint import FORMAT, load_checkpoint, plain_state_dict
 from sgcnn.engine.recipes import load_recipe
 from sgcnn.errors import SgcnnError
 from sgcnn.models.registry import model_entry
@@ -67,7 +67,7 @@ def run(args) -> int:
     _, recipe = load_recipe(args.recipe or DEFAULT_RECIPE)
     payload = load_checkpoint(args.checkpoint)
     model = args.model or checkpoint_model(args.checkpoint, payload)
-    grouped = _grouped_layers(payload)
+    grouped = _grouped_layers(args.checkpoint, payload)
     if args.scheme == "dense" and grouped:
         raise SgcnnError(
             f"{args.checkpoint!r} has {len(grouped)} self-grouped layers: --scheme L fine-tunes "
@@ -143,20 +143,20 @@ def _note_resizing(model: str, payload: dict, image_size: int | None) -> None:
     )
 
 
-def _grouped_layers(payload: dict) -> list[str]:
+def _grouped_layers(path: str, payload: dict) -> list[str]:
     """Names of the self-grouped layers of a checkpoint (sgcnn or plain state_dict)."""
     if payload.get("format") == FORMAT:
         return list(payload.get("masked", []))
-    state = payload.get("state_dict", payload)
+    state = plain_state_dict(path, payload)  # else: which file it is, said as such
     return sorted({k.rsplit(".", 1)[0] for k in state if str(k).endswith(".sg_mask")})
 
 
 def _report_masks(checkpoint: str, model: str, run_dir: Path, rows: list[dict]) -> None:
     """Check that every result kept the source's masks (pruned weights exactly zero)."""
     from sgcnn.engine.checkpoint import load_model
-    from sgcnn.engine.transfer import check_masks_kept, model_classifier
+    from sgcnn.engine.transfer import check_masks_kept, load_source, model_classifier
 
-    source, _, kwargs = load_model(checkpoint, model)
+    source, _, kwargs = load_source(checkpoint, model)
     classifier = model_classifier(source, model, kwargs)
     for row in rows:
         result, _, _ = load_model(str(run_dir / row["checkpoint"]), model)

@@ -12,7 +12,8 @@ def _require_dense(method: str, name: str, layer: nn.Module) -> None:
     if not bool(layer.sg_mask.all()):
         raise SgcnnError(
             f"method {method} prunes once from a dense layer, but {name!r} is already pruned "
-            f"({layer.sparsity():.1%}); use the G scheme, starting from the unpruned model"
+            f"({layer.sparsity():.1%}); start from the unpruned model, or use method sg (it "
+            "re-groups a pruned layer)"
         )
 
 
@@ -22,3 +23,19 @@ def _require_plain(method: str, name: str, layer: nn.Module) -> None:
             f"method {method} cannot regroup {name!r}, already a grouped convolution "
             f"(groups={layer.groups}); exclude it (grouping.exclude) or use method sg"
         )
+
+
+class OneShot:
+    """Mixin for the one-shot pruners (before :class:`~sgcnn.core.grouper.SelfGrouper` in the
+    bases): their layers are checked when the pruner is built, so that a self-grouped source
+    (a transfer, a second run on a pruned checkpoint) fails before any training, not at the
+    first prune step. ``plain_only``: a grouped convolution cannot be regrouped either."""
+
+    plain_only = True
+
+    def _prepare(self) -> None:
+        super()._prepare()
+        for name, layer in self.layers.items():
+            _require_dense(self.method, name, layer)
+            if self.plain_only:
+                _require_plain(self.method, name, layer)

@@ -40,7 +40,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from sgcnn.core._method_checks import _require_dense, _require_plain
+from sgcnn.core._method_checks import OneShot, _require_dense, _require_plain
 from sgcnn.core.grouper import SelfGrouper
 from sgcnn.core.importance import importance_vectors
 from sgcnn.errors import SgcnnError
@@ -60,7 +60,7 @@ def check_reached(method: str, name: str, target: float, mask: torch.Tensor, why
         )
 
 
-class GroupConvPruner(SelfGrouper):
+class GroupConvPruner(OneShot, SelfGrouper):
     """Standard data-independent group convolution (see the module docstring).
 
     ``groups`` and ``seed`` are ignored: the structure depends only on ``N``, ``C`` and ``p``.
@@ -84,7 +84,7 @@ class GroupConvPruner(SelfGrouper):
         return labels, keep, mask
 
 
-class RandomGrouper(SelfGrouper):
+class RandomGrouper(OneShot, SelfGrouper):
     """Self-grouping's group sizes and kept counts, with filters and channels chosen at random.
 
     Filter-to-group assignment: a random permutation of ``sg``'s labels (group sizes kept).
@@ -107,7 +107,7 @@ class RandomGrouper(SelfGrouper):
         return labels, shuffled, shuffled[labels]
 
 
-class KernelL1Pruner(SelfGrouper):
+class KernelL1Pruner(OneShot, SelfGrouper):
     """Kernel-level L1 pruning: each filter keeps its own strongest input channels.
 
     The layer keeps ``K = max(N, round((1 - p) N C))`` kernels, the count self-grouping comes
@@ -119,6 +119,7 @@ class KernelL1Pruner(SelfGrouper):
     """
 
     method = "kernel_l1"
+    plain_only = False
 
     def _layer_groups(self, name, layer, target, groups):
         _require_dense(self.method, name, layer)

@@ -30,7 +30,7 @@ import copy
 import torch
 from torch import nn
 
-from sgcnn.core._method_checks import _require_dense, _require_plain
+from sgcnn.core._method_checks import OneShot, _require_dense, _require_plain
 from sgcnn.core.graph import trace_graph
 from sgcnn.core.grouper import GroupingReport, SelfGrouper, _check_ratio
 from sgcnn.errors import SgcnnError
@@ -81,7 +81,7 @@ def producer_consumers(model: nn.Module, layers: list[str], example: torch.Tenso
     return pairs
 
 
-class FilterL1Pruner(SelfGrouper):
+class FilterL1Pruner(OneShot, SelfGrouper):
     """L1-norm filter pruning over the selected layers, FLOPs-matched (module docstring)."""
 
     method = "l1filter"

@@ -150,19 +150,29 @@ def build_model(payload: dict[str, Any], source: str = "checkpoint") -> tuple[nn
         and isinstance(spec.get("kwargs", {}), dict)
         and isinstance(payload.get("state_dict"), dict)
     ):
-        raise SgcnnError(
-            f"{source!r} is a damaged sgcnn checkpoint (no model name or state_dict); "
-            "write it again"
-        )
+        raise not_a_model_error(source, payload)
     model = create_model(spec["name"], **spec.get("kwargs", {}))
     attach_masks_(model, payload.get("masked", []))
     load_state_dict_(model, payload["state_dict"], source)
     return model, spec["name"], dict(spec.get("kwargs", {}))
 
 
+def checkpoint_name(path: str, payload: dict[str, Any]) -> str:
+    """The model name an sgcnn checkpoint records; :func:`not_a_model_error` for a damaged one."""
+    spec = payload.get("model")
+    if payload.get("format") != FORMAT or not (
+        isinstance(spec, dict) and isinstance(spec.get("name"), str)
+    ):
+        raise not_a_model_error(path, payload)
+    return spec["name"]
+
+
 def plain_state_dict(path: str, payload: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The plain state_dict a file that is not an sgcnn checkpoint holds (bare, or under
     ``"state_dict"``); :func:`not_a_model_error` when it holds none."""
+    kind = payload.get("format")
+    if isinstance(kind, str) and kind.startswith("sgcnn."):  # another of sgcnn's own files
+        raise not_a_model_error(path, payload)
     state = payload.get("state_dict", payload)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise not_a_model_error(path, payload)
@@ -171,11 +181,23 @@ def plain_state_dict(path: str, payload: dict[str, Any]) -> dict[str, torch.Tens
 
 def not_a_model_error(path: str, payload: dict[str, Any]) -> SgcnnError:
     """What to say of a file that is neither an sgcnn model checkpoint nor a state_dict."""
-    if {"stage", "epoch", "model", "optimizer"} <= set(payload):
+    kind = payload.get("format")
+    if kind == "sgcnn.detector":
+        return SgcnnError(
+            f"{path!r} is a detector checkpoint (sgcnn detect), not a classifier; use sgcnn "
+            "detect eval with it, or give the classifier checkpoint its backbone came from"
+        )
+    if kind == FORMAT:
+        return SgcnnError(
+            f"{path!r} is a damaged sgcnn checkpoint (no model name or state_dict); write it again"
+        )
+    if kind == "sgcnn.state" or {"stage", "epoch", "model", "optimizer"} <= set(payload):
         return SgcnnError(
             f"{path!r} is a run's training state (state.pt, for --resume), not a model; use "
             "the model.pt the run wrote beside it (or in its row folders)"
         )
+    if isinstance(kind, str) and kind.startswith("sgcnn."):
+        return SgcnnError(f"{path!r} is an sgcnn {kind[6:]} file, not a model checkpoint")
     return SgcnnError(f"{path!r} is neither an sgcnn checkpoint nor a state_dict")
 
 

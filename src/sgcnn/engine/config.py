@@ -280,6 +280,11 @@ def validate(config: Config) -> None:
             "model.reset_classifier needs model.checkpoint: the trained model whose classifier "
             "is replaced (--set model.checkpoint=PATH)"
         )
+    if t.epochs == 0 and config.model.reset_classifier:
+        raise SgcnnError(
+            "train.epochs is 0 but model.reset_classifier is set: the new classifier starts "
+            "from random weights and needs training epochs (e.g. --epochs 10)"
+        )
     if t.epochs == 0 and not config.model.checkpoint:
         raise SgcnnError(
             "train.epochs is 0 but model.checkpoint is not set: give the weights to start from "

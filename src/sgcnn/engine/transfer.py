@@ -89,6 +89,12 @@ def _plain_classes(path: str, name: str | None) -> int | None:
     return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.dim() else None
 
 
+def load_source(path: str, name: str | None) -> tuple[nn.Module, str, dict[str, Any]]:
+    """``(model, name, kwargs)`` of a transfer's source checkpoint, as trained: a plain
+    ``state_dict`` is built for the class count its classifier holds."""
+    return ckpt.load_model(path, name, _plain_classes(path, name))
+
+
 def load_transferred(
     path: str, name: str | None, num_classes: int
 ) -> tuple[nn.Module, str, dict[str, Any], str]:
@@ -104,7 +110,7 @@ def load_transferred(
             f"the target dataset has {num_classes} class: a classifier needs at least 2 classes "
             "(check the dataset folder or data.classes)"
         )
-    source, name, kwargs = ckpt.load_model(path, name, _plain_classes(path, name))
+    source, name, kwargs = load_source(path, name)
     try:
         classifier = model_classifier(source, name, kwargs)
     except SgcnnError as err:
@@ -130,6 +136,8 @@ def load_transferred(
             )
         state[key] = value
     target.load_state_dict(state)
+    for layer in masked:  # a plain state_dict may hold nonzero weights where its mask is 0
+        target.get_submodule(layer).apply_mask_()
     return target, name, kwargs, classifier
 
 
