@@ -232,6 +232,14 @@ def test_imagefolder_grayscale_images_have_one_channel(tmp_path):
     assert splits.input_size == (1, 16, 16) and splits.train[0][0].shape == (1, 16, 16)
 
 
+def test_an_rgb_tree_whose_first_image_is_grayscale_stays_rgb(tmp_path):
+    root = _tree(tmp_path / "tree", {"train": 4, "test": 1})
+    first = sorted((root / "train" / "cat").iterdir())[0]
+    Image.open(first).convert("L").save(first)
+    splits = build_datasets(DataConfig(name="imagefolder", root=str(root), augment=False))
+    assert splits.input_size == (3, 12, 12) and splits.train[0][0].shape == (3, 12, 12)
+
+
 def test_imagefolder_tarball_is_extracted_once_into_the_cache(tmp_path, monkeypatch):
     archive = _tarball(_tree(tmp_path / "tree", {"train": 4, "test": 2}), tmp_path / "t.tar.gz")
     config = DataConfig(name="imagefolder", root=str(archive))

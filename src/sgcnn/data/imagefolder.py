@@ -69,17 +69,29 @@ def build_imagefolder(config: DataConfig) -> DatasetSplits:
             f"{tree} has train/ but neither val/ nor test/. Add a held-out test/ folder of class "
             "folders (validation is then carved from train/)."
         )
-    try:
-        with Image.open(train[0][0]) as probe:
-            width, height = probe.size
-            channels = 1 if probe.mode in _GRAY_MODES else 3
-    except OSError as err:
-        raise SgcnnError(
-            f"cannot read image {train[0][0]}: {err}. Remove or replace the file and run again."
-        ) from err
+    width, height, channels = _probe(train)
     if max(width, height) <= SMALL_IMAGE_MAX:
         return _small_splits(config, tree, classes, train, held, (channels, height, width))
     return _large_splits(config, classes, train, held)
+
+
+def _probe(train: list[tuple], samples: int = 16) -> tuple[int, int, int]:
+    """``(width, height, channels)`` of the training images: the first image's size, and 1
+    channel only if every one of ``samples`` images spread over the list is grayscale (an RGB
+    dataset may hold a few grayscale images)."""
+    step = max(1, len(train) // samples)
+    channels, size = 1, None
+    for path, *_ in train[::step][:samples]:
+        try:
+            with Image.open(path) as probe:
+                size = size or probe.size
+                if probe.mode not in _GRAY_MODES:
+                    channels = 3
+        except OSError as err:
+            raise SgcnnError(
+                f"cannot read image {path}: {err}. Remove or replace the file and run again."
+            ) from err
+    return size[0], size[1], channels
 
 
 def find_tree(config: DataConfig) -> Path:
