@@ -206,6 +206,15 @@ def test_detect_cli_trains_evaluates_and_refuses_bad_input(shapes, tmp_path, cap
     printed = capsys.readouterr().out
     assert code == 0 and "converted backbone" in printed and "pruned weights all zero" in printed
     assert oct(out.stat().st_mode & 0o777) != oct(0o700)  # published with the usual mode
+    existing = tmp_path / "eval.json"
+    existing.write_text("keep me")
+    assert main([*evaluation, "--json", str(existing)]) == 2  # refused before evaluating
+    err = capsys.readouterr()
+    assert "pass --overwrite" in err.err and "AP50" not in err.out
+    assert existing.read_text() == "keep me"
+    assert main([*evaluation, "--json", str(existing), "--overwrite"]) == 0
+    assert json.loads(existing.read_text())["pruned_weights_zero"] is True
+    capsys.readouterr()
 
     bad = _bad(shapes, tmp_path, lambda d: d["annotations"][0].update(bbox=[0, 0, -1, 5]))
     argv[argv.index(str(shapes / "train.json"))] = str(bad)

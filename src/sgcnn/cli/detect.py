@@ -49,6 +49,7 @@ def register(subparsers) -> None:
     e.add_argument("--device", default="auto")
     e.add_argument("--runs", type=int, default=20, help="timed rounds per model")
     e.add_argument("--json", type=Path, help="also write the report as JSON here")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     e.set_defaults(func=_eval)
 
     s = sub.add_parser("synth", help="write the synthetic COCO-format shapes dataset")
@@ -119,6 +120,10 @@ def _eval(args) -> int:
 
     if args.runs < 1:
         raise SgcnnError(f"--runs must be >= 1, got {args.runs}")
+    if args.json:
+        from sgcnn._io import check_output_path
+
+        check_output_path(args.json, args.overwrite, "--json")
     report = evaluate_checkpoint(
         args.checkpoint, args.images, args.annotations, args.device, args.runs
     )
