@@ -358,6 +358,8 @@ def test_messages_name_the_file_and_the_fix(files, tmp_path, capsys):
         (["eval", str(detector), "--model", "test_convnet"], "a detector checkpoint"),
         (["transfer", "--checkpoint", state, "--model", "test_convnet", "--scheme", "L",
           *recipe], "a run's training state"),
+        (["transfer", "--checkpoint", str(files / "g.pt"), "--model", "lenet5", "--scheme",
+          "L", *recipe], "holds a test_convnet, not a lenet5"),
     ]:  # fmt: skip
         assert fragment in error(argv), argv
     assert "give each its own file" in error(["convert", "--checkpoint", str(files / "g.pt"),

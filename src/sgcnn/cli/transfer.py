@@ -67,6 +67,13 @@ def run(args) -> int:
     _, recipe = load_recipe(args.recipe or DEFAULT_RECIPE)
     payload = load_checkpoint(args.checkpoint)
     model = args.model or checkpoint_model(args.checkpoint, payload)
+    if args.model and payload.get("format") == FORMAT:
+        recorded = checkpoint_model(args.checkpoint, payload)
+        if recorded != args.model:
+            raise SgcnnError(
+                f"{args.checkpoint!r} holds a {recorded}, not a {args.model}; drop --model "
+                "(an sgcnn checkpoint names its model) or give the right checkpoint"
+            )
     grouped = _grouped_layers(args.checkpoint, payload)
     if args.scheme == "dense" and grouped:
         raise SgcnnError(
