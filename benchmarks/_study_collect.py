@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
+import sys
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from sgcnn.engine.config import config_from_yaml
 from sgcnn.engine.recipes import load_recipe
 from sgcnn.engine.reporting import run_rows
 from sgcnn.engine.schemes import plan, total_epochs
+from sgcnn.engine.state import METRICS_FILE, read_metrics
 
 CHECKPOINTS = {  # committed: re-evaluate with `sgcnn eval`
     "baseline": "resnet20_baseline.pt",
@@ -48,17 +50,30 @@ COLUMNS = [
 
 
 def _result(run_dir: Path, baseline: bool) -> dict | None:
-    """The run's result row (the baseline row, or the pruned one) with its epochs."""
+    """The run's result row (the baseline row, or the pruned one), with what the run itself
+    recorded: the epochs it trained for that row (LG local epochs included; each epoch once,
+    also across resumes), its own elapsed time (kept across interruptions, where the driver's
+    clock is not) and where it started from."""
     if not (run_dir / "metrics.jsonl").is_file():
         return None
-    rows, _ = run_rows(run_dir)
+    rows, facts = run_rows(run_dir)
     rows = [r for r in rows if (r["name"] == "baseline") == baseline]
     if not rows:
         return None
     config = config_from_yaml((run_dir / "config.yaml").read_text(), str(run_dir))
+    name = rows[-1]["name"]
+    trained = {
+        (r.get("stage"), r.get("epoch"))
+        for r in read_metrics(run_dir / METRICS_FILE)
+        if r.get("event") == "epoch" and r.get("row") == name
+    }
+    g = config.grouping
     return {
         **rows[-1],
-        "epochs": total_epochs(plan(config)),
+        "epochs": len(trained),
+        "epochs_planned": total_epochs(plan(config)),
+        "elapsed_s": facts.get("elapsed_s"),
+        "start": (config.model.checkpoint, tuple(g.include), tuple(g.exclude), g.fc_cap),
         "protocol": (config.data.val_fraction, config.train.select),
     }
 
@@ -109,6 +124,12 @@ def _latencies(paths: dict[str, tuple[Path, str]], batch: int, threads: int) -> 
     x = torch.randn(batch, 3, 32, 32)
     clock = "cpu" if threads == 1 else "wall"
     with torch.inference_mode():
+        for name, model in list(models.items()):  # one that fails to run must not stop the rest
+            try:
+                model(x)
+            except Exception as err:
+                del models[name]
+                out[name] = (None, f"{type(err).__name__}: {err}"[:200])
         times = compare_latency(models, x, runs=100, warmup=10, clock=clock) if models else {}
     for name, t in times.items():
         out[name] = (round(t["median_ms"], 4), out[name])
@@ -134,11 +155,7 @@ def collect(
         run_dir = runs / name
         result = _result(run_dir, row is None)
         rec = records.get(name, {})
-        status = "missing"
-        if result is not None:
-            status = "done" if finished(run_dir) else "partial"
-        elif rec.get("status") == "failed":
-            status = "failed"
+        status = _status(run_dir, result, rec)
         row = row or Row("baseline", "baseline", 0.0, 0)
         entry = {
             "method": row.method,
@@ -148,20 +165,24 @@ def collect(
             "status": status,
             "run": name,
             "wall_s": rec.get("wall_s"),
+            "machine": rec.get("machine"),
             "latency_ms": None,
             "latency_batch": batch if latency else None,
             "latency_threads": threads if latency else None,
         }
         if result is not None:
-            entry.update({k: result[k] for k in ("top1", "top5", "params", "flops", "epochs")})
+            keys = ("top1", "top5", "params", "flops", "epochs", "epochs_planned", "start")
+            entry.update({k: result[k] for k in keys})
+            entry["test_images"] = result.get("test_images")
+            if result["elapsed_s"] is not None:  # the run's own clock, across interruptions
+                entry["wall_s"] = round(result["elapsed_s"], 1)
             if name == "baseline":
                 protocol = result["protocol"]
             path = run_dir / result["checkpoint"]
-            if latency and path.is_file():
+            if latency and path.is_file() and status == "done":
                 to_time[name] = (path, row.method)
-            if name in CHECKPOINTS and path.is_file() and status == "done":
-                target = out / "checkpoints" / CHECKPOINTS[name]
-                atomic_write(target, lambda f, p=path: shutil.copyfileobj(p.open("rb"), f))
+        if name in CHECKPOINTS:
+            _copy_checkpoint(run_dir / (result or {}).get("checkpoint", "-"), status, out, name)
         entries.append(entry)
     if to_time:
         measured = _latencies(to_time, batch, threads)
@@ -170,6 +191,10 @@ def collect(
                 entry["latency_ms"], entry["latency_note"] = measured[entry["run"]]
     out.mkdir(parents=True, exist_ok=True)
     doc = {
+        "driver": study.get("driver"),
+        "collect": ["benchmarks/cifar10_study.py", *sys.argv[1:]]
+        if sys.argv[1:2] == ["collect"]
+        else None,
         "machine": study.get("machine", {}),
         "baseline_machine": study.get("machine_baseline"),
         "protocol": _protocol_text(protocol),
@@ -190,6 +215,33 @@ def collect(
     if lenet is not None:
         _lenet(lenet.resolve(), out)
     print(f"wrote {out}/cifar10.json, cifar10.md, cifar10.png")
+
+
+def _status(run_dir: Path, result: dict | None, rec: dict) -> str:
+    """``done`` (finished, every planned epoch trained), else what is wrong: ``partial: ...``,
+    or the driver's last word on a run without a result (``failed``, ``interrupted``,
+    ``running``), else ``missing``."""
+    if result is None:
+        return (
+            rec.get("status")
+            if rec.get("status") in ("failed", "interrupted", "running")
+            else "missing"
+        )
+    if not finished(run_dir):
+        return "partial: no report (unfinished)"
+    if result["epochs"] != result["epochs_planned"]:
+        return f"partial: {result['epochs']} of {result['epochs_planned']} epochs"
+    return "done"
+
+
+def _copy_checkpoint(path: Path, status: str, out: Path, name: str) -> None:
+    """Commit-ready copy of a finished run's model; an unfinished one is said, not copied."""
+    target = out / "checkpoints" / CHECKPOINTS[name]
+    if status != "done" or not path.is_file():
+        why = status if status != "done" else f"{path} not found"
+        print(f"  {name}: {why}, checkpoint not copied ({target} left as it is)", flush=True)
+        return
+    atomic_write(target, lambda f: shutil.copyfileobj(path.open("rb"), f))
 
 
 def _write(path: Path, text: str) -> None:
@@ -213,84 +265,166 @@ def _fmt(value, spec: str, missing: str = "-") -> str:
     return missing if value is None else format(value, spec)
 
 
+def _summaries(entries: list[dict]) -> list[dict]:
+    """One summary per (method, scheme, conv): means over its finished seeds (``done``; a
+    partial run is listed, not averaged), spread = max - min (None below two seeds)."""
+    out = []
+    for (method, scheme, conv), rows in _groups(entries):
+        done = [r for r in rows if r["status"] == "done"]
+        top1 = [r["top1"] for r in done]
+        out.append(
+            {
+                "method": method,
+                "scheme": scheme,
+                "conv": conv,
+                "label": "baseline" if method == "baseline" else f"{method} {scheme}",
+                "seeds": f"{len(done)}/{len(rows)}",
+                "top1": _mean(top1),
+                "spread": max(top1) - min(top1) if len(top1) > 1 else None,
+                "status": "; ".join(
+                    f"{r['run']} {r['status']}" for r in rows if r["status"] != "done"
+                )
+                or "done",
+                **{
+                    k: _mean([r.get(k) for r in done])
+                    for k in ("top5", "params", "flops", "latency_ms", "epochs", "wall_s")
+                },
+            }
+        )
+    return out
+
+
+def _setup_text(entries: list[dict], doc: dict) -> str:
+    """What every row shares, stated only where the runs' own records show it."""
+    rows = [e for e in entries if e["method"] != "baseline" and e["status"] == "done"]
+    starts = {e["start"] for e in rows}
+    epochs = sorted({e["epochs"] for e in rows})
+    tests = {e.get("test_images") for e in entries if e["status"] == "done"}
+    parts = []
+    if len(starts) == 1:
+        _, include, exclude, fc_cap = next(iter(starts))
+        layers = f"only {', '.join(include)}" if include else "the layers sgcnn selects"
+        layers += f" except {', '.join(exclude)}" if exclude else ""
+        dense = "; the classifier stays dense" if fc_cap == 0 and not exclude else ""
+        parts.append(
+            f"Every finished row starts from the same baseline checkpoint and prunes the same "
+            f"layers ({layers}; the stem stays dense{dense}) to the conv sparsity shown"
+        )
+    elif starts:
+        parts.append(
+            "The finished rows do NOT all start from the same checkpoint and layers (see the "
+            "commands below)"
+        )
+    if len(epochs) == 1:
+        parts.append(
+            f"and trains {epochs[0]} epochs after pruning (an LG row's local epochs count "
+            "against them; counted from each run's records)"
+        )
+    elif epochs:
+        parts.append(
+            f"but the rows trained different numbers of epochs after pruning ({epochs}, the "
+            "epochs column): the comparison is not at an equal budget"
+        )
+    test = (
+        f"the {next(iter(tests)):,} test images"
+        if len(tests) == 1 and None not in tests
+        else "the test split"
+    )
+    return (
+        " ".join(parts)
+        + f". Top-1 / Top-5 on {test} {doc.get('protocol', _protocol_text(None))}. Mean over "
+        "the finished seeds; spread = max - min (n/a below two seeds). FLOPs are "
+        "multiply-accumulates per image; wall s is each run's own clock."
+    )
+
+
+def _compare(a: dict, b: dict, noise: float | None) -> str:
+    """``a`` against ``b`` in plain words, against the seed-to-seed spread ``noise``."""
+    d = a["top1"] - b["top1"]
+    if noise is not None and abs(d) <= noise:
+        pair = f"{a['label']} and {b['label']}"
+        return f"{pair} are within the seed spread ({d:+.2f}, spread {noise:.2f})"
+    winner, loser = (a, b) if d > 0 else (b, a)
+    why = (
+        f", more than the seed spread {noise:.2f}"
+        if noise is not None
+        else " (one seed: no spread)"
+    )
+    return f"{winner['label']} beats {loser['label']} by {abs(d):.2f} points{why}"
+
+
+def _verdicts(summaries: list[dict]) -> list[str]:
+    """What wins, computed from the table: at each sparsity the best mean Top-1, self-grouping
+    (G) against each alternative, LG against G, judged against the largest seed spread
+    measured at that sparsity; the 1.5-point target; latency against the dense baseline."""
+    base = next((s for s in summaries if s["method"] == "baseline" and s["top1"] is not None), None)
+    pruned = [s for s in summaries if s["method"] != "baseline"]
+    lines = []
+    empty = [f"{s['label']} Conv-{s['conv']:.0%}"[:-1] for s in pruned if s["top1"] is None]
+    if empty:
+        lines.append(f"- No finished result yet (left out below): {', '.join(empty)}.")
+    for conv in sorted({s["conv"] for s in pruned}):
+        here = sorted((s for s in pruned if s["conv"] == conv and s["top1"] is not None),
+                      key=lambda s: (-s["top1"], s["label"]))  # fmt: skip
+        if not here:
+            continue
+        spreads = [s["spread"] for s in here if s["spread"] is not None]
+        noise = max(spreads) if spreads else None
+        order = "; ".join(f"{s['label']} {s['top1']:.2f}" for s in here)
+        lines.append(f"- **Conv-{round(conv * 100)}**, by mean Top-1: {order}.")
+        if len(here) > 1:
+            lines.append(f"  - Best: {_compare(here[0], here[1], noise)}.")
+        sg = next((s for s in here if s["label"] == "sg G"), None)
+        if sg is not None:
+            for other in here:
+                if other is not sg:
+                    lines.append(f"  - {_compare(sg, other, noise)}.")
+        if sg is not None and base is not None and conv == 0.5:
+            ok = "within" if base["top1"] - sg["top1"] <= 1.5 else "NOT within"
+            lines.append(
+                f"  - SG-CNN G at Conv-50: {sg['top1'] - base['top1']:+.2f} points against the "
+                f"baseline ({base['top1']:.2f}), {ok} the 1.5-point target."
+            )
+        timed = sorted(
+            (s for s in here if s["latency_ms"] is not None), key=lambda s: s["latency_ms"]
+        )
+        if timed and base is not None and base["latency_ms"]:
+            order = "; ".join(
+                f"{s['label']} {s['latency_ms'] / base['latency_ms']:.2f}x" for s in timed
+            )
+            lines.append(
+                f"  - CPU latency against the dense baseline ({base['latency_ms']:.3f} ms; below "
+                f"1.00x is faster): {order}."
+            )
+    return lines
+
+
 def _markdown(doc: dict, records: dict) -> str:
-    entries, m = doc["rows"], doc["machine"]
-    base = next((e.get("top1") for e in entries if e["method"] == "baseline"), None)
+    entries = doc["rows"]
+    summaries = _summaries(entries)
     lines = ["# ResNet-20 on CIFAR-10: self-grouping against the alternatives", ""]
     if doc.get("quick"):
         lines += ["**Smoke test (`--quick`): 4 batches per epoch; not results.**", ""]
+    base = next((s["top1"] for s in summaries if s["method"] == "baseline"), None)
     lines += [
-        "Every row starts from the same baseline checkpoint, prunes the same layers (all 3x3 "
-        "convolutions but the stem; the classifier stays dense) to the conv sparsity shown, "
-        "and is trained for the same number of epochs after pruning (an LG row's local epochs "
-        "count against it; the epochs column). Top-1 / Top-5 on the 10,000 test images "
-        f"{doc.get('protocol', _protocol_text(None))}. Mean over "
-        "seeds; spread = max - min. FLOPs are multiply-accumulates per image.",
+        _setup_text(entries, doc),
         "",
         "| method | scheme | conv | seeds | Top-1 | spread | vs base | Top-5 | Params | FLOPs "
-        "| latency ms | epochs | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| latency ms | epochs | wall s | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    summary = []
-    speed: list[tuple[float, float, str]] = []
-    base_latency = None
-    for (method, scheme, conv), rows in _groups(entries):
-        done = [r for r in rows if r.get("top1") is not None]
-        top1 = _mean([r.get("top1") for r in done])
-        spread = max(r["top1"] for r in done) - min(r["top1"] for r in done) if done else None
-        delta = top1 - base if top1 is not None and base is not None else None
-        seeds = f"{len(done)}/{len(rows)}"
-        missing = [f"{r['run']} ({r['status']})" for r in rows if r.get("top1") is None]
+    for s in summaries:
+        delta = s["top1"] - base if s["top1"] is not None and base is not None else None
         lines.append(
-            f"| {method} | {scheme} | {conv:.0%} | {seeds} | {_fmt(top1, '.2f')} | "
-            f"{_fmt(spread, '.2f')} | {_fmt(delta, '+.2f')} | "
-            f"{_fmt(_mean([r.get('top5') for r in done]), '.2f')} | "
-            f"{_fmt(_mean([r.get('params') for r in done]), ',.0f')} | "
-            f"{_fmt(_mean([r.get('flops') for r in done]), ',.0f')} | "
-            f"{_fmt(_mean([r.get('latency_ms') for r in done]), '.3f')} | "
-            f"{_fmt(_mean([r.get('epochs') for r in done]), '.0f')} | "
-            f"{_fmt(_mean([r.get('wall_s') for r in done]), '.0f')} |"
-            + (f" missing: {', '.join(missing)}" if missing else "")
+            f"| {s['method']} | {s['scheme']} | {s['conv']:.0%} | {s['seeds']} | "
+            f"{_fmt(s['top1'], '.2f')} | {_fmt(s['spread'], '.2f', 'n/a')} | "
+            f"{_fmt(delta, '+.2f')} | {_fmt(s['top5'], '.2f')} | {_fmt(s['params'], ',.0f')} | "
+            f"{_fmt(s['flops'], ',.0f')} | {_fmt(s['latency_ms'], '.3f')} | "
+            f"{_fmt(s['epochs'], '.0f')} | {_fmt(s['wall_s'], '.0f')} | {s['status']} |"
         )
-        latency = _mean([r.get("latency_ms") for r in done])
-        if method == "baseline":
-            base_latency = latency
-        elif top1 is not None:
-            summary.append((conv, top1, spread or 0.0, f"{method} {scheme}"))
-            if latency is not None:
-                speed.append((conv, latency, f"{method} {scheme}"))
-    lines += ["", "## What wins", ""]
-    for conv in sorted({s[0] for s in summary}):
-        ranked = sorted((s for s in summary if s[0] == conv), key=lambda s: -s[1])
-        order = "; ".join(f"{name} {t:.2f}" for _, t, _, name in ranked)
-        lines.append(f"- Conv-{conv:.0%}, by mean Top-1: {order}.")
-    sg50 = next((s for s in summary if s[0] == 0.5 and s[3] == "sg G"), None)
-    if sg50 and base is not None:
-        ok = "within" if base - sg50[1] <= 1.5 else "NOT within"
-        lines.append(
-            f"- SG-CNN G at Conv-50: {sg50[1] - base:+.2f} points against the baseline "
-            f"({base:.2f}), {ok} 1.5 points."
-        )
-    if speed and base_latency is not None:
-        for conv in sorted({s[0] for s in speed}):
-            ranked = sorted((s for s in speed if s[0] == conv), key=lambda s: s[1])
-            order = "; ".join(f"{name} {ms / base_latency:.2f}x" for _, ms, name in ranked)
-            lines.append(
-                f"- Conv-{conv:.0%}, CPU latency against the dense baseline ({base_latency:.3f} "
-                f"ms; below 1.00x is faster): {order}."
-            )
+    lines += ["", "## What wins", "", *_verdicts(summaries)]
     lines += ["", "## How it was made", ""]
-    keys = ("gpu", "cuda", "cpu", "cores", "torch", "python", "date", "git")
-    bm = doc.get("baseline_machine")  # a baseline trained elsewhere, copied into the study
-    lines.append(
-        ("Fine-tuning machine: " if bm else "Training machine: ")
-        + ", ".join(f"{k} {m[k]}" for k in keys if m.get(k) is not None)
-    )
-    if bm:
-        lines.append(
-            "Baseline training machine: "
-            + ", ".join(f"{k} {bm[k]}" for k in keys if bm.get(k) is not None)
-        )
+    lines += _machines(entries, doc)
     lat = doc.get("latency_machine")
     if lat:
         b = next((e["latency_batch"] for e in entries), None)
@@ -303,7 +437,11 @@ def _markdown(doc: dict, records: dict) -> str:
             f"{lat.get('torch')}, {lat.get('date')}. l1filter is timed as the smaller dense "
             "network it stands for (removed filters sliced away, then fused like the baseline)."
         )
-    lines += ["", "Commands (as run):", "", "```"]
+    lines += ["", "Commands: the study, then what it ran (`--resume` where a run was resumed):"]
+    lines += ["", "```"]
+    for argv in (doc.get("driver"), doc.get("collect")):
+        if argv:
+            lines.append(" ".join(["python", *argv]))
     for name in ["baseline"] + [r.name for r in study_rows()]:
         if name in records and records[name].get("command"):
             cmd = records[name]["command"]
@@ -324,6 +462,24 @@ def _markdown(doc: dict, records: dict) -> str:
     return "\n".join(lines)
 
 
+def _machines(entries: list[dict], doc: dict) -> list[str]:
+    """Where the baseline and the fine-tune rows trained, from each run's record (older
+    studies: the study-wide record, and ``machine_baseline`` for a copied baseline)."""
+    keys = ("gpu", "cuda", "cpu", "cores", "torch", "python", "git")
+
+    def text(m: dict) -> str:
+        return ", ".join(f"{k} {m[k]}" for k in keys if m.get(k) is not None)
+
+    fallback = doc.get("machine") or {}
+    base = next((e.get("machine") for e in entries if e["method"] == "baseline"), None)
+    base = base or doc.get("baseline_machine") or fallback
+    rows = sorted(
+        {text(e.get("machine") or fallback) for e in entries if e["method"] != "baseline"}
+    )
+    said = [("Baseline trained on", text(base)), ("Fine-tune rows trained on", " / ".join(rows))]
+    return [f"{what}: {where}" for what, where in said if where]
+
+
 def _plot(entries: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -337,7 +493,7 @@ def _plot(entries: list[dict], path: Path) -> None:
         ("flops", axes[1], "FLOPs (MACs per image)"),
     ):
         for (method, scheme, conv), rows in _groups(entries):
-            done = [r for r in rows if r.get("top1") is not None and r.get(key) is not None]
+            done = [r for r in rows if r["status"] == "done" and r.get(key) is not None]
             if not done:
                 continue
             x, y = _mean([r[key] for r in done]), _mean([r["top1"] for r in done])

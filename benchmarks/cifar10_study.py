@@ -77,8 +77,8 @@ def sgcnn_command(recipe: str, out: Path, sets: list[str], extra: list[str]) -> 
 class Study:
     """Launches the runs, at most ``jobs`` at a time, and records each one's outcome."""
 
-    def __init__(self, out: Path, jobs: int) -> None:
-        self.out, self.jobs = out, jobs
+    def __init__(self, out: Path, jobs: int, host: dict | None = None) -> None:
+        self.out, self.jobs, self.host = out, jobs, host
         self.file = out / STUDY_FILE
         self.record = json.loads(self.file.read_text()) if self.file.is_file() else {}
         self.record.setdefault("runs", {})
@@ -104,6 +104,8 @@ class Study:
         proc.sgcnn_log, proc.sgcnn_name, proc.sgcnn_start = log, name, time.monotonic()
         entry = self.record["runs"].setdefault(name, {})
         entry.update({"status": "running", "command": command, "log": f"logs/{name}.log"})
+        if self.host is not None:  # where it ran (a baseline may train on another machine)
+            entry["machine"] = self.host
         self.save()
         print(f"  {name}: started", flush=True)
         return proc
@@ -163,8 +165,9 @@ def machine() -> dict:
 def cmd_run(args) -> int:
     out = args.out.resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    study = Study(out, 1)
-    study.record["machine"] = machine()
+    study = Study(out, 1, machine())
+    study.record["machine"] = study.host
+    study.record["driver"] = ["benchmarks/cifar10_study.py", *sys.argv[1:]]
     study.record["archive"] = str(args.archive)
     study.record["quick"] = args.quick
     study.save()

@@ -31,10 +31,65 @@ def test_collect_on_an_empty_study_lists_every_row_as_missing(tmp_path):
     assert len(doc["rows"]) == 19
     assert {r["status"] for r in doc["rows"]} == {"missing"}
     table = (tmp_path / "out" / "cifar10.md").read_text()
-    assert "missing: sg-LG-conv70-s0 (missing)" in table
+    assert "| sg-LG-conv70-s0 missing; sg-LG-conv70-s1 missing |" in table
     assert table.endswith("## Notes on this run\n\n- trained on a quiet machine\n")
     assert (tmp_path / "out" / "cifar10.png").stat().st_size > 0
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def _fake_run(runs, name, row, top1, epochs, report=True, planned=12):
+    """A run folder as the engine leaves it: config, a result row, its epoch records."""
+    from sgcnn.engine.config import config_to_yaml, resolve_config
+
+    run = runs / name
+    run.mkdir(parents=True)
+    sets = ["model.checkpoint=base.pt", "grouping.scheme=G", "grouping.conv=[0.5]",
+            "train.epochs=0", f"grouping.global_epochs={planned}", "grouping.exclude=[fc]",
+            "grouping.fc_cap=0"]  # fmt: skip
+    if row == "baseline":
+        sets = ["train.epochs=12", "model.checkpoint=", "grouping.scheme=baseline"]
+    config = resolve_config({"model": {"name": "resnet20"}}, sets)
+    (run / "config.yaml").write_text(config_to_yaml(config))
+    records = [{"event": "start", "time": "t", "command": "sgcnn run"}]
+    records += [{"event": "epoch", "stage": 1, "row": row, "epoch": e + 1, "seconds": 2.0}
+                for e in range(epochs)]  # fmt: skip
+    records.append({"event": "row", "name": row, "top1": top1, "top5": 99.0, "params": 1000,
+                    "flops": 5000, "checkpoint": "m/model.pt", "test_images": 10000})  # fmt: skip
+    if report:
+        records.append({"event": "end", "time": "t", "elapsed_s": 2.0 * epochs})
+        (run / "report.json").write_text("{}")
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_collect_says_what_wins_from_the_numbers_and_flags_what_is_unfinished(tmp_path):
+    from _study_collect import collect
+
+    runs = tmp_path / "runs"
+    _fake_run(runs, "baseline", "baseline", 87.0, 12)
+    _fake_run(runs, "sg-G-conv50-s0", "Conv-50/FC-0", 86.0, 12)
+    _fake_run(runs, "sg-G-conv50-s1", "Conv-50/FC-0", 86.5, 12)
+    _fake_run(runs, "groupconv-G-conv50-s0", "Conv-50/FC-0", 80.0, 12)
+    _fake_run(runs, "groupconv-G-conv50-s1", "Conv-50/FC-0", 99.0, 5, report=False)
+    _fake_run(runs, "random-G-conv50-s0", "Conv-50/FC-0", 86.1, 12)
+    collect(runs, None, tmp_path / "out", False, 1, 1)
+    table = (tmp_path / "out" / "cifar10.md").read_text()
+    lines = {line.split("|")[1].strip() + line.split("|")[3].strip(): line
+             for line in table.splitlines() if line.startswith("| ")}  # fmt: skip
+    assert "| 2/2 | 86.25 | 0.50 |" in lines["sg50%"]
+    assert "| 1/2 | 80.00 | n/a |" in lines["groupconv50%"]  # the partial seed is not averaged
+    assert "groupconv-G-conv50-s1 partial: no report (unfinished)" in lines["groupconv50%"]
+    assert "sg G beats groupconv G by 6.25 points, more than the seed spread 0.50" in table
+    assert "sg G and random G are within the seed spread (+0.15, spread 0.50)" in table
+    assert "-0.75 points against the baseline (87.00), within the 1.5-point target" in table
+    assert "and trains 12 epochs after pruning" in table and "10,000 test images" in table
+    assert "No finished result yet (left out below): sg LG Conv-70, sg LG Conv-50," in table
+
+    _fake_run(runs, "kernel_l1-G-conv50-s0", "Conv-50/FC-0", 85.0, 11)  # one epoch short
+    _fake_run(runs, "l1filter-G-conv50-s0", "Conv-50/FC-0", 85.0, 17, planned=17)
+    collect(runs, None, tmp_path / "out", False, 1, 1)
+    table = (tmp_path / "out" / "cifar10.md").read_text()
+    assert "the comparison is not at an equal budget" in table and "trains 12" not in table
+    assert "kernel_l1-G-conv50-s0 partial: 11 of 12 epochs" in table
 
 
 def _launcher(tmp_path, monkeypatch) -> list:
