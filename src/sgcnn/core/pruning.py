@@ -9,8 +9,10 @@ labels ``l`` ``[N]`` and current mask ``M`` ``[N, C]``:
     keep_j[c]       = centroid_j[c] > threshold                                [g, C]
     M'[n, c]        = keep_{l(n)}[c] * M[n, c]
 
-so every centroid counts once per member, whole kernels are pruned, masks only shrink, and all
-filters of a group share the group's kept input channels.
+so every centroid counts once per member, whole kernels are pruned and masks only shrink. From
+a dense layer all filters of a group share the group's kept input channels; after a re-grouping
+(LG) a member keeps only those its own earlier mask kept. ``keep_j`` is still the union of its
+members' channels: a kept channel has a nonzero centroid, so some member's mask keeps it.
 """
 
 from __future__ import annotations
