@@ -73,6 +73,18 @@ def _cases():
         "finetune-readonly": ["finetune", *GROUPED, "--conv", "0.5", *DATA, "--output", ro],
         "demo-readonly": ["demo", "--output", ro],
         "demo-under-file": ["demo", "--output", under],
+        "detect-train-under-file": [
+            "detect",
+            "train",
+            "--recipe",
+            "synthetic",
+            "--images",
+            "i",
+            "--annotations",
+            "a",
+            "--output",
+            under,
+        ],
         "report-readonly": ["report", "{root}/readonly"],
         "convert-readonly": ["convert", *GROUPED, "--output", ro + ".pt2"],
         "convert-report-readonly": [
@@ -355,6 +367,8 @@ def test_messages_name_the_file_and_the_fix(files, tmp_path, capsys):
     for argv, fragment in [
         (["eval", str(damaged)], "damaged sgcnn checkpoint"),
         (["transfer", "--checkpoint", str(damaged), "--scheme", "L", *recipe], "damaged"),
+        (["detect", "train", "--recipe", "synthetic", "--images", str(tmp_path), "--annotations",
+          str(damaged), "--output", str(files / "a_file" / "det")], "a_file"),
         (["eval", str(detector), "--model", "test_convnet"], "a detector checkpoint"),
         (["transfer", "--checkpoint", state, "--model", "test_convnet", "--scheme", "L",
           *recipe], "a run's training state"),
@@ -430,6 +444,56 @@ def test_ctrl_c_outside_a_run_says_interrupted(monkeypatch, capsys):
     monkeypatch.setattr(sgcnn.cli.models, "run", interrupted)
     assert main(["models"]) == 130
     assert capsys.readouterr().err.strip() == "sgcnn models: interrupted"
+
+
+def test_ctrl_c_while_the_parser_loads_says_interrupted(monkeypatch, capsys):
+    import sgcnn.cli.main as cli_main
+
+    def interrupted(full=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_main, "build_parser", interrupted)
+    assert main(["models"]) == 130
+    assert capsys.readouterr().err.strip() == "sgcnn models: interrupted"
+
+
+@pytest.mark.parametrize(
+    ("raised", "fragment"),
+    [
+        (MemoryError(), "out of host memory. Use a smaller batch (--batch-size"),
+        (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+         "out of GPU memory (CUDA out of memory. Tried to allocate 2.00 GiB)"),
+    ],
+)  # fmt: skip
+def test_out_of_memory_is_one_line_that_says_what_to_change(monkeypatch, capsys, raised,
+                                                            fragment):  # fmt: skip
+    import sgcnn.cli.models
+
+    def run(args):
+        raise raised
+
+    monkeypatch.setattr(sgcnn.cli.models, "run", run)
+    assert main(["models"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and fragment in err and "--resume" in err
+
+
+def test_an_error_raised_in_a_loader_worker_is_its_own_line(monkeypatch, capsys):
+    import sgcnn.cli.models
+
+    wrapped = (
+        "Caught SgcnnError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+        'call last):\n  File "x.py", line 1, in f\n    raise SgcnnError(m)\n'
+        "sgcnn.errors.SgcnnError: cannot read image a.jpg: truncated. Remove it\n"
+    )
+
+    def run(args):
+        raise sgcnn.SgcnnError(wrapped)
+
+    monkeypatch.setattr(sgcnn.cli.models, "run", run)
+    assert main(["models"]) == 2
+    err = capsys.readouterr().err
+    assert err == "sgcnn models: error: cannot read image a.jpg: truncated. Remove it\n"
 
 
 @pytest.mark.parametrize("where", ["read-only mount", "proc"])

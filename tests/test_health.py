@@ -231,7 +231,8 @@ def test_an_abort_says_how_to_resume(tmp_path, monkeypatch, capsys):
         Runner(_tiny_config(epochs=1), tmp_path / "run", quiet=True).run()
     code = main(["train", *TINY, "--epochs", "1", "--output", str(tmp_path / "again")])
     err = capsys.readouterr().err
-    assert code == 130 and "sgcnn train: aborted:" in err and "--resume" in err
+    assert code == 130 and "sgcnn train: aborted:" in err
+    assert f"--output {tmp_path / 'again'} and --resume" in err  # also where --output was default
 
 
 def test_abort_before_the_run_folder_exists_is_a_plain_interrupt(tmp_path, monkeypatch):

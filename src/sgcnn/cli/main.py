@@ -59,13 +59,14 @@ def build_parser(full: Collection[str] | None = None) -> argparse.ArgumentParser
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     chosen = _chosen_command(argv)
-    parser = build_parser(full=[chosen] if chosen in COMMANDS else [])
-    args = parser.parse_args(argv)
+    name = chosen if chosen in COMMANDS else "?"
     try:
+        parser = build_parser(full=[chosen] if chosen in COMMANDS else [])
+        args = parser.parse_args(argv)
+        name = args.command
         return int(args.func(args) or 0)
     except SgcnnError as err:
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        print(f"sgcnn {args.command}: error: {' / '.join(lines)}", file=sys.stderr)
+        print(f"sgcnn {name}: error: {_one_line(str(err))}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # the reader went away (`sgcnn models | head`): nothing to say
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -73,12 +74,44 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except OSError as err:  # the file system refused: not a bug, say what and where
         where = f" {err.filename!r}" if err.filename else ""
-        print(f"sgcnn {args.command}: error:{where} {err.strerror or err}", file=sys.stderr)
+        print(f"sgcnn {name}: error:{where} {err.strerror or err}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as err:
+        if not _out_of_memory(err):
+            raise
+        print(f"sgcnn {name}: error: {_out_of_memory_advice(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
         # A run stopped by Ctrl-C says where its state is and how to continue (--resume).
-        print(f"sgcnn {args.command}: {str(err) or 'interrupted'}", file=sys.stderr)
+        print(f"sgcnn {name}: {str(err) or 'interrupted'}", file=sys.stderr)
         return 130
+
+
+def _one_line(message: str) -> str:
+    """An error message on one line. An error raised in a data-loader worker arrives wrapped
+    in the worker's traceback ("Caught ... Original Traceback ..."): its last line is the
+    message."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if lines and "Original Traceback" in message:
+        last = lines[-1]
+        lines = [last.split(": ", 1)[1] if last.startswith("sgcnn.errors.") else last]
+    return " / ".join(lines)
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """Host memory (MemoryError) or an accelerator's (torch's OutOfMemoryError)."""
+    return isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError"
+
+
+def _out_of_memory_advice(err: BaseException) -> str:
+    where = "host" if isinstance(err, MemoryError) else "GPU"
+    first = (str(err).strip().splitlines() or [""])[0][:160]
+    detail = f" ({first})" if first else ""
+    return (
+        f"out of {where} memory{detail}. Use a smaller batch (--batch-size, or --set "
+        "train.batch_size=N / train.eval_batch_size=N) or smaller inputs, or another device; "
+        "a run continues from its last save with --resume"
+    )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import yaml
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from sgcnn._io import publish_dir, staging_dir
+from sgcnn._io import check_output_dir, publish_dir, staging_dir
 from sgcnn.detection.config import DetectConfig
 from sgcnn.detection.dataset import load_coco
 from sgcnn.detection.engine import (
@@ -129,6 +129,7 @@ def run_detection(
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SgcnnError(f"output folder {out} exists and is not empty: choose another --output")
+    check_output_dir(out)  # its parent must take the folder: now, not after training
     for key in ("train_images", "train_annotations", "val_images", "val_annotations"):
         if not getattr(d, key):
             raise SgcnnError(f"data.{key} is not set (--{key.replace('_', '-')} PATH)")

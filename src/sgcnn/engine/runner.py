@@ -132,7 +132,7 @@ class Runner(_TrainingPhase, _PruneEvaluate):
                 raise
             raise RunInterrupted(  # a second Ctrl-C: no state saved now, the last one stays
                 f"aborted: {self.run_dir} keeps the state saved last; continue with the same "
-                "command and --resume"
+                f"command, --output {self.run_dir} and --resume"
             ) from None
         finally:
             if self.log is not None:
@@ -358,7 +358,8 @@ class Runner(_TrainingPhase, _PruneEvaluate):
         where = self.plan[self.stage].describe() if self.stage < len(self.plan) else "the end"
         raise RunInterrupted(
             f"interrupted: state saved in {self.run_dir} ({where}, epoch {self.epoch}, batch "
-            f"{self.batch}); continue with the same command and --resume"
+            f"{self.batch}); continue with the same command, --output {self.run_dir} and "
+            "--resume"
         )
 
     def _stopping(self) -> None:
