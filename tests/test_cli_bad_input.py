@@ -360,6 +360,7 @@ def test_messages_name_the_file_and_the_fix(files, tmp_path, capsys):
     state = str(files / "run" / "state.pt")
     for argv in (["eval", state], ["eval", state, "--model", "test_convnet"]):
         assert "a run's training state" in error(argv)  # not "pass --model", then "neither"
+    ckpt = str(files / "g.pt")
     damaged, detector = tmp_path / "damaged.pt", tmp_path / "detector.pt"
     torch.save({"format": "sgcnn.model", "version": 1, "state_dict": {}}, damaged)
     torch.save({"format": "sgcnn.detector", "version": 1, "state_dict": {}}, detector)
@@ -367,6 +368,20 @@ def test_messages_name_the_file_and_the_fix(files, tmp_path, capsys):
     for argv, fragment in [
         (["eval", str(damaged)], "damaged sgcnn checkpoint"),
         (["transfer", "--checkpoint", str(damaged), "--scheme", "L", *recipe], "damaged"),
+        (["finetune", "--checkpoint", ckpt, "--scheme", "L", "--conv", "0.7", "--epochs", "3"],
+         "the L scheme has none: use --local-epochs"),
+        (["finetune", "--checkpoint", ckpt, "--conv", "0.7", "--local-epochs", "3"],
+         "G prunes once and fine-tunes globally: use --epochs"),
+        (["finetune", "--checkpoint", ckpt, "--model", "lenet5", "--conv", "0.7"],
+         "holds a test_convnet, not a lenet5"),
+        (["finetune", "--checkpoint", ckpt, *DATA], "needs target sparsities: --conv 0.7"),
+        (["train", "--checkpoint", ckpt, "--model", "lenet5", *DATA],
+         "holds a test_convnet, not a lenet5"),
+        (["train", "--checkpoint", ckpt, "--num-classes", "5", *DATA], "drop --num-classes"),
+        (["transfer", "--checkpoint", ckpt, "--scheme", "L", "--global-epochs", "2", *recipe],
+         "--scheme L trains --epochs only"),
+        (["transfer", "--checkpoint", ckpt, "--scheme", "G", "--conv", "0.6", "--local-epochs",
+          "2", *recipe], "--scheme G has no such steps"),
         (["detect", "train", "--recipe", "synthetic", "--images", str(tmp_path), "--annotations",
           str(damaged), "--output", str(files / "a_file" / "det")], "a_file"),
         (["eval", str(detector), "--model", "test_convnet"], "a detector checkpoint"),

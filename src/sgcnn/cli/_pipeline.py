@@ -170,12 +170,22 @@ def execute_named(
     return execute_and_print(config, output_dir(args, config, default), args)
 
 
-def checkpoint_model(path: str, payload: dict) -> str:
-    """The model an sgcnn checkpoint names (a plain state_dict does not: ``--model`` must)."""
+def checkpoint_model(path: str, payload: dict, given: str | None = None) -> str:
+    """The model of checkpoint ``path``: the one an sgcnn checkpoint names (``given``, the
+    user's ``--model``, must agree: refused now, before any data is read), else ``given`` (a
+    plain state_dict names none)."""
     if payload.get("format") == FORMAT:
-        return checkpoint_name(path, payload)
+        recorded = checkpoint_name(path, payload)
+        if given is not None and given != recorded:
+            raise SgcnnError(
+                f"{path!r} holds a {recorded}, not a {given}; drop --model (an sgcnn checkpoint "
+                "names its model) or give the right checkpoint"
+            )
+        return recorded
     plain_state_dict(path, payload)  # else: not a model at all, said as such
-    raise SgcnnError(f"{path!r} is a plain state_dict: pass --model NAME to say whose")
+    if given is None:
+        raise SgcnnError(f"{path!r} is a plain state_dict: pass --model NAME to say whose")
+    return given
 
 
 def print_rows(rows: list[dict], config: Config, is_main: bool = True) -> None:

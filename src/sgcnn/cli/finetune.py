@@ -15,6 +15,7 @@ from sgcnn.cli._pipeline import (
 )
 from sgcnn.engine.checkpoint import FORMAT, load_checkpoint
 from sgcnn.engine.config import SCHEMES
+from sgcnn.errors import SgcnnError
 
 
 def register(subparsers) -> None:
@@ -39,7 +40,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     name, recipe = recipe_from_args(args)
     payload = load_checkpoint(args.checkpoint)
-    model = args.model or checkpoint_model(args.checkpoint, payload)
+    model = checkpoint_model(args.checkpoint, payload, args.model)
     saved = payload.get("config") if payload.get("format") == FORMAT else None
     if saved and args.data is None and "data" not in recipe:
         recipe = {**recipe, "data": saved["data"]}  # the dataset the checkpoint was made on
@@ -59,6 +60,8 @@ def run(args) -> int:
     grouping = recipe.get("grouping")  # not a mapping: resolving the config says so
     if args.scheme is None and not (isinstance(grouping, dict) and grouping.get("scheme")):
         sets.append("grouping.scheme=G")
+    scheme = args.scheme or (grouping.get("scheme") if isinstance(grouping, dict) else None)
+    _check_epoch_options(args, scheme or "G")
     sets += [*args.sets, "train.epochs=0"]
     return execute_named(
         args,
@@ -68,3 +71,17 @@ def run(args) -> int:
         "finetune",
         lambda c: f"{c.model.name}-{c.data.name}-{c.grouping.scheme}",
     )
+
+
+def _check_epoch_options(args, scheme: str) -> None:
+    """An epoch option the scheme never uses is refused, not silently ignored."""
+    if args.epochs is not None and scheme == "L":
+        raise SgcnnError(
+            "--epochs sets the global fine-tune of G / LG; the L scheme has none: use "
+            "--local-epochs (the epochs after each pruning step)"
+        )
+    if args.local_epochs is not None and scheme == "G":
+        raise SgcnnError(
+            "--local-epochs sets the epochs after each LG / L pruning step; G prunes once and "
+            "fine-tunes globally: use --epochs"
+        )

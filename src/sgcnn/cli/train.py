@@ -11,7 +11,8 @@ from sgcnn.cli._pipeline import (
     recipe_from_args,
     shortcut_sets,
 )
-from sgcnn.engine.checkpoint import load_checkpoint
+from sgcnn.engine.checkpoint import FORMAT, load_checkpoint
+from sgcnn.errors import SgcnnError
 
 
 def register(subparsers) -> None:
@@ -31,8 +32,15 @@ def register(subparsers) -> None:
 def run(args) -> int:
     name, recipe = recipe_from_args(args)
     named = isinstance(recipe.get("model"), dict) and recipe["model"].get("name")
-    if args.checkpoint and not args.model and not named:  # the model the checkpoint names
-        args.model = checkpoint_model(args.checkpoint, load_checkpoint(args.checkpoint))
+    if args.checkpoint:
+        payload = load_checkpoint(args.checkpoint)
+        if args.model or not named:  # the model the checkpoint names (and --model agrees)
+            args.model = checkpoint_model(args.checkpoint, payload, args.model)
+        if args.num_classes is not None and payload.get("format") == FORMAT:
+            raise SgcnnError(
+                f"{args.checkpoint!r} records its model's classes: drop --num-classes (a "
+                "new classifier for another dataset is `sgcnn transfer`)"
+            )
     sets = shortcut_sets(
         args,
         {

@@ -66,14 +66,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     _, recipe = load_recipe(args.recipe or DEFAULT_RECIPE)
     payload = load_checkpoint(args.checkpoint)
-    model = args.model or checkpoint_model(args.checkpoint, payload)
-    if args.model and payload.get("format") == FORMAT:
-        recorded = checkpoint_model(args.checkpoint, payload)
-        if recorded != args.model:
-            raise SgcnnError(
-                f"{args.checkpoint!r} holds a {recorded}, not a {args.model}; drop --model "
-                "(an sgcnn checkpoint names its model) or give the right checkpoint"
-            )
+    model = checkpoint_model(args.checkpoint, payload, args.model)
     grouped = _grouped_layers(args.checkpoint, payload)
     if args.scheme == "dense" and grouped:
         raise SgcnnError(
@@ -111,6 +104,16 @@ def run(args) -> int:
         sets.append(f"finetune.lr={args.lr}")
     if args.scheme in ("dense", "L") and (args.conv or args.fc):
         raise SgcnnError(f"--conv / --fc self-group again: use --scheme G or LG, not {args.scheme}")
+    if args.scheme in ("dense", "L") and args.global_epochs is not None:
+        raise SgcnnError(
+            f"--global-epochs is for G / LG (the epochs after re-grouping); --scheme "
+            f"{args.scheme} trains --epochs only"
+        )
+    if args.scheme != "LG" and args.local_epochs is not None:
+        raise SgcnnError(
+            f"--local-epochs is for LG (the epochs after each pruning step); --scheme "
+            f"{args.scheme} has no such steps"
+        )
     config = configure(recipe, sets + args.sets)
     if not args.recipe and model != "resnet50":
         config.report.paper = []  # the default recipe's figures are ResNet-50's on CUB-200

@@ -334,7 +334,8 @@ def _validate_grouping(g: GroupingConfig) -> None:
         return
     if not g.conv:
         raise SgcnnError(
-            f"grouping.scheme {g.scheme} needs target sparsities: --set grouping.conv=[0.7]"
+            f"grouping.scheme {g.scheme} needs target sparsities: --conv 0.7 (or --set "
+            "grouping.conv=[0.7])"
         )
     for i, p in enumerate(g.conv):
         _ratio(f"grouping.conv[{i}]", p)
