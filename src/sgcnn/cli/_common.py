@@ -89,7 +89,9 @@ def input_size_for(args: argparse.Namespace, name: str) -> tuple[int, int, int]:
     if args.input_size is None:
         return default
     size = tuple(args.input_size)
-    return (default[0], *size) if len(size) == 2 else size
+    size = (default[0], *size) if len(size) == 2 else size
+    check_example_size((1, *size))  # one image too big to hold: said now, not by the allocator
+    return size
 
 
 def write_json(path: Path, data: Any, overwrite: bool = True) -> None:
@@ -156,7 +158,7 @@ def check_example_size(shape: tuple[int, ...]) -> None:
     if nbytes > MAX_EXAMPLE_BYTES:
         raise SgcnnError(
             f"an example input of {'x'.join(map(str, shape))} takes {nbytes / 2**20:,.0f} MiB "
-            f"(float32), and converting holds several activations that size; use a --batch-size "
+            f"(float32), and a model holds several activations that size; use a --batch-size "
             f"and --input-size whose input stays under {MAX_EXAMPLE_BYTES >> 20} MiB"
         )
 

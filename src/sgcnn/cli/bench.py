@@ -59,7 +59,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--fc-sparsity", type=parse_ratio, help="default: --sparsity")
     p.add_argument(
-        "--groups", type=positive_int, default=16, help="without --checkpoint (default 16)"
+        "--groups", type=positive_int, help="without --checkpoint: self-groups (default 16)"
     )
     p.add_argument("--no-tune", action="store_true", help="pick realizations without timing")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -72,8 +72,9 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     batch_sizes = parse_batch_sizes(args.batch_sizes)
-    given = [f for f, v in (("--sparsity", args.sparsity), ("--fc-sparsity", args.fc_sparsity))
-             if v is not None]  # fmt: skip
+    options = (("--sparsity", args.sparsity), ("--fc-sparsity", args.fc_sparsity),
+               ("--groups", args.groups))  # fmt: skip
+    given = [flag for flag, value in options if value is not None]
     if args.checkpoint and given:
         raise SgcnnError(
             f"{' and '.join(given)} self-group a fresh model; a --checkpoint is benchmarked as "
@@ -92,8 +93,9 @@ def run(args) -> int:
             )
         conv = 0.6 if args.sparsity is None else args.sparsity
         fc = conv if args.fc_sparsity is None else args.fc_sparsity
-        self_group_(model, conv, fc, groups=args.groups, input_size=size)
-        grouping = f"fresh model self-grouped: conv {conv}, fc {fc}, g={args.groups}"
+        groups = 16 if args.groups is None else args.groups
+        self_group_(model, conv, fc, groups=groups, input_size=size)
+        grouping = f"fresh model self-grouped: conv {conv}, fc {fc}, g={groups}"
 
     def say(msg: str) -> None:
         print(f"[bench] {msg}", file=sys.stderr, flush=True)

@@ -16,6 +16,7 @@ from sgcnn.cli._common import (
     path_arg,
     positive_int,
     require_grouped_checkpoint,
+    set_timing_threads,
     write_json,
 )
 from sgcnn.deploy import export as exporting
@@ -49,8 +50,7 @@ def run(args) -> int:
             "a saved program takes"
         )
     model, name, size = model_for_example(args, args.batch_size)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    set_timing_threads(args.threads)
     x = torch.randn(args.batch_size, *size)
     converted = convert(
         model.eval(), x, device=args.device, tune=not args.no_tune, progress=not args.quiet

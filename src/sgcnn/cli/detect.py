@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from sgcnn.cli import COMMANDS
-from sgcnn.cli._common import path_arg, seed_int
+from sgcnn.cli._common import parse_ratio, path_arg, seed_int
 from sgcnn.cli._pipeline import command_line, shortcut_sets
 from sgcnn.engine.recipes import find_recipe, recipe_dir
 from sgcnn.errors import SgcnnError
@@ -27,7 +27,12 @@ def register(subparsers) -> None:
     t.add_argument("--recipe", help="detection recipe: coco2014, synthetic, or a YAML file")
     t.add_argument("--backbone", help="registered classification model (backbone.name)")
     t.add_argument("--backbone-checkpoint", help="its (self-grouped) checkpoint")
-    t.add_argument("--group-conv", type=float, help="self-group the backbone first (0.6)")
+    t.add_argument(
+        "--group-conv",
+        type=parse_ratio,
+        help="self-group the backbone to this conv sparsity first, e.g. 0.6 or 60%% "
+        "(default: as the recipe says; 0: no self-grouping)",
+    )
     t.add_argument("--images", help="training image folder (data.train_images)")
     t.add_argument("--annotations", help="training COCO annotations (data.train_annotations)")
     t.add_argument("--val-images", help="evaluation image folder")
@@ -37,7 +42,14 @@ def register(subparsers) -> None:
     t.add_argument("--batch-size", type=int, help="images per step")
     t.add_argument("--lr", type=float, help="peak learning rate")
     t.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    t.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any setting of the recipe, e.g. --set train.latency_runs=5 (repeatable)",
+    )
     t.add_argument("--output", type=path_arg, required=True, help="run folder (new)")
     t.add_argument("--quiet", action="store_true", help="no line per epoch")
     t.set_defaults(func=_train)
@@ -48,7 +60,7 @@ def register(subparsers) -> None:
     e.add_argument("--annotations", required=True, help="COCO annotation file")
     e.add_argument("--device", default="auto")
     e.add_argument("--runs", type=int, default=20, help="timed rounds per model")
-    e.add_argument("--json", type=Path, help="also write the report as JSON here")
+    e.add_argument("--json", type=path_arg, help="also write the report as JSON here")
     e.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     e.set_defaults(func=_eval)
 
@@ -66,8 +78,18 @@ def _load_recipe(name: str | None) -> dict:
 
     if name is None:
         return {}
-    shipped = recipe_dir() / "detection" / f"{name}.yaml"
-    path = shipped if shipped.is_file() else find_recipe(name)
+    folder = recipe_dir() / "detection"
+    shipped = folder / f"{name}.yaml"
+    if shipped.is_file():
+        path = shipped
+    elif Path(name).suffix in (".yaml", ".yml") or Path(name).parent != Path("."):
+        path = find_recipe(name)  # a file of the user's
+    else:
+        names = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise SgcnnError(
+            f"unknown detection recipe {name!r}: shipped ones are {', '.join(names)}; or give "
+            "the path of a YAML file"
+        )
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:

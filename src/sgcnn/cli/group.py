@@ -15,6 +15,7 @@ from sgcnn.cli._common import (
     load_model_from_args,
     parse_ratio,
     path_arg,
+    positive_int,
     seed_int,
     write_json,
 )
@@ -28,7 +29,9 @@ def register(subparsers) -> None:
     add_model_args(p)
     p.add_argument("--conv-sparsity", type=parse_ratio, required=True, help="e.g. 0.7")
     p.add_argument("--fc-sparsity", type=parse_ratio, help="default: the conv sparsity")
-    p.add_argument("--groups", type=int, default=16, help="self-groups per layer (default 16)")
+    p.add_argument(
+        "--groups", type=positive_int, default=16, help="self-groups per layer (default 16)"
+    )
     p.add_argument("--seed", type=seed_int, default=0, help="k-means seed (default 0)")
     p.add_argument("--include", action="append", help="only layers matching (fnmatch); repeat")
     p.add_argument("--exclude", action="append", help="skip layers matching (fnmatch); repeat")

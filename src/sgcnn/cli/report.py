@@ -10,6 +10,7 @@ from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import check_example_size, positive_int, set_timing_threads
 from sgcnn.engine.config import config_from_yaml
 from sgcnn.engine.reporting import write_run_report
+from sgcnn.engine.rundir import require_run_dir
 from sgcnn.engine.state import CONFIG_FILE, METRICS_FILE
 from sgcnn.errors import SgcnnError
 
@@ -37,13 +38,20 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from sgcnn.reports import format_table
 
+    require_run_dir(args.run_dir)  # a typo is "does not exist", not "not writable"
     check_output_dir(args.run_dir, "run folder")
     given = [f"--{k.replace('_', '-')}" for k in _TIMING if getattr(args, k) != _TIMING[k]]
     if given and not args.latency:
         raise SgcnnError(f"{', '.join(given)} set how --latency times; add --latency")
-    try:
-        if args.latency:
+    if args.latency:
+        try:
             _measure(args)
+        except (KeyError, TypeError, AttributeError, ValueError) as err:
+            raise SgcnnError(
+                f"cannot time the results of {str(args.run_dir)!r} ({type(err).__name__}: "
+                f"{err}); check its {METRICS_FILE} and checkpoints, or report without --latency"
+            ) from err
+    try:
         rows = write_run_report(args.run_dir)
     except (KeyError, TypeError, AttributeError, ValueError) as err:  # a hand-damaged record
         raise SgcnnError(
