@@ -81,7 +81,7 @@ def test_self_grouped_model_round_trips(tmp_path):
         (["group", "--model", "lenet5", "--conv-sparsity", "1.2"], r"outside \[0, 1\)"),
         (["group", "--model", "lenet", "--conv-sparsity", "0.5"], "unknown model 'lenet'"),
         (["group", "--model", "lenet5", "--conv-sparsity", "0.5", "--groups", "0"],
-         "groups must be an integer"),
+         "argument --groups: 0 is below 1"),
         (["group", "--model", "lenet5", "--conv-sparsity", "0.5", "--include", "zz*"],
          "include pattern 'zz\\*' matches no"),
         (["count", "--model", "lenet5", "--checkpoint", "missing.pt"], "does not exist"),
