@@ -166,12 +166,36 @@ def test_an_l1filter_row_is_timed_as_the_smaller_dense_network(tmp_path):
     model = sgcnn.create_model("resnet20")
     create_pruner("l1filter", model, input_size=(3, 32, 32), exclude=["fc"]).step(0.5)
     save_checkpoint(tmp_path / "m.pt", model_payload(model, "resnet20", {}))
-    fast, note = _deployable(tmp_path / "m.pt", 2, "l1filter")
+    fast, note, plain = _deployable(tmp_path / "m.pt", 2, "l1filter")
     assert "smaller dense" in note
     kept = int(model.layer1[0].conv1.sg_mask.any(1).sum())
-    assert kept < 16
+    assert kept < 16 and plain.layer1[0].conv1.out_channels == kept  # unfused, for runtimes
     widths = [m.weight.shape[0] for m in fast.modules() if getattr(m, "weight", None) is not None]
     assert widths[:3] == [16, kept, 16]  # stem, layer1.0.conv1 sliced (not masked), conv2
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), model.eval()(x), atol=1e-4, rtol=1e-4)
+
+
+def test_a_dense_row_is_also_timed_in_the_runtimes_a_user_deploys_it_with(tmp_path):
+    """The baseline's latency reference is its fastest dense deployment, measured in the same
+    rounds as the converted rows: fused PyTorch, channels-last, jit, onnxruntime."""
+    import torch
+
+    import sgcnn
+    from _study_collect import _latencies
+    from sgcnn.engine.checkpoint import model_payload, save_checkpoint
+
+    torch.manual_seed(0)
+    dense, grouped = sgcnn.create_model("resnet20").eval(), sgcnn.create_model("resnet20")
+    save_checkpoint(tmp_path / "d.pt", model_payload(dense, "resnet20", {}))
+    sgcnn.self_group_(grouped, 0.5, exclude=["fc"])
+    save_checkpoint(tmp_path / "g.pt", model_payload(grouped, "resnet20", {}))
+    out = _latencies(
+        {"baseline": (tmp_path / "d.pt", "baseline"), "sg": (tmp_path / "g.pt", "sg")}, 1, 1
+    )
+    assert out["sg"]["note"] == "converted" and out["sg"]["dense"] == {}
+    assert out["baseline"]["ms"] > 0 and out["sg"]["ms"] > 0
+    runtimes = out["baseline"]["dense"]
+    assert set(runtimes) == {"channels_last", "jit", "onnxruntime"}
+    assert all(isinstance(v, float) and v > 0 for k, v in runtimes.items() if k != "onnxruntime")
