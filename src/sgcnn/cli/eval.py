@@ -60,12 +60,23 @@ def run(args) -> int:
         raise SgcnnError(
             f"{args.checkpoint!r} does not record its dataset: pass --data NAME (and --data-root)"
         )
+    same_data = saved and args.data in (None, saved["data"].get("name"))
     recipe = {
         "model": {"name": name, "checkpoint": str(args.checkpoint)},
-        "data": dict(saved["data"]) if saved and args.data is None else {},
+        # the run's whole data section (split seed, image size, classes), not just its name
+        "data": dict(saved["data"]) if same_data else {},
     }
     config = _config(args, recipe)
+    record = payload.get("data") if payload.get("format") == FORMAT else None
+    if record and config.data.normalize is None:  # the normalisation it was trained with
+        config.data.normalize = [list(record["mean"]), list(record["std"])]
     splits = build_data(config)
+    if record and record.get("classes") != list(splits.classes):
+        raise SgcnnError(
+            f"{args.checkpoint!r} was trained on classes {_names(record['classes'])}, this data "
+            f"has {_names(splits.classes)}: its labels would not mean the same; give that data "
+            "(or data.classes in that order)"
+        )
     check_fits(model, config, splits)
     device = resolve_device(args.device)
     result = _evaluate(model.to(device), splits, config, args, device)
@@ -126,6 +137,11 @@ def _check_program_fits(program, splits, config: Config, path: str) -> None:
             f"{path!r} gives {got} class scores but dataset {data!r} has "
             f"{splits.num_classes} classes"
         )
+
+
+def _names(classes: list) -> str:
+    shown = ", ".join(map(str, classes[:8]))
+    return f"[{shown}{', ...' if len(classes) > 8 else ''}] ({len(classes)})"
 
 
 def _config(args, recipe: dict) -> Config:

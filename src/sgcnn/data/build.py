@@ -54,6 +54,8 @@ def _check(config: DataConfig) -> None:
         _check_int(config.image_size, "image_size", minimum=8)
     if config.classes is not None:
         _check_classes(config)
+    if config.normalize is not None:
+        _check_normalize(config.normalize)
     if config.name == "synthetic":
         _check_int(config.num_classes, "num_classes", minimum=2)
         _check_int(config.channels, "channels", minimum=1)
@@ -76,6 +78,19 @@ def _check_classes(config: DataConfig) -> None:
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise SgcnnError(f"classes names {', '.join(repeated)} more than once.")
+
+
+def _check_normalize(value) -> None:
+    pair = isinstance(value, (list, tuple)) and len(value) == 2
+    lists = pair and all(isinstance(v, (list, tuple)) and v for v in value)
+    numbers_ = lists and all(_is_real(x) for v in value for x in v)
+    if not numbers_ or len(value[0]) != len(value[1]):
+        raise SgcnnError(
+            f"normalize must be [mean, std], two lists of one number per channel, e.g. "
+            f"[[0.49, 0.48, 0.45], [0.25, 0.24, 0.26]]; got {value!r}."
+        )
+    if not all(x > 0 for x in value[1]):
+        raise SgcnnError(f"normalize's std values must be > 0, got {list(value[1])}.")
 
 
 def _is_real(value) -> bool:

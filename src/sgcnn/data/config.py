@@ -27,6 +27,9 @@ class DataConfig:
     # imagefolder only: use just these class folders, labelled in this order (e.g. one domain
     # of a dataset split by class); None: every class folder of train/.
     classes: list[str] | None = None
+    # imagefolder of small images only: [mean, std] per channel (in [0, 1]) to normalise with
+    # instead of measuring them on train/; `sgcnn eval` takes the ones a checkpoint trained with.
+    normalize: list[list[float]] | None = None
     # synthetic only:
     num_classes: int = 10  # number of classes
     channels: int = 3  # image channels
@@ -52,3 +55,48 @@ class DatasetSplits:
     # True when items are slices of an in-memory tensor: loading is cheap and DataLoader
     # worker processes only add overhead (num_workers=0 is fastest). False: decoded per item.
     in_memory: bool = False
+
+
+def data_record(splits: DatasetSplits) -> dict:
+    """What a model trained on ``splits`` depends on beyond its weights, recorded with it: the
+    class names (label order), the normalisation, the image size and the split sizes."""
+    return {
+        "classes": list(splits.classes),
+        "mean": [float(m) for m in splits.mean],
+        "std": [float(s) for s in splits.std],
+        "input_size": list(splits.input_size),
+        "sizes": [len(splits.train), len(splits.val), len(splits.test)],
+    }
+
+
+def check_same_data(recorded: dict | None, splits: DatasetSplits, what: str) -> None:
+    """``splits`` must be the data ``recorded`` (:func:`data_record`) was taken from: the same
+    classes in the same order, image size, split sizes and normalisation. Raises
+    :class:`~sgcnn.errors.SgcnnError` naming what changed (a record from an older sgcnn, None,
+    is not checked)."""
+    from sgcnn.errors import SgcnnError
+
+    if not recorded:
+        return
+    now = data_record(splits)
+    changed = [
+        f"{key} {_short(recorded[key])} -> {_short(now[key])}"
+        for key in ("classes", "input_size", "sizes", "mean", "std")
+        if key in recorded and not _same(recorded[key], now[key])
+    ]
+    if changed:
+        raise SgcnnError(
+            f"the data are not those {what} was made with ({'; '.join(changed)}); give the same "
+            "dataset (data.root, data.classes, data.val_fraction as it was)"
+        )
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, list) and a and isinstance(a[0], float):
+        return len(a) == len(b) and all(abs(x - y) <= 1e-4 for x, y in zip(a, b, strict=True))
+    return list(a) == list(b)
+
+
+def _short(value) -> str:
+    text = str(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -136,6 +136,13 @@ def _small_splits(config, tree, classes, train, held, shape) -> DatasetSplits:
     decoded = _decode_cached(train, shape, cache, tree / "train")
     mean = tuple(decoded["mean"].tolist())  # measured on train/ only
     std = tuple(decoded["std"].tolist())
+    if config.normalize is not None:  # the statistics a model was trained with
+        mean, std = (tuple(float(x) for x in v) for v in config.normalize)
+        if len(mean) != shape[0]:
+            raise SgcnnError(
+                f"data.normalize gives {len(mean)} values per channel list; the images of "
+                f"{tree} have {shape[0]} channel(s)"
+            )
 
     def dataset(data: dict) -> TensorImageDataset:
         return TensorImageDataset(data["images"], data["labels"], mean, std, size=size)

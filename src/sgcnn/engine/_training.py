@@ -17,6 +17,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from sgcnn.data.config import data_record
 from sgcnn.engine import checkpoint as ckpt
 from sgcnn.engine.config import OptimConfig, config_to_dict
 from sgcnn.engine.distributed import all_reduce_sums, sync_buffers_
@@ -177,6 +178,7 @@ class _TrainingPhase:
                 **self.best,
             }
             payload["config"] = config_to_dict(self.config)
+            payload["data"] = data_record(self.splits)  # labels and normalisation, for eval
             ckpt.save_checkpoint(self.run_dir / row_slug(stage.row) / MODEL_FILE, payload)
         return True
 

@@ -36,6 +36,7 @@ import torch
 from tqdm import tqdm
 
 from sgcnn.core.grouper import SelfGrouper
+from sgcnn.data.config import check_same_data, data_record
 from sgcnn.engine import checkpoint as ckpt
 from sgcnn.engine._stages import _PruneEvaluate
 from sgcnn.engine._training import _now, _TrainingPhase
@@ -164,6 +165,8 @@ class Runner(_TrainingPhase, _PruneEvaluate):
             self._main_only(lambda: check_new_run_dir(self.run_dir))
             state = None
         self.splits = build_data(cfg)
+        if state is not None:
+            check_same_data(state.get("data"), self.splits, str(self.run_dir))
         self.input_size = tuple(self.splits.input_size)
         if state is None:
             _seed_all(t.seed)  # identical initial weights on every rank
@@ -323,6 +326,7 @@ class Runner(_TrainingPhase, _PruneEvaluate):
             "rows": self.rows,
             "elapsed": self.elapsed_before + time.monotonic() - self.started,
             "done": self.stage >= len(self.plan),
+            "data": data_record(self.splits),
         }
 
     def _save(self, sums: list | None = None) -> None:

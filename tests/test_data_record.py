@@ -1,0 +1,108 @@
+"""A model records the data it was trained on (class names, normalisation, sizes): `sgcnn
+eval` normalises as in training and refuses relabelled classes; `--resume` refuses changed
+data."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sgcnn.cli.main import main
+from sgcnn.data import DataConfig, build_datasets
+from sgcnn.data.config import check_same_data, data_record
+from sgcnn.errors import SgcnnError
+
+
+def _tree(root, classes=("cat", "dog", "emu"), per_class=(8, 3), seed=0):
+    rng = np.random.default_rng(seed)
+    for split, n in zip(("train", "test"), per_class, strict=True):
+        for k, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = rng.integers(0, 80, (16, 16, 3)) + 60 * k
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{seed}_{i:03d}.png")
+    return root
+
+
+def _train(tree, out, *extra):
+    argv = ["train", "--model", "test_convnet", "--data", "imagefolder", "--data-root",
+            str(tree), "--epochs", "1", "--output", str(out), "--quiet",
+            "--set", "train.threads=1", "--set", "data.val_fraction=0.25", *extra]  # fmt: skip
+    return main(argv)
+
+
+def _eval(model, tree, capsys):
+    code = main(["eval", str(model), "--data-root", str(tree), "--json", "--device", "cpu"])
+    out = capsys.readouterr()
+    return code, (json.loads(out.out) if code == 0 else out.err)
+
+
+@pytest.fixture
+def trained(tmp_path, monkeypatch):
+    monkeypatch.setenv("SGCNN_CACHE", str(tmp_path / "cache"))
+    tree = _tree(tmp_path / "tree")
+    assert _train(tree, tmp_path / "run") == 0
+    return tree, tmp_path / "run" / "baseline" / "model.pt"
+
+
+def test_eval_normalises_as_in_training_when_the_tree_has_changed(trained, capsys):
+    tree, model = trained
+    code, before = _eval(model, tree, capsys)
+    assert code == 0
+    for i in range(8):  # brighter training images: the measured mean would move
+        Image.new("RGB", (16, 16), (250, 250, 250)).save(tree / "train" / "cat" / f"w{i}.png")
+    code, after = _eval(model, tree, capsys)
+    assert code == 0 and after["loss"] == before["loss"] and after["images"] == before["images"]
+
+
+def test_eval_refuses_relabelled_classes(trained, capsys):
+    tree, model = trained
+    for split in ("train", "test"):
+        (tree / split / "dog").rename(tree / split / "wolf")  # same count, other names
+    code, err = _eval(model, tree, capsys)
+    assert code == 2 and "was trained on classes [cat, dog, emu] (3)" in err
+
+
+def test_resume_refuses_changed_data(trained, tmp_path, capsys):
+    tree, _ = trained
+    _tree(tree, seed=1)  # more images in every class folder
+    assert _train(tree, tmp_path / "run", "--resume") == 2
+    assert "the data are not those" in capsys.readouterr().err
+
+
+def test_a_record_compares_classes_sizes_and_normalisation(tmp_path):
+    splits = build_datasets(DataConfig(name="synthetic", synthetic_size=40, num_classes=4))
+    record = data_record(splits)
+    check_same_data(record, splits, "m.pt")
+    check_same_data(None, splits, "m.pt")  # an older record: not checked
+    for key, value in [("classes", ["a", "b", "c", "d"]), ("sizes", [41, 10, 10]),
+                       ("mean", [0.9, 0.1, 0.1])]:  # fmt: skip
+        with pytest.raises(SgcnnError, match=key):
+            check_same_data({**record, key: value}, splits, "m.pt")
+
+
+def test_normalize_must_be_two_lists_per_channel():
+    with pytest.raises(SgcnnError, match=r"normalize must be \[mean, std\]"):
+        build_datasets(DataConfig(name="synthetic", normalize=[[0.5], [0.2, 0.2]]))
+    with pytest.raises(SgcnnError, match="std values must be > 0"):
+        build_datasets(DataConfig(name="synthetic", normalize=[[0.5], [0.0]]))
+
+
+def test_eval_with_the_data_name_keeps_the_runs_split_and_size(tmp_path, capsys):
+    """`--data synthetic` for a run on synthetic data keeps the run's data section (its split
+    seed and image size), instead of starting from the defaults."""
+    out = tmp_path / "run"
+    argv = ["train", "--model", "test_convnet", "--data", "synthetic", "--epochs", "1",
+            "--output", str(out), "--quiet", "--set", "data.split_seed=3",
+            "--set", "data.synthetic_size=64", "--set", "data.image_size=16",
+            "--set", "train.threads=1"]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    model = str(out / "baseline" / "model.pt")
+    results = []
+    for extra in ([], ["--data", "synthetic"]):
+        assert main(["eval", model, "--split", "val", "--json", "--device", "cpu", *extra]) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    assert results[0] == results[1] and results[0]["images"] == 16
