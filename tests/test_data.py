@@ -240,6 +240,21 @@ def test_an_rgb_tree_whose_first_image_is_grayscale_stays_rgb(tmp_path):
     assert splits.input_size == (3, 12, 12) and splits.train[0][0].shape == (3, 12, 12)
 
 
+def test_one_odd_sized_first_image_does_not_set_the_size_of_all(tmp_path):
+    root = _tree(tmp_path / "tree", {"train": 4, "test": 1})
+    first = sorted((root / "train" / "cat").iterdir())[0]
+    Image.open(first).resize((8, 10)).save(first)
+    splits = build_datasets(DataConfig(name="imagefolder", root=str(root), augment=False))
+    assert splits.input_size == (3, 12, 12)
+
+
+def test_a_broken_link_in_a_class_folder_is_named(tmp_path):
+    root = _tree(tmp_path / "tree", {"train": 4, "test": 1})
+    (root / "train" / "dog" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(SgcnnError, match=r"cannot read image .*gone\.png"):
+        build_datasets(DataConfig(name="imagefolder", root=str(root)))
+
+
 def test_imagefolder_tarball_is_extracted_once_into_the_cache(tmp_path, monkeypatch):
     archive = _tarball(_tree(tmp_path / "tree", {"train": 4, "test": 2}), tmp_path / "t.tar.gz")
     config = DataConfig(name="imagefolder", root=str(archive))

@@ -49,7 +49,7 @@ class FileImageDataset(Dataset):
         try:
             with Image.open(path) as image:
                 rgb = image.convert("RGB")
-        except OSError as err:  # includes PIL's UnidentifiedImageError
+        except (OSError, ValueError, Image.DecompressionBombError) as err:  # cannot decode
             raise SgcnnError(
                 f"cannot read image {path}: {err}. Remove or replace the file and run again."
             ) from err

@@ -34,6 +34,11 @@ from sgcnn.data.splits import stratified_split
 from sgcnn.data.tensor_dataset import Augment, TensorImageDataset, channel_stats
 from sgcnn.errors import SgcnnError
 
+# What PIL raises for a file it cannot decode: OSError (truncated, unidentified), ValueError
+# (odd modes, tiles), DecompressionBombError (more pixels than PIL will open).
+UNREADABLE = (OSError, ValueError, Image.DecompressionBombError)
+
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -76,22 +81,23 @@ def build_imagefolder(config: DataConfig) -> DatasetSplits:
 
 
 def _probe(train: list[tuple], samples: int = 16) -> tuple[int, int, int]:
-    """``(width, height, channels)`` of the training images: the first image's size, and 1
-    channel only if every one of ``samples`` images spread over the list is grayscale (an RGB
-    dataset may hold a few grayscale images)."""
+    """``(width, height, channels)`` of the training images, from ``samples`` images spread over
+    the list: the most common size (one odd thumbnail does not set the size of all), and 1
+    channel only if every one of them is grayscale (an RGB set may hold a few gray images)."""
     step = max(1, len(train) // samples)
-    channels, size = 1, None
+    channels, sizes = 1, []
     for path, *_ in train[::step][:samples]:
         try:
             with Image.open(path) as probe:
-                size = size or probe.size
+                sizes.append(probe.size)
                 if probe.mode not in _GRAY_MODES:
                     channels = 3
-        except OSError as err:
+        except UNREADABLE as err:
             raise SgcnnError(
                 f"cannot read image {path}: {err}. Remove or replace the file and run again."
             ) from err
-    return size[0], size[1], channels
+    width, height = max(set(sizes), key=lambda size: (sizes.count(size), size))
+    return width, height, channels
 
 
 def find_tree(config: DataConfig) -> Path:
@@ -268,7 +274,13 @@ def _scan_class(folder: str, label: int) -> list[Sample]:
         if entry.is_dir():
             found.extend(_scan_class(entry.path, label))
         elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
-            stat = entry.stat()
+            try:
+                stat = entry.stat()
+            except OSError as err:  # e.g. a link to a file that is gone
+                raise SgcnnError(
+                    f"cannot read image {entry.path}: {err.strerror or err}. Remove or replace "
+                    "the file and run again."
+                ) from err
             found.append((entry.path, label, stat.st_size, stat.st_mtime_ns))
     return found
 
@@ -330,7 +342,7 @@ def _decode_all(samples: list[Sample], shape) -> torch.Tensor:
                 if image.size != (width, height):
                     image = image.resize((width, height), Image.Resampling.BILINEAR)
                 array = np.asarray(image)
-        except OSError as err:
+        except UNREADABLE as err:
             raise SgcnnError(
                 f"cannot read image {path}: {err}. Remove or replace the file and run again."
             ) from err
