@@ -438,6 +438,40 @@ def test_cifar10_jpeg_archive(tmp_path):
     assert x.shape == (128, 3, 32, 32) and y.max() < 10
 
 
+def test_downloads_of_one_set_take_turns(tmp_path, monkeypatch):
+    """Two processes (DDP ranks) asked to download the same set: one at a time, so the second
+    neither writes into the first's files nor removes them when it fails."""
+    import threading
+    import time
+
+    from sgcnn.data import torchvision_sets
+
+    spans = []
+
+    def slow(root, train, download):
+        start = time.monotonic()
+        time.sleep(0.2)
+        spans.append((start, time.monotonic()))
+        raise RuntimeError("offline")
+
+    source = torchvision_sets.SOURCES["mnist"]
+    monkeypatch.setitem(torchvision_sets.SOURCES, "mnist", replace(source, cls=slow))
+    monkeypatch.setenv("SGCNN_CACHE", str(tmp_path / "cache"))
+    config = DataConfig(name="mnist", root=str(tmp_path / "data"), download=True)
+
+    def attempt():
+        with pytest.raises(SgcnnError):
+            build_datasets(config)
+
+    threads = [threading.Thread(target=attempt) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    first, second = sorted(spans)
+    assert second[0] >= first[1]  # the second began after the first had finished
+
+
 def test_a_failed_download_leaves_no_folders_behind(tmp_path, monkeypatch):
     from sgcnn.data import torchvision_sets
 

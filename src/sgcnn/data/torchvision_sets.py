@@ -16,7 +16,7 @@ import torch
 from torchvision import datasets
 
 from sgcnn.data.builtin import MNIST_MEAN, MNIST_STD
-from sgcnn.data.cache import cache_root
+from sgcnn.data.cache import cache_root, locked
 from sgcnn.data.config import DataConfig, DatasetSplits
 from sgcnn.data.splits import stratified_split
 from sgcnn.data.tensor_dataset import Augment, TensorImageDataset
@@ -83,6 +83,14 @@ def build_torchvision(config: DataConfig) -> DatasetSplits:
 
 
 def _open(source: _Source, config: DataConfig, root: Path, train: bool):
+    if not config.download:
+        return _open_unlocked(source, config, root, train)
+    # One downloader at a time (DDP ranks, two runs): the next finds the files and checks them.
+    with locked(cache_root(config.cache_dir) / f"download-{config.name}"):
+        return _open_unlocked(source, config, root, train)
+
+
+def _open_unlocked(source: _Source, config: DataConfig, root: Path, train: bool):
     top = root / Path(source.folder).parts[0]  # e.g. MNIST of MNIST/raw/
     new = [p for p in (root, top) if not p.exists()]
     try:
