@@ -102,7 +102,16 @@ def test_export_errors_are_clear(tmp_path):
     with pytest.raises(sgcnn.SgcnnError, match=r"unsupported export format 'tflite'.*onnx"):
         sgcnn.export(model, tmp_path / "m.tflite", x, format="tflite")
     with pytest.raises(sgcnn.SgcnnError, match="neither self-grouped nor converted"):
-        sgcnn.export(LocalNet().eval(), tmp_path / "m.onnx", x)
+        sgcnn.export(LocalNet().eval(), tmp_path / "m.onnx", x)  # format from the name
+    for name, kwargs, message in [
+        ("m.pt2", {"format": "onnx"}, "is named .pt2 but format is 'onnx'"),
+        ("m.bin", {}, "cannot tell the format"),
+        ("m.onnx", {"dynamic_batch": False}, "dynamic_batch=False is for format pt2"),
+        ("m.pt2", {"opset": 13}, "a pt2 program has none"),
+    ]:
+        with pytest.raises(sgcnn.SgcnnError, match=message):
+            sgcnn.export(model, tmp_path / name, x, **kwargs)
+        assert not (tmp_path / name).exists()
     with pytest.raises(sgcnn.SgcnnError, match="does not exist"):
         sgcnn.load(tmp_path / "missing.pt2")
     garbage = tmp_path / "garbage.pt2"

@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -51,6 +52,7 @@ MAX_BATCH = 65536
 
 
 def check_format(fmt: str) -> str:
+    """``fmt`` if sgcnn writes it (:data:`FORMATS`), else :class:`SgcnnError`."""
     if fmt not in FORMATS:
         raise SgcnnError(f"unsupported export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     return fmt
@@ -355,11 +357,12 @@ def _device_of(model: nn.Module) -> torch.device:
 
 def export(
     model: nn.Module,
-    path,
-    example_input,
-    format: str = "onnx",
+    path: str | os.PathLike,
+    example_input: torch.Tensor | tuple[int, ...],
+    format: str | None = None,
     *,
-    dynamic_batch: bool = True,
+    dynamic_batch: bool | None = None,
+    opset: int | None = None,
     verify: bool = True,
     progress: bool | None = None,
     overwrite: bool = True,
@@ -373,18 +376,58 @@ def export(
         example_input: a tensor of the shape the model runs at (or that shape as a tuple);
             the program accepts any batch size and otherwise this shape.
         format: ``"onnx"`` (standard operators, any ONNX runtime) or ``"pt2"``
-            (``torch.export``; load it with :func:`sgcnn.load`).
-        dynamic_batch: ``pt2`` only; ``False`` fixes the batch size to the example's.
-        verify: run the written program on a new input against PyTorch first.
+            (``torch.export``; load it with :func:`sgcnn.load`); ``None``: from the name of
+            ``path`` (``.onnx`` / ``.pt2``). A name that says the other format is an error.
+        dynamic_batch: ``pt2`` only (ONNX always has a dynamic batch axis); ``False`` fixes
+            the batch size to the example's. Default: dynamic.
+        opset: ``onnx`` only: the ONNX operator set (default 17).
+        verify: run the written program on a new input against PyTorch first (ONNX: in
+            onnxruntime, which must then be installed).
         progress: print the stages (and the layers being converted) on stderr; ``None``:
             only when stderr is a terminal.
         overwrite: replace an existing ``path`` (else an existing file is an error).
 
-    Returns ``{"path", "max_abs_diff", ...}``.
+    Returns ``{"path", "max_abs_diff", ...}``. Raises :class:`~sgcnn.errors.SgcnnError` for
+    a format it cannot write, a model it cannot export, or a check that fails (nothing is
+    written then).
     """
-    check_format(format)
-    if format == "onnx":
+    fmt = _format_for(path, format)
+    if fmt == "onnx":
+        if dynamic_batch is False:
+            raise SgcnnError(
+                "ONNX files are written with a dynamic batch axis; dynamic_batch=False is for "
+                "format pt2"
+            )
         return export_onnx(
-            model, path, example_input, verify=verify, progress=progress, overwrite=overwrite
+            model,
+            path,
+            example_input,
+            opset=17 if opset is None else opset,
+            verify=verify,
+            progress=progress,
+            overwrite=overwrite,
         )
-    return save(model, path, example_input, dynamic_batch, verify, progress, overwrite)
+    if opset is not None:
+        raise SgcnnError("opset is the ONNX operator set; a pt2 program has none")
+    dynamic = True if dynamic_batch is None else dynamic_batch
+    return save(model, path, example_input, dynamic, verify, progress, overwrite)
+
+
+def _format_for(path: str | os.PathLike, format: str | None) -> str:
+    """``format``, or the one ``path``'s suffix names; a suffix naming the other is an error
+    (an ONNX file named ``.pt2`` would be refused by :func:`sgcnn.load` later)."""
+    said = Path(path).suffix.lstrip(".").lower()
+    if format is None:
+        if said not in FORMATS:
+            raise SgcnnError(
+                f"cannot tell the format from {str(path)!r}: name the file .onnx or .pt2, or "
+                "pass format='onnx' / 'pt2'"
+            )
+        return said
+    check_format(format)
+    if said in FORMATS and said != format:
+        raise SgcnnError(
+            f"{str(path)!r} is named .{said} but format is {format!r}: name the file after "
+            "its format"
+        )
+    return format
