@@ -25,8 +25,8 @@ def _masks(model):
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "l1filter"])
 def test_every_method_prunes_the_same_layers_to_the_target(method):
     model = _model()
-    report = create_pruner(method, model, 4, 0, input_size=SIZE).step(0.5)
-    sg_layers = sgcnn.SelfGrouper(_model(), 4, 0, input_size=SIZE).selection.layers
+    report = create_pruner(method, model, groups=4, seed=0, input_size=SIZE).step(0.5)
+    sg_layers = sgcnn.SelfGrouper(_model(), groups=4, seed=0, input_size=SIZE).selection.layers
     assert [r.name for r in report.layers] == sg_layers
     for r in report.layers:
         assert abs(r.sparsity - 0.5) <= 0.5 / r.inputs + 1e-9, r
@@ -49,8 +49,8 @@ def test_groupconv_is_standard_group_convolution_at_one_minus_one_over_g():
 
 def test_random_keeps_sg_group_sizes_and_kept_counts_but_not_the_choice():
     sg, rnd = _model(), _model()
-    sgcnn.SelfGrouper(sg, 4, 0, input_size=SIZE).step(0.6)
-    create_pruner("random", rnd, 4, 0, input_size=SIZE).step(0.6)
+    sgcnn.SelfGrouper(sg, groups=4, seed=0, input_size=SIZE).step(0.6)
+    create_pruner("random", rnd, groups=4, seed=0, input_size=SIZE).step(0.6)
     sg_layers = dict(sg.named_modules())
     differs = False
     for name, layer in rnd.named_modules():
@@ -62,7 +62,7 @@ def test_random_keeps_sg_group_sizes_and_kept_counts_but_not_the_choice():
             differs |= not torch.equal(layer.sg_mask, ref.sg_mask)
     assert differs
     again = _model()
-    create_pruner("random", again, 4, 0, input_size=SIZE).step(0.6)
+    create_pruner("random", again, groups=4, seed=0, input_size=SIZE).step(0.6)
     assert all(
         torch.equal(a, b) for a, b in zip(_masks(again).values(), _masks(rnd).values(), strict=True)
     )
@@ -72,7 +72,7 @@ def test_random_keeps_sg_group_sizes_and_kept_counts_but_not_the_choice():
 def test_kernel_l1_keeps_each_filters_strongest_channels_and_sg_kernel_count(target):
     model, sg = _model(), _model()
     create_pruner("kernel_l1", model, input_size=SIZE).step(target)
-    sgcnn.SelfGrouper(sg, 4, 0, input_size=SIZE).step(target)
+    sgcnn.SelfGrouper(sg, groups=4, seed=0, input_size=SIZE).step(target)
     layer = model.layer1[0].conv2
     dense = _model().layer1[0].conv2.weight.detach()
     norms = dense.abs().sum((2, 3))
@@ -99,7 +99,7 @@ def test_l1filter_removes_whole_filters_and_their_consumer_inputs_at_sg_flops():
     pairs = [("layer1.0.conv1", "layer1.0.conv2"), ("layer2.0.conv1", "layer2.0.conv2")]
     assert pruner.pairs == pairs
     pruner.step(0.5)
-    sgcnn.SelfGrouper(sg, 4, 0, input_size=SIZE).step(0.5)
+    sgcnn.SelfGrouper(sg, groups=4, seed=0, input_size=SIZE).step(0.5)
     flops, sg_flops = sgcnn.count(model, SIZE)["flops"], sgcnn.count(sg, SIZE)["flops"]
     assert abs(flops - sg_flops) <= 0.05 * sg_flops  # 8-filter layers: coarse steps
     conv1, conv2 = model.layer1[0].conv1, model.layer1[0].conv2
@@ -133,7 +133,7 @@ def test_l1filter_masked_model_equals_the_smaller_dense_network():
 @pytest.mark.parametrize("method", METHODS)
 def test_pruned_weights_stay_zero_after_a_training_step(method):
     model = _model()
-    create_pruner(method, model, 4, 0, input_size=SIZE).step(0.5)
+    create_pruner(method, model, groups=4, seed=0, input_size=SIZE).step(0.5)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
     for _ in range(2):
         loss = model(torch.randn(4, *SIZE)).square().mean()
@@ -209,7 +209,7 @@ def test_slim_refuses_a_model_that_is_not_filter_pruned():
     from sgcnn.core.filter_pruning import slim
 
     model = _model()
-    sgcnn.SelfGrouper(model, 4, 0, input_size=SIZE).step(0.5)
+    sgcnn.SelfGrouper(model, groups=4, seed=0, input_size=SIZE).step(0.5)
     with pytest.raises(sgcnn.SgcnnError, match="not filter-pruned"):
         slim(model, torch.randn(1, *SIZE))
     with pytest.raises(sgcnn.SgcnnError, match="no pruned layers"):

@@ -50,7 +50,12 @@ def run(args) -> int:
     baseline = count(model, size)
     start = time.perf_counter()
     grouper = SelfGrouper(
-        model, args.groups, args.seed, args.include, args.exclude, input_size=size
+        model,
+        groups=args.groups,
+        seed=args.seed,
+        include=args.include,
+        exclude=args.exclude,
+        input_size=size,
     )
     with warnings.catch_warnings():  # said below as a note, after the report
         warnings.filterwarnings("ignore", message=".* already sparser than this step")

@@ -141,6 +141,7 @@ class KernelL1Pruner(OneShot, SelfGrouper):
 def create_pruner(
     method: str,
     model: nn.Module,
+    *,
     groups: int = 16,
     seed: int = 0,
     include: Sequence[str] | None = None,
@@ -154,11 +155,13 @@ def create_pruner(
     if method == "l1filter":
         from sgcnn.core.filter_pruning import FilterL1Pruner
 
-        return FilterL1Pruner(model, groups, seed, include, exclude, **options)
+        return FilterL1Pruner(
+            model, groups=groups, seed=seed, include=include, exclude=exclude, **options
+        )
     cls = {
         "sg": SelfGrouper,
         "groupconv": GroupConvPruner,
         "random": RandomGrouper,
         "kernel_l1": KernelL1Pruner,
     }[method]
-    return cls(model, groups, seed, include, exclude, **options)
+    return cls(model, groups=groups, seed=seed, include=include, exclude=exclude, **options)

@@ -86,10 +86,12 @@ class FilterL1Pruner(OneShot, SelfGrouper):
 
     method = "l1filter"
 
-    def __init__(self, model, groups=16, seed=0, include=None, exclude=None, **options):
+    def __init__(self, model, *, groups=16, seed=0, include=None, exclude=None, **options):
         if options.get("input_size") is None:
             raise SgcnnError("method l1filter needs input_size (C, H, W) to count FLOPs")
-        super().__init__(model, groups, seed, include, exclude, **options)
+        super().__init__(
+            model, groups=groups, seed=seed, include=include, exclude=exclude, **options
+        )
         self.input_size = tuple(options["input_size"])
         param = next(model.parameters())
         example = torch.zeros(1, *self.input_size, device=param.device, dtype=param.dtype)

@@ -155,6 +155,7 @@ class SelfGrouper:
     def __init__(
         self,
         model: nn.Module,
+        *,
         groups: int = 16,
         seed: int = 0,
         include: Sequence[str] | None = None,
@@ -318,19 +319,35 @@ def self_group_(
     model: nn.Module,
     conv_sparsity: float,
     fc_sparsity: float | None = None,
+    *,
     groups: int = 16,
     seed: int = 0,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
-    **options,
+    overrides: Mapping[str, Mapping[str, float]] | None = None,
+    input_size: Sequence[int] | None = None,
+    default_exclusions: bool = True,
+    kmeans: KMeansSettings | None = None,
 ) -> GroupingReport:
     """Self-group ``model`` in place to ``conv_sparsity`` (fc: ``fc_sparsity``, default equal).
 
     Calling it again with a higher sparsity re-clusters and continues from the current masks
-    (the LG scheme). ``options`` go to :class:`SelfGrouper` (``overrides``, ``input_size``,
-    ``default_exclusions``, ``kmeans``). Returns the per-layer :class:`GroupingReport`.
+    (the LG scheme). The keyword arguments are :class:`SelfGrouper`'s. Returns the per-layer
+    :class:`GroupingReport`; raises :class:`~sgcnn.errors.SgcnnError` for a setting it cannot
+    apply (a ratio outside [0, 1), a pattern that matches no layer, a model with nothing to
+    group) before any layer is changed, and warns for a layer already sparser than the target.
     """
-    grouper = SelfGrouper(model, groups, seed, include, exclude, **options)
+    grouper = SelfGrouper(
+        model,
+        groups=groups,
+        seed=seed,
+        include=include,
+        exclude=exclude,
+        overrides=overrides,
+        input_size=input_size,
+        default_exclusions=default_exclusions,
+        kmeans=kmeans,
+    )
     return grouper.step(conv_sparsity, fc_sparsity)
 
 

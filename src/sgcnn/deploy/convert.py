@@ -85,8 +85,9 @@ __all__ = [
 
 def convert(
     model: nn.Module,
-    example_input,
-    device=None,
+    example_input: torch.Tensor | Sequence[int],
+    *,
+    device: str | torch.device | None = None,
     tune: bool = True,
     fuse: bool = True,
     realizations: Sequence[str] | None = None,
@@ -125,7 +126,12 @@ def convert(
 
 
 def fuse_dense(
-    model: nn.Module, example_input, device=None, tune: bool = True, progress: bool | None = None
+    model: nn.Module,
+    example_input: torch.Tensor | Sequence[int],
+    *,
+    device: str | torch.device | None = None,
+    tune: bool = True,
+    progress: bool | None = None,
 ) -> nn.Module:
     """The same compilation (BatchNorm / ReLU / residual fusion, per-layer measured choice of
     dense execution: NCHW, channels-last or matrix product) for a model with no self-grouped

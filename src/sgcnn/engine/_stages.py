@@ -30,10 +30,10 @@ class _PruneEvaluate:
         return create_pruner(
             g.method,
             model,
-            g.groups,
-            g.seed,
-            g.include or None,
-            g.exclude or None,
+            groups=g.groups,
+            seed=g.seed,
+            include=g.include or None,
+            exclude=g.exclude or None,
             input_size=self.input_size,
         )
 
