@@ -188,10 +188,10 @@ def test_torchvision_kwargs_reach_the_builder():
 
 def test_duplicate_registration_raises(monkeypatch):
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    with pytest.raises(ValueError, match="resnet50"):
+    with pytest.raises(SgcnnError, match="'resnet50' is registered already"):
         register_model("resnet50", num_classes=10, input_size=(3, 32, 32))(lambda **kw: None)
     register_model("dummy", num_classes=2, input_size=(1, 4, 4))(lambda **kw: nn.Identity())
-    with pytest.raises(ValueError, match="dummy"):
+    with pytest.raises(SgcnnError, match="dummy"):
         register_model("dummy", num_classes=2, input_size=(1, 4, 4))(lambda **kw: nn.Identity())
 
 

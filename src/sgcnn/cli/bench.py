@@ -22,7 +22,7 @@ from sgcnn.cli._common import (
     write_json,
 )
 from sgcnn.core.grouper import self_group_
-from sgcnn.deploy.convert import resolve_device
+from sgcnn.deploy._convert_checks import resolve_device
 from sgcnn.errors import SgcnnError
 from sgcnn.metrics.latency import benchmark
 from sgcnn.nn.masked import is_masked

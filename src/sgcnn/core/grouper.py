@@ -82,6 +82,7 @@ class GroupingReport:
     depthwise: list[str] = field(default_factory=list)  # nothing to group
 
     def to_dict(self) -> dict:
+        """The report as plain JSON-ready types (``{"layers": [{name, kind, ...}, ...]}``)."""
         return asdict(self)
 
     def __str__(self) -> str:
@@ -312,6 +313,7 @@ class SelfGrouper:
         return torch.cat(labels)
 
     def group_structure(self) -> dict[str, LayerGroups]:
+        """:func:`group_structure` of this grouper's model."""
         return group_structure(self.model)
 
 

@@ -71,14 +71,7 @@ from sgcnn.errors import SgcnnError
 from sgcnn.nn.masked import is_masked
 from sgcnn.nn.swap import replace_modules_
 
-__all__ = [
-    "check_equivalent",
-    "convert",
-    "example_tensor",
-    "fuse_dense",
-    "resolve_device",
-    "run_checked",
-]
+__all__ = ["convert", "fuse_dense"]
 
 # ------------------------------------------------------------------------ convert
 

@@ -37,12 +37,14 @@ from torch import nn
 
 from sgcnn._io import atomic_write
 from sgcnn.deploy import fast
-from sgcnn.deploy._convert_checks import output_tensors
+from sgcnn.deploy._convert_checks import example_tensor, output_tensors, run_checked
 from sgcnn.deploy._pt2_check import check_pt2
-from sgcnn.deploy.convert import convert, example_tensor, run_checked
+from sgcnn.deploy.convert import convert
 from sgcnn.errors import SgcnnError, describe
 from sgcnn.nn.masked import is_masked
 from sgcnn.nn.swap import replace_modules_
+
+__all__ = ["FORMATS", "LoadedProgram", "export", "load"]
 
 FORMATS = ("onnx", "pt2")
 PORTABLE = ("grouped", "dense")  # realizations made of standard operators
@@ -252,7 +254,7 @@ class LoadedProgram(nn.Module):
         return self.program(x)
 
 
-def load(path) -> nn.Module:
+def load(path: str | os.PathLike) -> LoadedProgram:
     """Load a ``.pt2`` written by :func:`export` / ``sgcnn convert``; returns a
     :class:`LoadedProgram` (on the device it was saved from). Needs ``torch`` and sgcnn (for
     its registered native kernels), not the model's class or the code that built it."""

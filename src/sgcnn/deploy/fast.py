@@ -100,6 +100,8 @@ FAST_TYPES = (
 
 
 def is_fast(module: nn.Module) -> bool:
+    """Whether ``module`` is one of :func:`sgcnn.convert`'s fast layer modules (convolution
+    or linear realizations; the native max pooling it may also place is not one)."""
     return isinstance(module, FAST_TYPES)
 
 

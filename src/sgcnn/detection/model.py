@@ -153,7 +153,12 @@ def build_detector(
     """Faster R-CNN for ``num_categories`` object classes (plus the background) on the body of
     ``classifier``. Images are resized so that their shorter side is ``min_size`` (longer side
     at most ``max_size``): the paper's 300 px / 600 px settings. ``rois_per_image``: proposals
-    sampled per image to train the box head (torchvision: 512)."""
+    sampled per image to train the box head (torchvision: 512).
+
+    The detector's body shares ``classifier``'s stages (its weights and masks, so that
+    training the detector trains them); with ``train_bn`` false their BatchNorm layers are
+    replaced by frozen ones, inside ``classifier`` too. Pass ``copy.deepcopy(classifier)`` to
+    keep the classifier as it was."""
     if num_categories < 1:
         raise SgcnnError("a detector needs at least one object category")
     body, channels, strides = make_body(classifier)

@@ -56,7 +56,8 @@ def measure_run_latency(
 ) -> dict[str, Any]:
     """Time every row of ``rows`` (a run's result rows) at ``batch`` images of ``input_size``
     and write ``run_dir/latency.json``; returns what was written."""
-    from sgcnn.deploy.convert import convert, fuse_dense, resolve_device
+    from sgcnn.deploy._convert_checks import resolve_device
+    from sgcnn.deploy.convert import convert, fuse_dense
     from sgcnn.metrics.latency import DEPLOYMENTS, compare_latency, deploy, environment
     from sgcnn.nn.masked import is_masked
 

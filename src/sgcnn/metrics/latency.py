@@ -147,7 +147,8 @@ def benchmark(
 
     import copy
 
-    from sgcnn.deploy.convert import convert, fuse_dense, resolve_device
+    from sgcnn.deploy._convert_checks import resolve_device
+    from sgcnn.deploy.convert import convert, fuse_dense
     from sgcnn.metrics.counting import count
     from sgcnn.nn.masked import is_masked, to_dense
     from sgcnn.nn.swap import replace_modules_

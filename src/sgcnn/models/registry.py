@@ -23,6 +23,9 @@ from sgcnn.errors import SgcnnError
 
 @dataclass(frozen=True)
 class ModelEntry:
+    """A registered model: how to build it, its default class count and input size, where it
+    comes from (``sgcnn``, ``torchvision``) and the run-config defaults that train it."""
+
     name: str
     builder: Callable[..., nn.Module]  # builder(num_classes=..., **kwargs) -> nn.Module
     num_classes: int  # default number of classes
@@ -47,7 +50,7 @@ def register_model(
 
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is registered twice")
+            raise SgcnnError(f"model {name!r} is registered already; choose another name")
         entry = ModelEntry(name, builder, num_classes, tuple(input_size), source, defaults or {})
         _REGISTRY[name] = entry
         return builder

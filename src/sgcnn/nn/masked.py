@@ -31,7 +31,8 @@ class _MaskedMixin:
     @classmethod
     def from_dense(cls, layer: nn.Module):
         """A masked copy of ``layer`` (its dense base class) sharing its parameters, with an
-        all-ones mask."""
+        all-ones mask. The parameters are the same tensors: zeroing pruned weights of the
+        masked layer zeroes them in ``layer`` too (copy ``layer`` first to keep it intact)."""
         masked = cls.__new__(cls)
         masked.__dict__ = layer.__dict__.copy()
         masked._parameters = dict(layer._parameters)
