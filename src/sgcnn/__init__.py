@@ -8,7 +8,7 @@ The public API::
     sgcnn.count(model, 224)             # {"params": ..., "flops": ..., ...}
     sgcnn.group_structure(model)        # {"layer1.0.conv1": LayerGroups(labels, keep, mask), ...}
     fast = sgcnn.convert(model, torch.randn(16, 3, 224, 224))  # exact, fast modules
-    sgcnn.export(model, "r50.onnx", torch.randn(1, 3, 224, 224), format="onnx")  # or "pt2"
+    sgcnn.export(model, "r50.onnx", torch.randn(1, 3, 224, 224))  # or "r50.pt2"
     program = sgcnn.load("r50.pt2")     # a saved .pt2, without the model's class
 """
 
@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "GroupingReport": "sgcnn.core.grouper",
     "LayerGroups": "sgcnn.core.grouper",
+    "LayerReport": "sgcnn.core.grouper",
     "SelfGrouper": "sgcnn.core.grouper",
     "group_structure": "sgcnn.core.grouper",
     "self_group_": "sgcnn.core.grouper",
@@ -52,6 +53,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "GroupingReport",
     "LayerGroups",
+    "LayerReport",
     "SelfGrouper",
     "SgcnnError",
     "convert",
