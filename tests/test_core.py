@@ -246,6 +246,16 @@ def test_untraceable_model_needs_input_size_then_works():
     assert [r.name for r in report.layers] == ["body", "head"]
 
 
+def test_input_size_takes_the_forms_count_takes():
+    """SelfGrouper's input_size and count's accept the same forms (H, (C, H, W), a full
+    shape, an example tensor) and give the same selection."""
+    layers = set()
+    for size in (16, (3, 16, 16), (2, 3, 16, 16), torch.zeros(2, 3, 16, 16)):
+        grouper = sgcnn.SelfGrouper(_fresh(), input_size=size)
+        layers.add(tuple(grouper.selection.layers))
+    assert len(layers) == 1 and layers.pop()
+
+
 def test_run_tracing_finds_shortcuts_like_fx():
     by_fx = sgcnn.self_group_(_fresh(), 0.5)
     by_run = sgcnn.self_group_(_fresh(), 0.5, input_size=(3, 16, 16))

@@ -33,6 +33,7 @@ from sgcnn.core.importance import importance_vectors
 from sgcnn.core.pruning import centroid_prune
 from sgcnn.core.selection import Selection, select_layers
 from sgcnn.errors import SgcnnError
+from sgcnn.nn._example import example_image
 from sgcnn.nn.masked import MaskedConv2d, MaskedLinear, is_masked
 from sgcnn.nn.swap import replace_modules_
 
@@ -147,8 +148,9 @@ class SelfGrouper:
         include, exclude: qualified-name patterns (``fnmatch``) narrowing the layer set.
         overrides: ``{pattern: {"sparsity": p, "groups": g}}`` per-layer settings; the first
             matching pattern wins.
-        input_size: ``(C, H, W)`` to trace the model by running it, for models ``torch.fx``
-            cannot trace symbolically.
+        input_size: the input to trace the model by running it, for models ``torch.fx``
+            cannot trace symbolically: as :func:`sgcnn.count` takes it, ``H``, ``(H, W)``,
+            ``(C, H, W)``, ``(N, C, H, W)`` or an example tensor.
         default_exclusions: leave stems and residual shortcut projections dense (paper).
         kmeans: k-means settings (default: the paper's).
     """
@@ -162,7 +164,7 @@ class SelfGrouper:
         include: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
         overrides: Mapping[str, Mapping[str, float]] | None = None,
-        input_size: Sequence[int] | None = None,
+        input_size: int | Sequence[int] | torch.Tensor | None = None,
         default_exclusions: bool = True,
         kmeans: KMeansSettings | None = None,
     ) -> None:
@@ -183,10 +185,7 @@ class SelfGrouper:
             if "groups" in setting:
                 _check_groups(setting["groups"])
         self.kmeans = kmeans or KMeansSettings()
-        example = None
-        if input_size is not None:
-            param = next(model.parameters())
-            example = torch.zeros(1, *input_size, device=param.device, dtype=param.dtype)
+        example = None if input_size is None else example_image(model, input_size)
         self.selection: Selection = select_layers(
             model, include, exclude, example, default_exclusions
         )
@@ -327,7 +326,7 @@ def self_group_(
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
     overrides: Mapping[str, Mapping[str, float]] | None = None,
-    input_size: Sequence[int] | None = None,
+    input_size: int | Sequence[int] | torch.Tensor | None = None,
     default_exclusions: bool = True,
     kmeans: KMeansSettings | None = None,
 ) -> GroupingReport:
