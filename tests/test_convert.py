@@ -246,7 +246,7 @@ def test_restricted_realizations_are_exact_and_respected(allowed):
 def test_tuning_keeps_the_fastest_measured_candidate_and_records_it(monkeypatch):
     """With the timings fixed (the last candidate offered is the fastest, never the first),
     every layer keeps exactly that candidate and records those timings."""
-    from sgcnn.deploy import tuning
+    from sgcnn.deploy import _tuning as tuning
 
     offered = []
 
@@ -276,7 +276,7 @@ def test_tuning_charges_an_allocated_output_the_faults_its_timing_did_not_see(mo
     is charged the first-touch time of that output; the arena-backed candidates are not. With
     dense NCHW 1 ms faster but 5 ms to fault in, an arena-backed candidate is kept; when the
     timed calls did fault the whole output in, dense NCHW is kept."""
-    from sgcnn.deploy import tuning
+    from sgcnn.deploy import _tuning as tuning
 
     def fake_times(faults):
         def times(calls, device, **kwargs):
@@ -313,7 +313,7 @@ def test_tuning_charges_an_allocated_output_the_faults_its_timing_did_not_see(mo
 
 
 def test_first_touch_cost_grows_with_the_bytes():
-    from sgcnn.deploy import tuning
+    from sgcnn.deploy import _tuning as tuning
 
     assert tuning.first_touch_ms(0) == 0.0
     assert tuning.first_touch_ms(64 << 20) == 2 * tuning.first_touch_ms(32 << 20)
@@ -431,7 +431,7 @@ def test_channels_last_example_is_tuned_and_kept_channels_last(monkeypatch):
     """A channels-last example is how a user asks for a channels-last deployment (the fast
     layout of cuDNN in half precision): every layer is tuned on channels-last inputs, under
     its own cache key, and the result is exact in either layout and at another batch size."""
-    from sgcnn.deploy import tuning
+    from sgcnn.deploy import _tuning as tuning
     from sgcnn.deploy._convert_fusion import _Site
     from sgcnn.deploy._convert_realize import _tuning_inputs
 

@@ -8,7 +8,8 @@ import torch
 
 import sgcnn
 from sgcnn.core.clustering import KMeansSettings
-from sgcnn.deploy import _native, tuning
+from sgcnn.deploy import _native
+from sgcnn.deploy import _tuning as tuning
 from sgcnn.deploy.convert import convert
 
 

@@ -30,8 +30,8 @@ import copy
 import torch
 from torch import nn
 
+from sgcnn.core._graph import trace_graph
 from sgcnn.core._method_checks import OneShot, _require_dense, _require_plain
-from sgcnn.core.graph import trace_graph
 from sgcnn.core.grouper import GroupingReport, SelfGrouper, _check_ratio
 from sgcnn.errors import SgcnnError
 from sgcnn.metrics.counting import count

@@ -2,7 +2,7 @@
 
 Candidates are the ``Conv2d`` and ``Linear`` layers with more than one input channel per
 filter (a depthwise convolution has nothing to group). As in the paper, two kinds are left
-dense by default, both found from the model's structure (:mod:`sgcnn.core.graph`), not from
+dense by default, both found from the model's structure (:mod:`sgcnn.core._graph`), not from
 attribute names:
 
 - **stems**: convolutions that read the network input with no other layer in between;
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sgcnn.core.graph import Graph, trace_graph
+from sgcnn.core._graph import Graph, trace_graph
 from sgcnn.errors import SgcnnError
 
 

@@ -11,7 +11,7 @@
   ``_fast_native`` and ``_fast_pool`` (native max pooling);
 - :mod:`sgcnn.deploy._native`: the native kernel (``csrc/dg_conv.c``) and its registered
   operators; :mod:`sgcnn.deploy._native_build` builds the C library on first use and loads it;
-- :mod:`sgcnn.deploy.tuning`: timing of candidate realizations and the tuning cache;
+- :mod:`sgcnn.deploy._tuning`: timing of candidate realizations and the tuning cache;
 - :mod:`sgcnn.deploy._arena`: the activation buffers a converted model reuses between calls
   (:func:`release_buffers` frees them).
 

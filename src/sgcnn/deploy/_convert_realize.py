@@ -1,5 +1,5 @@
 """Realizing one layer for :func:`sgcnn.deploy.convert.convert`: the candidate realizations,
-the choice without measuring, and the measured choice (cached by :mod:`sgcnn.deploy.tuning`)."""
+the choice without measuring, and the measured choice (cached by :mod:`sgcnn.deploy._tuning`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from sgcnn.deploy import _arena, tuning
+from sgcnn.deploy import _arena
+from sgcnn.deploy import _tuning as tuning
 from sgcnn.deploy import fast as F_
 from sgcnn.deploy._convert_checks import _Progress
 from sgcnn.deploy._convert_fusion import _Site
@@ -117,7 +118,7 @@ def _realize(
     if site.channels_last:
         record["channels_last"] = True
     if tune and len(factories) > 1:
-        # timings cached by layer and machine (sgcnn.deploy.tuning): measured once
+        # timings cached by layer and machine (sgcnn.deploy._tuning): measured once
         key = tuning.layer_key(
             spec, site.input_shape, site.residual_shape, dtype, site.channels_last
         )

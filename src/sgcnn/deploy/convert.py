@@ -21,7 +21,7 @@ What happens, in order:
    memory).
 4. **Realization**: every self-grouped layer (and every fused plain layer) becomes a fast
    module of :mod:`sgcnn.deploy.fast`. With ``tune=True`` each candidate realization is timed on
-   the target device at the example's shape and memory layout (:mod:`sgcnn.deploy.tuning`) and
+   the target device at the example's shape and memory layout (:mod:`sgcnn.deploy._tuning`) and
    the fastest kept; the
    measurements are stored on the result as ``model.sgcnn_conversion`` (and in files written
    by :mod:`sgcnn.deploy.export`), so they need not be measured again. A dense candidate is always

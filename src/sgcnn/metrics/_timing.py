@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from sgcnn.deploy.tuning import synchronize
+from sgcnn.deploy._tuning import synchronize
 
 
 def _cpu_name() -> str:

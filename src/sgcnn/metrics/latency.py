@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from sgcnn.deploy import tuning
-from sgcnn.deploy.tuning import synchronize
+from sgcnn.deploy import _tuning as tuning
+from sgcnn.deploy._tuning import synchronize
 from sgcnn.metrics._timing import (
     DEPLOYMENTS,
     _ChannelsLast,
