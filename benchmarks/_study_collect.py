@@ -371,6 +371,8 @@ def _setup_text(entries: list[dict], doc: dict) -> str:
         if len(tests) == 1 and None not in tests
         else "the test split"
     )
+    if not parts:
+        parts = ["No fine-tune row has finished yet"]
     return (
         " ".join(parts)
         + f". Top-1 / Top-5 on {test} {doc.get('protocol', _protocol_text(None))}. Mean over "
@@ -521,21 +523,26 @@ def _markdown(doc: dict, records: dict) -> str:
 
 
 def _machines(entries: list[dict], doc: dict) -> list[str]:
-    """Where the baseline and the fine-tune rows trained, from each run's record (older
-    studies: the study-wide record, and ``machine_baseline`` for a copied baseline)."""
+    """Where the baseline and the fine-tune rows trained, from the driver's record of each
+    run; a run without one (an older study) gets the study-wide record, without its commit
+    (that is the commit the driver last started at, not necessarily the run's)."""
     keys = ("gpu", "cuda", "cpu", "cores", "torch", "python", "git")
 
-    def text(m: dict) -> str:
+    def text(m: dict | None) -> str:
+        own = m is not None
+        m = m if own else {k: v for k, v in fallback.items() if k != "git"}
         return ", ".join(f"{k} {m[k]}" for k in keys if m.get(k) is not None)
 
     fallback = doc.get("machine") or {}
     base = next((e.get("machine") for e in entries if e["method"] == "baseline"), None)
-    base = base or doc.get("baseline_machine") or fallback
-    rows = sorted(
-        {text(e.get("machine") or fallback) for e in entries if e["method"] != "baseline"}
-    )
-    said = [("Baseline trained on", text(base)), ("Fine-tune rows trained on", " / ".join(rows))]
-    return [f"{what}: {where}" for what, where in said if where]
+    base_text = text(base or doc.get("baseline_machine"))
+    ran = [e for e in entries if e["method"] != "baseline" and e["status"] != "missing"]
+    rows = sorted({text(e.get("machine")) for e in ran})
+    said = [("Baseline trained on", base_text), ("Fine-tune rows trained on", " / ".join(rows))]
+    lines = [f"{what}: {where}" for what, where in said if where]
+    if fallback.get("git"):
+        lines.append(f"The study driver was last started at commit {fallback['git']}.")
+    return lines
 
 
 def _plot(entries: list[dict], path: Path) -> None:
