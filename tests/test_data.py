@@ -248,6 +248,19 @@ def test_one_odd_sized_first_image_does_not_set_the_size_of_all(tmp_path):
     assert splits.input_size == (3, 12, 12)
 
 
+def test_a_full_disk_while_caching_warns_and_keeps_the_decoded_images(tmp_path, monkeypatch):
+    from sgcnn.data import imagefolder
+
+    def full(obj, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(imagefolder, "save_tensors", full)
+    root = _tree(tmp_path / "tree", {"train": 4, "test": 1})
+    with pytest.warns(UserWarning, match="No space left on device"):
+        splits = build_datasets(DataConfig(name="imagefolder", root=str(root), augment=False))
+    assert len(splits.test) == 3 and splits.input_size == (3, 12, 12)
+
+
 def test_a_broken_link_in_a_class_folder_is_named(tmp_path):
     root = _tree(tmp_path / "tree", {"train": 4, "test": 1})
     (root / "train" / "dog" / "gone.png").symlink_to(tmp_path / "nowhere.png")

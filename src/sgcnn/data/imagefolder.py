@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -325,7 +326,14 @@ def _decode_and_save(samples: list[Sample], shape, file: Path) -> dict:
         "mean": torch.tensor(mean, dtype=torch.float64),
         "std": torch.tensor(std, dtype=torch.float64),
     }
-    save_tensors(decoded, file)
+    try:
+        save_tensors(decoded, file)
+    except (OSError, RuntimeError) as err:  # e.g. a full disk: the decoded images still serve
+        warnings.warn(
+            f"could not cache the decoded images in {file} ({err}); continuing without the "
+            "cache, which means decoding them again next time (free space in $SGCNN_CACHE)",
+            stacklevel=2,
+        )
     return decoded
 
 
