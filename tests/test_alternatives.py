@@ -180,6 +180,12 @@ def test_config_checks_the_method():
         resolve_config({"grouping": {"method": "random", "scheme": "LG", "conv": [0.5]}})
 
 
+def test_l1filter_takes_input_size_in_the_forms_selfgrouper_takes():
+    for size in (SIZE[1], SIZE, torch.zeros(2, *SIZE)):
+        report = create_pruner("l1filter", _model(), input_size=size).step(0.5)
+        assert report.layers
+
+
 def test_producer_consumer_search_skips_residual_outputs():
     model = _model()
     pruner = sgcnn.SelfGrouper(model, input_size=SIZE)

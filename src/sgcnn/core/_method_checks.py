@@ -36,6 +36,11 @@ class OneShot:
     def _prepare(self) -> None:
         super()._prepare()
         for name, layer in self.layers.items():
-            _require_dense(self.method, name, layer)
-            if self.plain_only:
-                _require_plain(self.method, name, layer)
+            self._check_layer(name, layer)
+
+    def _check_layer(self, name: str, layer: nn.Module) -> None:
+        """The layer is dense (and plain, when ``plain_only``): checked when the pruner is
+        built and again at its step (a second step of a one-shot pruner is refused)."""
+        _require_dense(self.method, name, layer)
+        if self.plain_only:
+            _require_plain(self.method, name, layer)

@@ -40,7 +40,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from sgcnn.core._method_checks import OneShot, _require_dense, _require_plain
+from sgcnn.core._method_checks import OneShot
+from sgcnn.core.filter_pruning import FilterL1Pruner
 from sgcnn.core.grouper import SelfGrouper
 from sgcnn.core.importance import importance_vectors
 from sgcnn.errors import SgcnnError
@@ -69,8 +70,7 @@ class GroupConvPruner(OneShot, SelfGrouper):
     method = "groupconv"
 
     def _layer_groups(self, name, layer, target, groups):
-        _require_dense(self.method, name, layer)
-        _require_plain(self.method, name, layer)
+        self._check_layer(name, layer)
         n, c = layer.sg_mask.shape
         g = max(1, min(n, round(1.0 / (1.0 - target))))
         width = max(1, round((1.0 - target) * c))
@@ -95,8 +95,7 @@ class RandomGrouper(OneShot, SelfGrouper):
     method = "random"
 
     def _layer_groups(self, name, layer, target, groups):
-        _require_dense(self.method, name, layer)
-        _require_plain(self.method, name, layer)
+        self._check_layer(name, layer)
         labels, keep, _ = super()._layer_groups(name, layer, target, groups)
         n, c = layer.sg_mask.shape
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(name.encode()))
@@ -122,7 +121,7 @@ class KernelL1Pruner(OneShot, SelfGrouper):
     plain_only = False
 
     def _layer_groups(self, name, layer, target, groups):
-        _require_dense(self.method, name, layer)
+        self._check_layer(name, layer)
         importance = importance_vectors(layer)
         n, c = importance.shape
         total = min(n * c, max(n, round((1.0 - target) * n * c)))
@@ -152,16 +151,11 @@ def create_pruner(
     ``options`` go to :class:`~sgcnn.core.grouper.SelfGrouper` (``input_size``, ...)."""
     if method not in METHODS:
         raise SgcnnError(f"unknown pruning method {method!r}; valid: {', '.join(METHODS)}")
-    if method == "l1filter":
-        from sgcnn.core.filter_pruning import FilterL1Pruner
-
-        return FilterL1Pruner(
-            model, groups=groups, seed=seed, include=include, exclude=exclude, **options
-        )
     cls = {
         "sg": SelfGrouper,
         "groupconv": GroupConvPruner,
         "random": RandomGrouper,
         "kernel_l1": KernelL1Pruner,
+        "l1filter": FilterL1Pruner,
     }[method]
     return cls(model, groups=groups, seed=seed, include=include, exclude=exclude, **options)

@@ -31,10 +31,11 @@ import torch
 from torch import nn
 
 from sgcnn.core._graph import trace_graph
-from sgcnn.core._method_checks import OneShot, _require_dense, _require_plain
+from sgcnn.core._method_checks import OneShot
 from sgcnn.core.grouper import GroupingReport, SelfGrouper, _check_ratio
 from sgcnn.errors import SgcnnError
 from sgcnn.metrics.counting import count
+from sgcnn.nn._example import example_image
 from sgcnn.nn.masked import is_masked, to_dense
 from sgcnn.nn.swap import replace_modules_
 
@@ -92,9 +93,8 @@ class FilterL1Pruner(OneShot, SelfGrouper):
         super().__init__(
             model, groups=groups, seed=seed, include=include, exclude=exclude, **options
         )
-        self.input_size = tuple(options["input_size"])
-        param = next(model.parameters())
-        example = torch.zeros(1, *self.input_size, device=param.device, dtype=param.dtype)
+        self.input_size = options["input_size"]  # any form count / SelfGrouper take
+        example = example_image(model, self.input_size)
         self.pairs = producer_consumers(self.model, self.selection.layers, example)
         if not self.pairs:
             raise SgcnnError(
@@ -110,8 +110,7 @@ class FilterL1Pruner(OneShot, SelfGrouper):
         _check_ratio("fc_sparsity", fc_sparsity)
         fc_sparsity = conv_sparsity if fc_sparsity is None else fc_sparsity
         for name, layer in self.layers.items():
-            _require_dense(self.method, name, layer)
-            _require_plain(self.method, name, layer)
+            self._check_layer(name, layer)
         counts = count(self.model, self.input_size)
         flops = {entry["name"]: entry["flops"] for entry in counts["layers"]}
         targets = {
