@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from torch.utils.data import Dataset
 
+from sgcnn.errors import SgcnnError
+
 
 @dataclass
 class DataConfig:
@@ -74,8 +76,6 @@ def check_same_data(recorded: dict | None, splits: DatasetSplits, what: str) -> 
     classes in the same order, image size, split sizes and normalisation. Raises
     :class:`~sgcnn.errors.SgcnnError` naming what changed (a record from an older sgcnn, None,
     is not checked)."""
-    from sgcnn.errors import SgcnnError
-
     if not recorded:
         return
     now = data_record(splits)

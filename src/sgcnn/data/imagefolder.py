@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +98,7 @@ def _probe(train: list[tuple], samples: int = 16) -> tuple[int, int, int]:
             raise SgcnnError(
                 f"cannot read image {path}: {err}. Remove or replace the file and run again."
             ) from err
-    width, height = max(set(sizes), key=lambda size: (sizes.count(size), size))
+    (width, height), _ = Counter(sizes).most_common(1)[0]
     return width, height, channels
 
 
