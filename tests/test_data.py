@@ -212,6 +212,19 @@ def test_imagefolder_small_tree_carves_validation_and_caches(tmp_path, monkeypat
     assert torch.equal(again.test[1][0], splits.test[1][0])
 
 
+def test_imagefolder_normalises_with_training_images_only(tmp_path):
+    """Images carved for validation stay out of the mean / std the model is trained with."""
+    from sgcnn.data.tensor_dataset import channel_stats
+
+    root = _tree(tmp_path / "tree", {"train": 8, "test": 2})
+    config = DataConfig(name="imagefolder", root=str(root), val_fraction=0.25, augment=False)
+    splits = build_datasets(config)
+    pixels = splits.train.images[splits.train.indices]
+    assert (splits.mean, splits.std) == channel_stats(pixels)
+    everything = build_datasets(replace(config, val_fraction=0.0))
+    assert everything.mean != splits.mean  # every image has its own brightness
+
+
 def test_imagefolder_uses_val_and_test_folders_when_both_exist(tmp_path):
     root = _tree(tmp_path / "tree", {"train": 4, "val": 3, "test": 2})
     splits = build_datasets(DataConfig(name="imagefolder", root=str(root)))

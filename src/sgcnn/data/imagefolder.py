@@ -11,7 +11,8 @@ Class names are the subfolders of ``train/`` (sorted; label = position), or the 
 ``classes`` names (label = position in that list; e.g. one domain of a dataset split by class);
 images may sit in nested folders below them. Small images (both sides <= 64 px, like CIFAR) are
 decoded once into a uint8 tensor, cached on disk, and served with CIFAR-style augmentation
-(random crop with padding 4 + flip) and per-channel mean / std measured on ``train/``. Larger
+(random crop with padding 4 + flip) and per-channel mean / std measured on the training split
+(``train/`` less any validation images carved from it). Larger
 images are decoded per item with ImageNet-style transforms
 (:func:`~sgcnn.data.file_dataset.imagenet_transforms`).
 """
@@ -142,8 +143,15 @@ def _small_splits(config, tree, classes, train, held, shape) -> DatasetSplits:
     cache = cache_root(config.cache_dir)
     size = (config.image_size, config.image_size) if config.image_size else shape[1:]
     decoded = _decode_cached(train, shape, cache, tree / "train")
+    if len(held) == 2:
+        kept, carved = np.arange(len(train)), None
+    else:
+        labels = decoded["labels"].numpy()
+        kept, carved = stratified_split(labels, config.val_fraction, config.split_seed)
     mean = tuple(decoded["mean"].tolist())  # measured on train/ only
     std = tuple(decoded["std"].tolist())
+    if carved is not None and len(carved) and config.normalize is None:
+        mean, std = channel_stats(decoded["images"][torch.from_numpy(kept)])  # not on val
     if config.normalize is not None:  # the statistics a model was trained with
         mean, std = (tuple(float(x) for x in v) for v in config.normalize)
         if len(mean) != shape[0]:
@@ -156,12 +164,9 @@ def _small_splits(config, tree, classes, train, held, shape) -> DatasetSplits:
         return TensorImageDataset(data["images"], data["labels"], mean, std, size=size)
 
     full_train = dataset(decoded)
-    if len(held) == 2:
-        kept = np.arange(len(train))
+    if carved is None:
         val = dataset(_decode_cached(held["val"], shape, cache, tree / "val"))
     else:
-        labels = decoded["labels"].numpy()
-        kept, carved = stratified_split(labels, config.val_fraction, config.split_seed)
         val = full_train.view(carved, None)
     name, samples = list(held.items())[-1]
     test = dataset(_decode_cached(samples, shape, cache, tree / name))
