@@ -14,14 +14,14 @@ from sgcnn.data.config import check_same_data, data_record
 from sgcnn.errors import SgcnnError
 
 
-def _tree(root, classes=("cat", "dog", "emu"), per_class=(8, 3), seed=0):
+def _tree(root, classes=("cat", "dog", "emu"), per_class=(8, 3), seed=0, size=16):
     rng = np.random.default_rng(seed)
     for split, n in zip(("train", "test"), per_class, strict=True):
         for k, name in enumerate(classes):
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                pixels = rng.integers(0, 80, (16, 16, 3)) + 60 * k
+                pixels = rng.integers(0, 80, (size, size, 3)) + 60 * k
                 Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{seed}_{i:03d}.png")
     return root
 
@@ -33,8 +33,8 @@ def _train(tree, out, *extra):
     return main(argv)
 
 
-def _eval(model, tree, capsys):
-    code = main(["eval", str(model), "--data-root", str(tree), "--json", "--device", "cpu"])
+def _eval(model, tree, capsys, *extra):
+    code = main(["eval", str(model), "--data-root", str(tree), "--json", "--device", "cpu", *extra])
     out = capsys.readouterr()
     return code, (json.loads(out.out) if code == 0 else out.err)
 
@@ -106,3 +106,69 @@ def test_eval_with_the_data_name_keeps_the_runs_split_and_size(tmp_path, capsys)
         assert main(["eval", model, "--split", "val", "--json", "--device", "cpu", *extra]) == 0
         results.append(json.loads(capsys.readouterr().out))
     assert results[0] == results[1] and results[0]["images"] == 16
+
+
+def test_the_record_travels_from_training_through_group_into_programs(
+    tmp_path, monkeypatch, capsys
+):
+    """`sgcnn group` keeps the record; `convert` / `export` write it into the program and take
+    the trained image size (20 px here, the model's default is 16) as their example's."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    import sgcnn
+    from sgcnn.engine.checkpoint import recorded_data
+
+    monkeypatch.setenv("SGCNN_CACHE", str(tmp_path / "cache"))
+    tree = _tree(tmp_path / "tree", size=20)
+    assert _train(tree, tmp_path / "run", "--set", "data.image_size=20") == 0
+    trained = recorded_data(tmp_path / "run" / "baseline" / "model.pt")
+    assert trained["input_size"] == [3, 20, 20] and trained["classes"] == ["cat", "dog", "emu"]
+    grouped = tmp_path / "grouped"
+    assert main(["group", "--checkpoint", str(tmp_path / "run" / "baseline" / "model.pt"),
+                 "--conv-sparsity", "0.5", "--output", str(grouped), "--quiet"]) == 0  # fmt: skip
+    assert recorded_data(grouped / "model.pt") == trained
+
+    assert main(["export", "--checkpoint", str(grouped / "model.pt"), "--format", "onnx",
+                 "--output", str(tmp_path / "m.onnx"), "--quiet"]) == 0  # fmt: skip
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"))
+    assert session.get_inputs()[0].shape[1:] == [3, 20, 20]
+    assert json.loads(session.get_modelmeta().custom_metadata_map["sgcnn.data"]) == trained
+
+    assert main(["convert", "--checkpoint", str(grouped / "model.pt"), "--no-tune",
+                 "--output", str(tmp_path / "m.pt2"), "--quiet"]) == 0  # fmt: skip
+    program = sgcnn.load(tmp_path / "m.pt2")
+    assert program.data == trained and program.sgcnn_example_shape[1:] == [3, 20, 20]
+
+    # `sgcnn eval` of a program normalises as recorded (brighter images would move the mean)
+    for i in range(8):
+        Image.new("RGB", (20, 20), (250, 250, 250)).save(tree / "train" / "cat" / f"w{i}.png")
+    data = ["--data", "imagefolder", "--set", "data.image_size=20",
+            "--set", "data.val_fraction=0.25"]  # fmt: skip
+    capsys.readouterr()
+    results = {}
+    for name in ("grouped/model.pt", "m.onnx", "m.pt2"):
+        code, results[name] = _eval(tmp_path / name, tree, capsys, *data)
+        assert code == 0, results[name]
+    for name in ("m.onnx", "m.pt2"):
+        assert results[name]["loss"] == pytest.approx(results["grouped/model.pt"]["loss"], abs=1e-4)
+    (tree / "test" / "dog").rename(tree / "test" / "wolf")
+    (tree / "train" / "dog").rename(tree / "train" / "wolf")
+    code, err = _eval(tmp_path / "m.onnx", tree, capsys, *data)
+    assert code == 2 and "was trained on classes [cat, dog, emu] (3)" in err
+
+
+def test_programs_without_a_record_say_so_and_bad_records_are_refused(tmp_path, capsys):
+    import torch
+
+    import sgcnn
+    from sgcnn.models import create_model
+
+    model = create_model("test_resnet")
+    sgcnn.self_group_(model, conv_sparsity=0.5, input_size=(3, 16, 16))
+    x = torch.randn(1, 3, 16, 16)
+    sgcnn.export(model, tmp_path / "plain.pt2", x, verify=False)
+    assert sgcnn.load(tmp_path / "plain.pt2").data is None
+    with pytest.raises(SgcnnError, match="data must be a dict of JSON values"):
+        sgcnn.export(model, tmp_path / "bad.pt2", x, data={"mean": [float("nan")]})
+    with pytest.raises(SgcnnError, match="data must be a dict"):
+        sgcnn.export(model, tmp_path / "bad.onnx", x, data=["cat", "dog"], verify=False)
+    assert not (tmp_path / "bad.pt2").exists() and not (tmp_path / "bad.onnx").exists()

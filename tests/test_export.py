@@ -396,7 +396,7 @@ def test_cli_eval_of_a_program_matches_its_checkpoint(tmp_path, checkpoint, caps
             results[0]["loss"], rel=1e-4
         )
     for argv, message in (
-        (["eval", str(program)], "does not record its dataset: pass --data"),
+        (["eval", str(program)], "does not record its dataset's name: pass --data"),
         (["eval", str(program), *data, "--set", "data.num_classes=4"], "4 classes"),
         (["eval", str(program), "--data", "synthetic"], "--set data.image_size=16"),
         (["convert", "--checkpoint", str(program), "--output", str(tmp_path / "x.pt2")], "eval"),

@@ -12,7 +12,7 @@ from torch import nn
 
 from sgcnn._io import check_output_dir, write_text
 from sgcnn.core.grouper import SEED_MAX
-from sgcnn.engine.checkpoint import load_model
+from sgcnn.engine.checkpoint import load_model, recorded_data
 from sgcnn.errors import SgcnnError
 from sgcnn.models.registry import create_model, model_entry
 
@@ -29,7 +29,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--input-size",
         type=parse_input_size,
-        help="input size H, HxW or CxHxW (default: the model's own, e.g. 28 for lenet5)",
+        help="input size H, HxW or CxHxW (default: the size the checkpoint was trained at, "
+        "else the model's own, e.g. 28 for lenet5)",
     )
 
 
@@ -74,18 +75,39 @@ def require_grouped_checkpoint(args: argparse.Namespace) -> None:
 
 def model_for_example(
     args: argparse.Namespace, batch: int
-) -> tuple[nn.Module, str, tuple[int, int, int]]:
-    """The model the arguments name, its name and input size; an example batch of ``batch``
-    inputs too big to hold is refused before any work."""
+) -> tuple[nn.Module, str, tuple[int, int, int], dict | None]:
+    """The model the arguments name, its name, input size and data record (``None`` without
+    one); an example batch of ``batch`` inputs too big to hold is refused before any work."""
     model, name, _ = load_model_from_args(args)
-    size = input_size_for(args, name)
+    record = data_record_of(args)
+    size = input_size_for(args, name, record)
     check_example_size((batch, *size))
-    return model, name, size
+    return model, name, size, record
 
 
-def input_size_for(args: argparse.Namespace, name: str) -> tuple[int, int, int]:
-    """``--input-size`` completed with the model's channels, or the model's default size."""
+def data_record_of(args: argparse.Namespace) -> dict | None:
+    """The data record of ``--checkpoint`` (what the model was trained on), if it has one."""
+    return recorded_data(args.checkpoint) if args.checkpoint else None
+
+
+def data_record_line(record: dict | None) -> str:
+    """What a written program says about the data its model was trained on."""
+    if not record:
+        return "no data record in the checkpoint: class names and normalisation not stored"
+    return (
+        f"stored the data record: {len(record.get('classes') or [])} class names, the "
+        "normalisation (mean / std) and the input size"
+    )
+
+
+def input_size_for(
+    args: argparse.Namespace, name: str, record: dict | None = None
+) -> tuple[int, int, int]:
+    """``--input-size`` completed with the model's channels; else the size the model was
+    trained at (its data ``record``), else the model's default size."""
     default = model_entry(name).input_size
+    if record and len(record.get("input_size") or ()) == 3:
+        default = tuple(int(v) for v in record["input_size"])
     if args.input_size is None:
         return default
     size = tuple(args.input_size)

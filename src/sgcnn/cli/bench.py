@@ -83,7 +83,7 @@ def run(args) -> int:
     set_timing_threads(args.threads)
     check_output_paths(args.overwrite, {"--output": args.output, "--csv": args.csv})
     resolve_device(args.device, torch.nn.Module())  # fail before any work
-    model, name, size = model_for_example(args, max(batch_sizes))
+    model, name, size, _ = model_for_example(args, max(batch_sizes))
     grouping = "checkpoint"
     if not any(is_masked(m) for m in model.modules()):
         if args.checkpoint:

@@ -12,6 +12,7 @@ from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import (
     add_model_args,
     add_overwrite_arg,
+    data_record_line,
     model_for_example,
     path_arg,
     positive_int,
@@ -49,7 +50,7 @@ def run(args) -> int:
             f"--batch-size {args.batch_size} is above {exporting.MAX_BATCH}, the largest batch "
             "a saved program takes"
         )
-    model, name, size = model_for_example(args, args.batch_size)
+    model, name, size, record = model_for_example(args, args.batch_size)
     set_timing_threads(args.threads)
     x = torch.randn(args.batch_size, *size)
     converted = convert(
@@ -61,6 +62,7 @@ def run(args) -> int:
         x.to(args.device),
         progress=not args.quiet,
         overwrite=args.overwrite,
+        data=record,
     )
     layers = converted.sgcnn_conversion["layers"]
     counts = Counter(r["realization"] for r in layers)
@@ -69,6 +71,7 @@ def run(args) -> int:
         + ", ".join(f"{k} {v}" for k, v in counts.most_common())
     )
     print(f"wrote {args.output}")
+    print(data_record_line(record))
     if args.report:
         write_json(args.report, converted.sgcnn_conversion, args.overwrite)
     return 0

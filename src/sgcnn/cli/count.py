@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 
 from sgcnn.cli import COMMANDS
-from sgcnn.cli._common import add_model_args, input_size_for, load_model_from_args
+from sgcnn.cli._common import (
+    add_model_args,
+    data_record_of,
+    input_size_for,
+    load_model_from_args,
+)
 from sgcnn.metrics.counting import count
 
 
@@ -18,7 +23,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     model, name, _ = load_model_from_args(args)
-    size = input_size_for(args, name)
+    size = input_size_for(args, name, data_record_of(args))
     result = count(model, size)
     if args.json:
         print(json.dumps({"model": name, "input_size": list(size), **result}, indent=2))

@@ -68,15 +68,7 @@ def run(args) -> int:
     }
     config = _config(args, recipe)
     record = payload.get("data") if payload.get("format") == FORMAT else None
-    if record and config.data.normalize is None:  # the normalisation it was trained with
-        config.data.normalize = [list(record["mean"]), list(record["std"])]
-    splits = build_data(config)
-    if record and record.get("classes") != list(splits.classes):
-        raise SgcnnError(
-            f"{args.checkpoint!r} was trained on classes {_names(record['classes'])}, this data "
-            f"has {_names(splits.classes)}: its labels would not mean the same; give that data "
-            "(or data.classes in that order)"
-        )
+    splits = _recorded_splits(config, record, args.checkpoint)
     check_fits(model, config, splits)
     device = resolve_device(args.device)
     result = _evaluate(model.to(device), splits, config, args, device)
@@ -94,8 +86,8 @@ def _run_program(args) -> int:
     program = load_classifier(path)  # a missing or unreadable file is said first
     if args.data is None:
         raise SgcnnError(
-            f"{path!r} is an exported program, which does not record its dataset: pass --data "
-            "NAME (and --data-root)"
+            f"{path!r} is an exported program, which does not record its dataset's name: pass "
+            "--data NAME (and --data-root)"
         )
     if args.device != "auto" and resolve_device(args.device) != program.device:
         again = (
@@ -105,7 +97,7 @@ def _run_program(args) -> int:
         )
         raise SgcnnError(f"{path!r} runs on {program.device} only: {again}")
     config = _config(args, {"train": {"epochs": 1}})  # only its data section is used
-    splits = build_data(config)
+    splits = _recorded_splits(config, program.data, path)
     _check_program_fits(program, splits, config, path)
     result = _evaluate(program.module, splits, config, args, program.device)
     return _print(args, "program", config, result, {"params": None, "flops": None})
@@ -137,6 +129,21 @@ def _check_program_fits(program, splits, config: Config, path: str) -> None:
             f"{path!r} gives {got} class scores but dataset {data!r} has "
             f"{splits.num_classes} classes"
         )
+
+
+def _recorded_splits(config: Config, record: dict | None, path: str):
+    """The data, normalised as the model was trained (its data ``record``), and refused if
+    its class names differ from the recorded ones (the labels would mean other classes)."""
+    if record and config.data.normalize is None and "mean" in record and "std" in record:
+        config.data.normalize = [list(record["mean"]), list(record["std"])]
+    splits = build_data(config)
+    if record and "classes" in record and record["classes"] != list(splits.classes):
+        raise SgcnnError(
+            f"{path!r} was trained on classes {_names(record['classes'])}, this data has "
+            f"{_names(splits.classes)}: its labels would not mean the same; give that data "
+            "(or data.classes in that order)"
+        )
+    return splits
 
 
 def _names(classes: list) -> str:

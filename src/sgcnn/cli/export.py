@@ -9,6 +9,7 @@ from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import (
     add_model_args,
     add_overwrite_arg,
+    data_record_line,
     model_for_example,
     path_arg,
     positive_int,
@@ -49,7 +50,7 @@ def run(args) -> int:
             f"--output {str(args.output)!r} does not end in .{args.format}; name the file after "
             "its format"
         )
-    model, _, size = model_for_example(args, args.batch_size)
+    model, _, size, record = model_for_example(args, args.batch_size)
     x = torch.randn(args.batch_size, *size)
     result = exporting.export(
         model.eval(),
@@ -59,9 +60,11 @@ def run(args) -> int:
         verify=not args.no_verify,
         progress=not args.quiet,
         overwrite=args.overwrite,
+        data=record,
     )
     shape = "x".join(map(str, (args.batch_size, *size)))
     print(f"wrote {result['path']} ({args.format}, input {shape}, any batch size)")
+    print(data_record_line(record))
     if args.no_verify:
         print("not checked (--no-verify)")
     elif result.get("max_abs_diff") is not None:

@@ -11,6 +11,7 @@ from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import (
     add_model_args,
     check_output_free,
+    data_record_of,
     input_size_for,
     load_model_from_args,
     parse_ratio,
@@ -46,7 +47,8 @@ def register(subparsers) -> None:
 def run(args) -> int:
     check_output_free(args.output, args.overwrite)
     model, name, kwargs = load_model_from_args(args)
-    size = input_size_for(args, name)
+    record = data_record_of(args)
+    size = input_size_for(args, name, record)
     baseline = count(model, size)
     start = time.perf_counter()
     grouper = SelfGrouper(
@@ -85,6 +87,8 @@ def run(args) -> int:
     payload["grouping"] = {
         k: summary[k] for k in ("conv_sparsity", "fc_sparsity", "groups", "seed")
     }
+    if record is not None:
+        payload["data"] = record  # what the model was trained on travels with it
 
     staging = staging_dir(args.output)
     try:

@@ -10,6 +10,7 @@ with an :class:`SgcnnError`: several inputs or outputs, a non-floating input.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ class Classifier:
     device: torch.device
     image_shape: list | None  # [C, H, W] (None entries: dynamic); None when unknown
     kind: str  # "pt2" | "onnx"
+    data: dict | None = None  # the data record written with the program (sgcnn.export)
 
 
 def is_program(path) -> bool:
@@ -57,10 +59,10 @@ def _load_pt2(path: Path) -> Classifier:
     device = param.device if param is not None else torch.device("cpu")
     shape = program.sgcnn_example_shape
     if shape is None:
-        return Classifier(_Single(program, str(path)), device, None, "pt2")
+        return Classifier(_Single(program, str(path)), device, None, "pt2", program.data)
     batch = MAX_BATCH if program.dynamic_batch else shape[0]
     module = _Chunked(_Single(program, str(path)), batch, pad=not program.dynamic_batch)
-    return Classifier(module, device, list(shape[1:]), "pt2")
+    return Classifier(module, device, list(shape[1:]), "pt2", program.data)
 
 
 def _load_onnx(path: Path) -> Classifier:
@@ -90,7 +92,24 @@ def _load_onnx(path: Path) -> Classifier:
     module: nn.Module = _OnnxSession(session, inputs[0].name, dtype, str(path))
     if shape and shape[0] is not None:
         module = _Chunked(module, shape[0], pad=True)
-    return Classifier(module, torch.device("cpu"), shape[1:] or None, "onnx")
+    record = _onnx_record(session, path)
+    return Classifier(module, torch.device("cpu"), shape[1:] or None, "onnx", record)
+
+
+def _onnx_record(session, path: Path) -> dict | None:
+    """The data record in the ONNX model's metadata (``sgcnn.data``), if it has one."""
+    from sgcnn.deploy.export import ONNX_DATA_KEY
+
+    text = session.get_modelmeta().custom_metadata_map.get(ONNX_DATA_KEY)
+    if text is None:
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError as err:
+        raise SgcnnError(
+            f"{str(path)!r} has a damaged {ONNX_DATA_KEY} metadata entry: {describe(err)}"
+        ) from err
+    return record if isinstance(record, dict) else None
 
 
 class _Single(nn.Module):

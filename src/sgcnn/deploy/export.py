@@ -14,6 +14,13 @@ Two formats, one entry point, :func:`export` (``sgcnn.export``), and :func:`load
   convolution, or the dense fallback: ``realizations=("grouped", "dense")``, and PyTorch's own
   max pooling), exported with the TorchScript-based exporter (dynamic batch axis).
 
+A ``data`` record (what the model was trained on: class names in label order, the per-channel
+``mean`` / ``std`` its inputs are normalised with, its ``input_size``; a checkpoint's ``data``
+entry) travels in the file: in ``sgcnn.json`` (:attr:`LoadedProgram.data`) and as the ONNX
+model's metadata entry ``sgcnn.data`` (JSON; onnxruntime:
+``session.get_modelmeta().custom_metadata_map["sgcnn.data"]``), so whoever deploys the
+program knows how to prepare its input and name its outputs.
+
 Before anything is written, the program is run on a *new* input (other values, batch size + 2
 when the batch is dynamic) and compared with the PyTorch model: ``torch.export.load`` of the
 serialized bytes for ``pt2``, onnxruntime for ``onnx`` (skipped, and said, when onnxruntime is
@@ -49,6 +56,7 @@ __all__ = ["FORMATS", "LoadedProgram", "export", "load"]
 FORMATS = ("onnx", "pt2")
 PORTABLE = ("grouped", "dense")  # realizations made of standard operators
 META = "sgcnn.json"
+ONNX_DATA_KEY = "sgcnn.data"  # ONNX metadata_props entry holding the data record (JSON)
 TOLERANCE = 1e-4  # times max(1, max |output|)
 MAX_BATCH = 65536
 
@@ -168,6 +176,7 @@ def save(
     verify: bool = True,
     progress: bool | None = None,
     overwrite: bool = True,
+    data: dict | None = None,
 ) -> dict:
     """Write ``model`` (converted, or self-grouped: converted here) as a ``.pt2`` program.
 
@@ -177,6 +186,7 @@ def save(
     on a new input.
     """
     path = Path(path)
+    record = _checked_record(data)
     x = example_tensor(example_input, _device_of(model))
     if dynamic_batch and x.shape[0] > MAX_BATCH:
         raise SgcnnError(
@@ -202,6 +212,7 @@ def save(
         "example_shape": list(x.shape),
         "dynamic_batch": dynamic_batch,
         "conversion": getattr(model, "sgcnn_conversion", None),
+        "data": record,
     }
     buffer = io.BytesIO()
     torch.export.save(program, buffer, extra_files={META: json.dumps(meta)})
@@ -221,7 +232,8 @@ def save(
 class LoadedProgram(nn.Module):
     """A program read by :func:`load`: ``forward(x)`` runs the saved graph. ``x`` must have the
     example's shape apart from the batch size (when the batch is dynamic); anything else is an
-    :class:`SgcnnError` naming the shape the program was exported for."""
+    :class:`SgcnnError` naming the shape the program was exported for. ``data``: the data
+    record written with it (``classes``, ``mean``, ``std``, ``input_size``, ...) or ``None``."""
 
     def __init__(self, program: nn.Module, meta: dict) -> None:
         super().__init__()
@@ -229,6 +241,7 @@ class LoadedProgram(nn.Module):
         self.sgcnn_conversion = meta.get("conversion")
         self.sgcnn_example_shape = meta.get("example_shape")
         self.dynamic_batch = bool(meta.get("dynamic_batch", False))
+        self.data = meta.get("data")  # what the model was trained on, if it was recorded
 
     def train(self, mode: bool = True) -> LoadedProgram:
         """An exported program is inference only: ``train(True)`` is an error, ``eval()`` a
@@ -297,6 +310,7 @@ def export_onnx(
     verify: bool = True,
     progress: bool | None = None,
     overwrite: bool = True,
+    data: dict | None = None,
 ) -> dict:
     """Write ``model`` as ONNX (standard operators only, dynamic batch axis); returns
     ``{"path", "max_abs_diff"}``, the difference of onnxruntime's output from PyTorch's on a
@@ -304,6 +318,8 @@ def export_onnx(
     onnxruntime: without it nothing is converted or written."""
     path = Path(path)
     ort = _onnxruntime() if verify else None
+    record = _checked_record(data)
+    onnx = _onnx_package() if record is not None else None  # before any work
     x = example_tensor(example_input, _device_of(model))
     model = _converted(model, x, portable=True, progress=progress).eval()
     outputs = output_tensors(run_checked(model, x))
@@ -328,6 +344,8 @@ def export_onnx(
     except Exception as err:
         raise SgcnnError(f"the ONNX exporter cannot export the model: {describe(err)}") from err
     data = buffer.getvalue()
+    if record is not None:
+        data = _with_metadata(onnx, data, record)
     diff = None
     if verify:
         _say(progress, "checking in onnxruntime on a new input")
@@ -349,6 +367,40 @@ def export_onnx(
     return {"path": str(path), "max_abs_diff": diff}
 
 
+def _onnx_package():
+    """The onnx package, which writes the data record into the file, or a clear error."""
+    try:
+        import onnx
+    except ImportError:
+        raise SgcnnError(
+            "writing the data record into the ONNX file needs the onnx package: pip install "
+            "'sgcnn[onnx]' (or onnx)"
+        ) from None
+    return onnx
+
+
+def _with_metadata(onnx, onnx_bytes: bytes, record: dict) -> bytes:
+    """The ONNX model with ``record`` as its metadata entry :data:`ONNX_DATA_KEY` (JSON)."""
+    proto = onnx.load_model_from_string(onnx_bytes)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = ONNX_DATA_KEY, json.dumps(record)
+    return proto.SerializeToString()
+
+
+def _checked_record(data: dict | None) -> dict | None:
+    """``data`` if it can travel in a program (a JSON-serialisable dict), else an error."""
+    if data is None:
+        return None
+    try:
+        if not isinstance(data, dict):
+            raise TypeError(f"a {type(data).__name__}")
+        return json.loads(json.dumps(data, allow_nan=False))
+    except (TypeError, ValueError) as err:
+        raise SgcnnError(
+            f"data must be a dict of JSON values (classes, mean, std, input_size), got {err}"
+        ) from err
+
+
 # --------------------------------------------------------------------------- API
 
 
@@ -368,6 +420,7 @@ def export(
     verify: bool = True,
     progress: bool | None = None,
     overwrite: bool = True,
+    data: dict | None = None,
 ) -> dict:
     """Export a self-grouped (or converted) ``model`` to ``path`` in ``format``.
 
@@ -388,6 +441,10 @@ def export(
         progress: print the stages (and the layers being converted) on stderr; ``None``:
             only when stderr is a terminal.
         overwrite: replace an existing ``path`` (else an existing file is an error).
+        data: what the model was trained on, stored in the file for whoever deploys it: a
+            dict such as a checkpoint's ``data`` entry (``classes``, ``mean``, ``std``,
+            ``input_size``); read it back with ``sgcnn.load(path).data`` (pt2) or from the
+            ONNX metadata entry ``sgcnn.data`` (JSON).
 
     Returns ``{"path", "max_abs_diff", ...}``. Raises :class:`~sgcnn.errors.SgcnnError` for
     a format it cannot write, a model it cannot export, or a check that fails (nothing is
@@ -408,11 +465,12 @@ def export(
             verify=verify,
             progress=progress,
             overwrite=overwrite,
+            data=data,
         )
     if opset is not None:
         raise SgcnnError("opset is the ONNX operator set; a pt2 program has none")
     dynamic = True if dynamic_batch is None else dynamic_batch
-    return save(model, path, example_input, dynamic, verify, progress, overwrite)
+    return save(model, path, example_input, dynamic, verify, progress, overwrite, data)
 
 
 def _format_for(path: str | os.PathLike, format: str | None) -> str:

@@ -157,6 +157,15 @@ def build_model(payload: dict[str, Any], source: str = "checkpoint") -> tuple[nn
     return model, spec["name"], dict(spec.get("kwargs", {}))
 
 
+def recorded_data(path: str | os.PathLike) -> dict | None:
+    """The data record an sgcnn checkpoint carries (class names, normalisation, input size,
+    split sizes: :func:`sgcnn.data.config.data_record`); ``None`` for a plain state_dict or a
+    model saved without one."""
+    payload = load_checkpoint(path)
+    record = payload.get("data") if payload.get("format") == FORMAT else None
+    return dict(record) if isinstance(record, dict) else None
+
+
 def checkpoint_name(path: str, payload: dict[str, Any]) -> str:
     """The model name an sgcnn checkpoint records; :func:`not_a_model_error` for a damaged one."""
     spec = payload.get("model")
