@@ -252,31 +252,28 @@ def cmd_lenet(args) -> int:
 
 def cmd_pack(args) -> int:
     """The study in a few ``.tar.gz`` files of at most ``--max-mb`` each (for machines that
-    return few, bounded files): the small files, then the result checkpoints. Left out: the
-    data cache, ``state.pt`` (resume state) and the fine-tune runs' copies of the baseline."""
+    return few, bounded files): the small files, then the result checkpoints, then (with
+    ``--state``) the resume state of the runs not finished. Left out: the data cache, the
+    fine-tune runs' copies of the baseline, and ``state.pt`` unless asked for."""
     import tarfile
 
     runs, out = args.runs.resolve(), args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    small, models = [], []
+    small, models, states = [], [], []
     for path in sorted(runs.rglob("*")):
         rel = path.relative_to(runs)
-        skip = rel.parts[0] == "cache" or path.name == "state.pt" or path.suffix == ".png"
-        if not path.is_file() or skip:
+        if not path.is_file() or rel.parts[0] == "cache" or path.suffix == ".png":
             continue
-        if path.suffix != ".pt":
+        if path.name == "state.pt":
+            if args.state and not finished(path.parent):
+                states.append(rel)
+        elif path.suffix != ".pt":
             small.append(rel)
         elif rel.parts[0] == "baseline" or rel.parts[1] != "baseline":
             models.append(rel)
-    chunks, size = [[]], 0
-    for rel in models:
-        n = (runs / rel).stat().st_size
-        if chunks[-1] and size + n > args.max_mb * 1e6:
-            chunks.append([])
-            size = 0
-        chunks[-1].append(rel)
-        size += n
-    parts = [("runs-meta", small)] + [(f"models-{i + 1}", c) for i, c in enumerate(chunks) if c]
+    parts = [("runs-meta", small)]
+    for kind, files in (("models", models), ("state", states)):
+        parts += [(f"{kind}-{i + 1}", c) for i, c in enumerate(_chunks(runs, files, args.max_mb))]
     for name, files in parts:
         with tarfile.open(out / f"{name}.tar.gz", "w:gz") as tar:
             for rel in files:
@@ -284,6 +281,19 @@ def cmd_pack(args) -> int:
         print(f"{out / name}.tar.gz: {len(files)} files")
     print(f"unpack with: for f in {out}/*.tar.gz; do tar xzf $f -C STUDY_DIR; done")
     return 0
+
+
+def _chunks(root: Path, files: list[Path], max_mb: float) -> list[list[Path]]:
+    """``files`` in order, cut into lists of at most ``max_mb`` MB (a larger file alone)."""
+    chunks, size = [[]], 0
+    for rel in files:
+        n = (root / rel).stat().st_size
+        if chunks[-1] and size + n > max_mb * 1e6:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(rel)
+        size += n
+    return [c for c in chunks if c]
 
 
 def cmd_collect(args) -> int:
@@ -336,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=Path, required=True, help="the study folder of `run`")
     p.add_argument("--out", type=Path, required=True, help="folder for the .tar.gz files")
     p.add_argument("--max-mb", type=float, default=14.0, help="checkpoint MB per archive")
+    p.add_argument("--state", action="store_true", help="also the resume state of unfinished runs")
     p.set_defaults(func=cmd_pack)
     p = sub.add_parser("collect", help="tables, plot and checkpoints from the run folders")
     p.add_argument("--runs", type=Path, required=True, help="the study folder of `run`")
