@@ -67,6 +67,21 @@ def test_outputs_stay_finite_when_the_input_holds_huge_values():
         assert torch.isfinite(module(x)).all()
 
 
+@pytest.mark.parametrize("tile", [2, 4])
+@pytest.mark.parametrize("h,w", [(9, 7), (6, 5), (16, 16)])
+def test_an_unpadded_layer_never_reads_past_its_input(tile, h, w):
+    # padding 0 and an input of the caller's (no slack behind it): memory after the input
+    # (NaN here) must not reach an output
+    spec = _spec(padding=0)
+    module = fast.WinogradGroupConv2d.from_spec(spec, tile=tile)
+    n = 2 * 24 * h * w
+    memory = torch.full((n + 4096,), float("nan"))
+    x = memory[:n].view(2, 24, h, w)
+    x.copy_(torch.randn(2, 24, h, w))
+    with torch.no_grad():
+        _close(module(x), F.conv2d(x, spec.weight, spec.bias).relu())
+
+
 def test_refuses_what_it_cannot_compute():
     for layer in (nn.Conv2d(8, 8, 3, 2, 1), nn.Conv2d(8, 8, 5, 1, 2), nn.Conv2d(8, 8, 3, 1, 2, 2)):
         spec = fast.spec_from_layer(layer)

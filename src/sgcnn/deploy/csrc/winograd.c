@@ -277,11 +277,12 @@ static inline __attribute__((always_inline)) int wino_run(
   if (Ho < 1 || Wo < 1 || Ho != geo->out_h || Wo != geo->out_w) return -3;
   const int64_t th = (Ho + m - 1) / m, tw = (Wo + m - 1) / m, ntiles = th * tw;
   /* the zero-padded input: x itself when it carries the padding (and SLACK floats after it,
-     read by the last tiles' loads), else a padded copy. Reads past a row's end or below the
-     last row (the last row again) only feed outputs that are dropped, or (m = 4) enter them
-     multiplied by coefficients that cancel: they must be finite, and are. */
+     read by the last tiles' loads), else a padded copy, also of an unpadded layer's input,
+     whose memory ends with it. Reads past a row's end or below the last row (the last row
+     again) only feed outputs that are dropped, or (m = 4) enter them multiplied by
+     coefficients that cancel: they must be finite, and are. */
   const float* xp = x;
-  if (ph || pw) {
+  if (ph || pw || !geo->input_padded) {
     ws = (float*)grow(ws, &ws_cap, sizeof(float) * (size_t)(B * C * plane + 4 * VL + 8));
     if (!ws) return -1;
     float* dst = ws;
