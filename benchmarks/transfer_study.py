@@ -26,10 +26,12 @@ scratch30   the same with the source's 30 epochs                                
         --jobs 4 --device cuda
     python benchmarks/transfer_study.py collect --runs runs/transfer --out results/transfer
 
-``run`` is resumable: finished rows (``report.json`` present) are skipped, interrupted ones
-continue with ``--resume``; a failed row is reported and the others go on (rows that need its
-model are skipped). ``--quick`` is a smoke test of the whole study in a few minutes (one epoch,
-three batches per epoch). Each row's output is in ``OUT/logs/<row>.log``.
+``run`` is resumable: finished rows (``report.json`` present and exit status 0 recorded in
+``study.json``) are skipped, interrupted ones and ones that exited non-zero continue with
+``--resume``; a failed row is reported and the others go on (rows that need its model are
+skipped). ``collect`` shows a row without a recorded exit status 0 as failed, not its
+numbers. ``--quick`` is a smoke test of the whole study in a few minutes (one epoch, three
+batches per epoch). Each row's output is in ``OUT/logs/<row>.log``.
 """
 
 from __future__ import annotations
@@ -157,9 +159,16 @@ def _command(row: Row, args, out: Path, resume: bool) -> list[str]:
     return [sys.executable, "-m", "sgcnn.cli.main", *argv]
 
 
-def _state(row: Row, out: Path) -> str:
+def _exit_code(study: dict, name: str) -> int | None:
+    """The exit status ``study.json`` records for row ``name`` (None: never finished)."""
+    return study.get("rows", {}).get(name, {}).get("returncode")
+
+
+def _state(row: Row, out: Path, study: dict) -> str:
+    """``done`` (report written and exit status 0), ``partial`` (something written) or
+    ``new``."""
     folder = out / row.name
-    if (folder / "report.json").is_file():
+    if (folder / "report.json").is_file() and _exit_code(study, row.name) == 0:
         return "done"
     if folder.is_dir() and any(folder.iterdir()):
         return "partial"
@@ -191,18 +200,26 @@ def run_study(args) -> int:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
     pending = [r for r in ROWS if not args.rows or r.name in args.rows]
-    status = {r.name: _state(r, out) for r in ROWS}
+    status = {r.name: _state(r, out, study) for r in ROWS}
     for row in pending:
+        code = _exit_code(study, row.name)
         if status[row.name] == "done":
             print(f"{row.name}: done already")
+        elif status[row.name] == "partial" and code not in (None, 0):
+            print(f"{row.name}: exited {code} last time: run again with --resume")
     pending = [r for r in pending if status[r.name] != "done"]
     running: dict[str, tuple[subprocess.Popen, float, object]] = {}
     failed: set[str] = set()
     begin = time.monotonic()
     while pending or running:
+        waiting = {r.name for r in pending} | set(running)
         for row in list(pending):
             if any(n in failed for n in row.needs):
                 print(f"{row.name}: skipped ({', '.join(row.needs)} failed)")
+                failed.add(row.name)
+                pending.remove(row)
+            elif any(status[n] != "done" and n not in waiting for n in row.needs):
+                print(f"{row.name}: skipped ({', '.join(row.needs)} not done: add it to --rows)")
                 failed.add(row.name)
                 pending.remove(row)
             elif len(running) < args.jobs and all(status[n] == "done" for n in row.needs):
@@ -212,7 +229,9 @@ def run_study(args) -> int:
                 log.flush()
                 proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
                 running[row.name] = (proc, time.monotonic(), log)
-                study["rows"].setdefault(row.name, {})["command"] = " ".join(cmd[3:])
+                entry = study["rows"].setdefault(row.name, {})
+                entry.update(command=" ".join(cmd[3:]), returncode=None)  # None: running
+                _write_json(study_path, study)
                 pending.remove(row)
                 print(f"{row.name}: started")
         for name, (proc, started, log) in list(running.items()):
@@ -224,7 +243,7 @@ def run_study(args) -> int:
             entry = study["rows"].setdefault(name, {})
             entry["returncode"] = proc.returncode
             entry["wall_s"] = round(entry.get("wall_s", 0.0) + seconds, 1)
-            if proc.returncode == 0 and _state(ROWS_BY_NAME[name], out) == "done":
+            if _state(ROWS_BY_NAME[name], out, study) == "done":
                 status[name] = "done"
                 print(f"{name}: done in {seconds:.0f} s")
             else:
@@ -255,6 +274,11 @@ def collect(args) -> int:
         report = runs / row.name / "report.json"
         if not report.is_file():
             table.append(f"| {row.name} | {row.what} | (missing) | | | | | |")
+            continue
+        code = _exit_code(study, row.name)
+        if code != 0:  # a report written by a run that then failed (or never finished)
+            why = "never finished" if code is None else f"exit {code}"
+            table.append(f"| {row.name} | {row.what} | (failed: {why}) | | | | | |")
             continue
         data = json.loads(report.read_text())
         meta = meta or data.get("meta", {})

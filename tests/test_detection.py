@@ -3,6 +3,7 @@ Faster R-CNN builder, training that keeps masks, COCO mAP, the converted backbon
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -247,3 +248,142 @@ def test_a_backbone_checkpoint_alone_names_its_model(shapes, tmp_path, monkeypat
     (tmp_path / "plain.pt").write_bytes(b"")
     argv[argv.index(str(path))] = str(tmp_path / "plain.pt")
     assert main(argv) == 2
+
+
+def _classifier(tmp_path, **extra):
+    """A test_resnet classifier checkpoint (sgcnn format, with ``extra`` entries)."""
+    from sgcnn.engine.checkpoint import model_payload, save_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path / "classifier.pt"
+    model = sgcnn.create_model("test_resnet")
+    save_checkpoint(path, {**model_payload(model, "test_resnet", {}), **extra})
+    return path
+
+
+def test_the_backbones_recorded_normalisation_is_used_and_saved(shapes, tmp_path):
+    """A backbone trained on data with its own mean / std normalises the detector's images the
+    same way, also once the detector is saved and loaded; without a record: ImageNet's."""
+    record = {"classes": ["a", "b"], "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
+    path = _classifier(tmp_path, data={**record, "input_size": [3, 16, 16], "sizes": [1, 1, 1]})
+    categories = load_coco(shapes / "val", shapes / "val.json").categories
+    detector, payload = build(_config(shapes, name="test_resnet", checkpoint=path), categories)
+    assert detector.transform.image_mean == record["mean"]
+    assert detector.transform.image_std == record["std"]
+    assert payload["settings"]["image_mean"] == record["mean"]
+    save_detector(tmp_path / "det.pt", detector, payload)
+    loaded, _ = load_detector(tmp_path / "det.pt")
+    assert loaded.transform.image_mean == record["mean"]
+    assert loaded.transform.image_std == record["std"]
+
+    (tmp_path / "plain").mkdir()
+    plain = _classifier(tmp_path / "plain")
+    detector, payload = build(_config(shapes, name="test_resnet", checkpoint=plain), categories)
+    assert detector.transform.image_mean == [0.485, 0.456, 0.406]
+    assert payload["settings"]["image_std"] == [0.229, 0.224, 0.225]
+
+
+@pytest.mark.parametrize("failure", ["evaluation", "output taken"])
+def test_a_failure_after_training_keeps_the_trained_detector(shapes, tmp_path, monkeypatch,
+                                                              failure):  # fmt: skip
+    """Whatever fails after training (evaluation, or --output filled by someone else), the
+    trained detector is saved, and the error says where."""
+    import re
+
+    from sgcnn.detection import run as detection_run
+
+    out = tmp_path / "run"
+    if failure == "evaluation":
+
+        def evaluate(*args, **kwargs):
+            raise sgcnn.SgcnnError("COCO evaluation failed")
+
+        monkeypatch.setattr(detection_run, "evaluate_coco", evaluate)
+    else:
+        measure = detection_run.measure
+
+        def measure_then_take(*args, **kwargs):
+            out.mkdir()
+            (out / "theirs.txt").write_text("not ours")
+            return measure(*args, **kwargs)
+
+        monkeypatch.setattr(detection_run, "measure", measure_then_take)
+    config = _config(shapes, name="test_resnet", checkpoint=_classifier(tmp_path))
+    config.train.limit_batches = 1
+    with pytest.raises(sgcnn.SgcnnError, match="trained detector is kept in") as caught:
+        detection_run.run_detection(config, out, {}, quiet=True)
+    kept = re.search(r"kept in (\S+detector\.pt)", str(caught.value)).group(1)
+    _, payload = load_detector(kept)
+    assert payload["backbone"]["name"] == "test_resnet"
+    records = (Path(kept).parent / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in records] == [1]
+    assert not (out / "detector.pt").exists()
+
+
+def test_a_plain_state_dict_backbone_of_another_class_count_loads(shapes, tmp_path):
+    """torch.save(model.state_dict()) of a 7-class classifier (the model's default: 10) is a
+    backbone as it is: the class count comes from its classifier weight, as in transfer."""
+    torch.manual_seed(0)
+    trained = sgcnn.create_model("test_resnet", num_classes=7)
+    torch.save(trained.state_dict(), tmp_path / "plain.pt")
+    config = _config(shapes, name="test_resnet", checkpoint=tmp_path / "plain.pt")
+    categories = load_coco(shapes / "val", shapes / "val.json").categories
+    detector, payload = build(config, categories)
+    assert payload["backbone"]["kwargs"] == {"num_classes": 7}
+    body = detector.backbone.body.stages
+    assert torch.equal(body["conv1"].weight, trained.conv1.weight)
+
+
+@pytest.mark.parametrize(
+    ("damage", "what"),
+    [
+        (lambda p: p.pop("backbone"), "no backbone name"),
+        (lambda p: p["backbone"].pop("name"), "no backbone name"),
+        (lambda p: p["backbone"].update(kwargs=[1]), "kwargs"),
+        (lambda p: p.pop("categories"), "categories"),
+        (lambda p: p["categories"][0].pop("id"), "categories"),
+        (lambda p: p.pop("settings"), "settings"),
+        (lambda p: p["settings"].pop("min_size"), "settings"),
+        (lambda p: p["settings"].update(train_bn="no"), "train_bn"),
+        (lambda p: p["settings"].update(image_mean="imagenet"), "image_mean"),
+        (lambda p: p.pop("state_dict"), "no state_dict"),
+    ],
+)
+def test_a_damaged_detector_checkpoint_is_one_clear_error(shapes, tmp_path, damage, what):
+    from sgcnn.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    categories = load_coco(shapes / "val", shapes / "val.json").categories
+    detector, payload = build(_config(shapes, name="test_resnet", train_bn="true"), categories)
+    save_detector(tmp_path / "det.pt", detector, payload)
+    saved = load_checkpoint(tmp_path / "det.pt")
+    damage(saved)
+    save_checkpoint(tmp_path / "damaged.pt", saved)
+    with pytest.raises(sgcnn.SgcnnError, match="is a damaged detector checkpoint") as caught:
+        load_detector(tmp_path / "damaged.pt")
+    assert what in str(caught.value)
+
+
+def test_an_image_pil_refuses_is_one_clear_error(shapes, monkeypatch):
+    """Decompression bombs (and modes PIL cannot convert: ValueError) are not tracebacks."""
+    from PIL import Image
+
+    data = load_coco(shapes / "val", shapes / "val.json")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 64 x 64 is a "bomb" now
+    with pytest.raises(sgcnn.SgcnnError, match=r"cannot read image .*000000\.png"):
+        data[0]
+
+
+def test_a_shape_hidden_by_later_ones_gets_no_box():
+    """A shape that later shapes cover (almost) entirely has no box; a partly covered one has."""
+    from PIL import Image
+
+    from sgcnn.detection.synthetic import _paint
+
+    shapes = [
+        (2, (10, 10, 20, 20), (255, 0, 0)),  # hidden under the big square
+        (1, (40, 40, 56, 56), (0, 255, 0)),  # a quarter covered: kept
+        (2, (5, 5, 40, 40), (0, 0, 255)),
+        (2, (48, 48, 64, 64), (9, 9, 9)),
+    ]
+    _, boxes = _paint(Image.new("RGB", (64, 64)), shapes)
+    assert boxes == [(1, (40, 40, 56, 56)), (2, (5, 5, 40, 40)), (2, (48, 48, 64, 64))]

@@ -187,3 +187,83 @@ def test_resizing_away_from_the_models_size_is_noted(tmp_path, capsys):
     code, _ = _transfer(tmp_path / "third", str(trained), "dense")
     err = capsys.readouterr().err
     assert code == 0 and "was trained at 24x24" in err and "data.image_size=24" in err
+
+
+def test_scheme_l_needs_grouping_outside_the_classifier(tmp_path, capsys):
+    """A checkpoint whose only self-grouped layer is its classifier (which the transfer
+    replaces) is a dense transfer: L is refused, dense runs."""
+    from sgcnn.engine.checkpoint import attach_masks_
+
+    model = sgcnn.create_model("test_resnet")
+    attach_masks_(model, ["fc"])
+    path = tmp_path / "fc-only.pt"
+    save_checkpoint(path, model_payload(model, "test_resnet", {"num_classes": 10}))
+    code, out = _transfer(tmp_path, str(path), "L")
+    err = capsys.readouterr().err
+    assert code == 2 and "no self-grouped layers outside its classifier (fc" in err
+    assert "--scheme dense" in err and not out.exists()
+    code, out = _transfer(tmp_path, str(path), "dense")
+    assert code == 0, capsys.readouterr().err
+    rows = yaml.safe_load((out / "report.json").read_text())["rows"]
+    assert [r["name"] for r in rows] == ["dense transfer"]
+
+
+def test_class_names_yaml_would_read_as_other_types_stay_strings():
+    """--classes 0 1 yes null: each item is quoted, so data.classes holds the folder names."""
+    import argparse
+
+    from sgcnn.cli._pipeline import shortcut_sets
+    from sgcnn.engine.config import resolve_config
+
+    args = argparse.Namespace(classes=["0", "1", "yes", "null", "it's"], conv=[0.5])
+    sets = shortcut_sets(args, {"classes": "data.classes", "conv": "grouping.conv"})
+    config = resolve_config({}, [*sets, "grouping.scheme=G"])
+    assert config.data.classes == ["0", "1", "yes", "null", "it's"]
+    assert config.grouping.conv == [0.5]  # numbers stay numbers
+
+
+def _study(monkeypatch, tmp_path):
+    """benchmarks/transfer_study.py with one row whose "sgcnn" writes report.json, then exits
+    with the status in ``tmp_path / "exit"``."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import transfer_study
+
+    row = transfer_study.Row("scratch", [], [], what="from scratch")
+    monkeypatch.setattr(transfer_study, "ROWS", [row])
+    monkeypatch.setattr(transfer_study, "ROWS_BY_NAME", {"scratch": row})
+    script = (
+        "import json, pathlib, sys; out = pathlib.Path(sys.argv[1]); out.mkdir(exist_ok=True); "
+        "rows = [{'name': 'baseline', 'params': 1, 'flops': 1, 'top1': 50.0}]; "
+        "(out / 'report.json').write_text(json.dumps({'rows': rows})); "
+        "sys.exit(int(pathlib.Path(sys.argv[2]).read_text()))"
+    )
+    command = [sys.executable, "-c", script, str(tmp_path / "study" / "scratch")]
+    monkeypatch.setattr(
+        transfer_study, "_command", lambda *a, **k: [*command, str(tmp_path / "exit")]
+    )
+    return transfer_study
+
+
+def test_study_row_that_exited_non_zero_is_not_done(tmp_path, monkeypatch, capsys):
+    """A row whose process wrote report.json and then failed is neither "done already" on the
+    next run nor collected: the study records its exit status."""
+    study = _study(monkeypatch, tmp_path)
+    run = ["run", "--archive", str(tmp_path), "--out", str(tmp_path / "study")]
+    (tmp_path / "exit").write_text("1")
+    assert study.main(run) == 1
+    recorded = yaml.safe_load((tmp_path / "study" / "study.json").read_text())
+    assert recorded["rows"]["scratch"]["returncode"] == 1
+    collect = ["collect", "--runs", str(tmp_path / "study"), "--out", str(tmp_path / "r")]
+    assert study.main(collect) == 0
+    table = (tmp_path / "r" / "transfer_study.md").read_text()
+    assert "(failed: exit 1)" in table and "50.00" not in table
+    capsys.readouterr()
+    (tmp_path / "exit").write_text("0")
+    assert study.main(run) == 0
+    printed = capsys.readouterr().out
+    assert "done already" not in printed and "scratch: done in" in printed
+    assert study.main(collect) == 0
+    assert "50.00" in (tmp_path / "r" / "transfer_study.md").read_text()

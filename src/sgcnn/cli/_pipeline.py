@@ -65,7 +65,8 @@ SPARSITY_SHORTCUTS = {"conv": "grouping.conv", "fc": "grouping.fc"}
 
 
 def shortcut_sets(args: argparse.Namespace, mapping: dict[str, str]) -> list[str]:
-    """``KEY=VALUE`` overrides for the shortcut options that were given."""
+    """``KEY=VALUE`` overrides for the shortcut options that were given; strings (list items
+    too: class names like ``0`` or ``yes``) are quoted so that YAML keeps them strings."""
     common = {
         "device": "train.device",
         "data": "data.name",
@@ -80,7 +81,7 @@ def shortcut_sets(args: argparse.Namespace, mapping: dict[str, str]) -> list[str
         if value is None:
             continue
         if isinstance(value, list):
-            value = "[" + ", ".join(str(v) for v in value) + "]"
+            value = "[" + ", ".join(quote(v) if isinstance(v, str) else str(v) for v in value) + "]"
         elif isinstance(value, str):
             value = quote(value)
         sets.append(f"{key}={value}")

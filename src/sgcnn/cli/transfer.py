@@ -4,9 +4,11 @@ The checkpoint's classifier is replaced by a fresh one for the new dataset's cla
 other weight and every mask is kept (:mod:`sgcnn.engine.transfer`), and the model is
 fine-tuned with one of the schemes the paper compares:
 
-- ``dense``: a dense checkpoint, fine-tuned (the transfer baseline);
+- ``dense``: a dense checkpoint, fine-tuned (the transfer baseline); a checkpoint whose only
+  self-grouped layer is its classifier counts as dense (the transfer replaces the classifier);
 - ``L``: a self-grouped checkpoint fine-tuned with its source grouping (masks kept, pruned
-  weights stay exactly zero, no re-clustering);
+  weights stay exactly zero, no re-clustering); it needs self-grouped layers outside the
+  classifier;
 - ``G`` / ``LG``: after the transfer fine-tune, self-group the model again on the new data
   (to ``--conv``) and fine-tune it with the G or LG scheme.
 
@@ -67,16 +69,11 @@ def run(args) -> int:
     _, recipe = load_recipe(args.recipe or DEFAULT_RECIPE)
     payload = load_checkpoint(args.checkpoint)
     model = checkpoint_model(args.checkpoint, payload, args.model)
-    grouped = _grouped_layers(args.checkpoint, payload)
+    grouped = _kept_grouping(args.checkpoint, payload, model, args.scheme)
     if args.scheme == "dense" and grouped:
         raise SgcnnError(
             f"{args.checkpoint!r} has {len(grouped)} self-grouped layers: --scheme L fine-tunes "
             "it with its masks (dense needs a dense checkpoint)"
-        )
-    if args.scheme == "L" and not grouped:
-        raise SgcnnError(
-            f"{args.checkpoint!r} has no self-grouped layers: use --scheme dense, or G / LG to "
-            "self-group it on the new data"
         )
     first = "L" if grouped else "dense transfer"
     sets = [
@@ -151,6 +148,25 @@ def _note_resizing(model: str, payload: dict, image_size: int | None) -> None:
         f"data.image_size={native[0]} keeps that size (compute grows with the pixel count)",
         file=sys.stderr,
     )
+
+
+def _kept_grouping(path: str, payload: dict, model: str, scheme: str) -> list[str]:
+    """The self-grouped layers the transfer keeps (all but the classifier, which it replaces);
+    ``--scheme L`` needs at least one."""
+    grouped = _grouped_layers(path, payload)
+    classifier = None
+    if grouped:
+        from sgcnn.engine.transfer import grouping_kept
+
+        classifier, grouped = grouping_kept(path, model)
+    if scheme == "L" and not grouped:
+        where = f" outside its classifier ({classifier}, replaced by the transfer)"
+        raise SgcnnError(
+            f"{path!r} has no self-grouped layers{where if classifier else ''}: --scheme L "
+            "would be a dense transfer; use --scheme dense, or G / LG to self-group it on the "
+            "new data"
+        )
+    return grouped
 
 
 def _grouped_layers(path: str, payload: dict) -> list[str]:

@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from sgcnn.data.imagefolder import UNREADABLE
 from sgcnn.errors import SgcnnError
 
 BOX_TOLERANCE = 1.0  # pixels a box may reach outside its image (rounding in converters)
@@ -64,8 +65,11 @@ class CocoDetection(Dataset):
         try:
             with Image.open(info["path"]) as image:
                 pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
-        except OSError as err:
-            raise SgcnnError(f"cannot read image {info['path']}: {err}") from err
+        except UNREADABLE as err:  # also decompression bombs and modes PIL cannot convert
+            raise SgcnnError(
+                f"cannot read image {info['path']}: {err}; replace the file or remove its "
+                "entry from the annotations"
+            ) from err
         if pixels.shape[:2] != (info["height"], info["width"]):  # the boxes were checked by it
             raise SgcnnError(
                 f"image {info['path']} is {pixels.shape[1]}x{pixels.shape[0]}, but the "

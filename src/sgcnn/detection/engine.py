@@ -12,8 +12,13 @@ A detector checkpoint (``torch.load(weights_only=True)``) rebuilds it without th
      "backbone": {"name": "resnet50", "kwargs": {...}, "masked": [...]},
      "categories": [{"id": 1, "name": "person"}, ...],
      "settings": {"min_size": 600, "max_size": 1000, "fpn_channels": 256, "train_bn": False,
-                  "rois_per_image": 512},
+                  "rois_per_image": 512, "image_mean": [0.485, 0.456, 0.406],
+                  "image_std": [0.229, 0.224, 0.225]},
      "state_dict": {...}}
+
+``image_mean`` / ``image_std`` normalise the images (in ``[0, 1]``) before the body: the mean /
+std the backbone checkpoint records it was trained with (its data record), else ImageNet's;
+a checkpoint without them (older sgcnn) is loaded with ImageNet's.
 """
 
 from __future__ import annotations
@@ -28,11 +33,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from sgcnn.data.file_dataset import IMAGENET_MEAN, IMAGENET_STD
 from sgcnn.detection.config import DetectConfig
 from sgcnn.detection.dataset import CocoDetection, collate
 from sgcnn.detection.model import build_detector
 from sgcnn.engine import checkpoint as ckpt
 from sgcnn.engine.loop import enforce_masks_, masked_layers
+from sgcnn.engine.transfer import load_source
 from sgcnn.errors import SgcnnError
 from sgcnn.models.registry import create_model
 from sgcnn.nn.masked import is_masked
@@ -43,13 +50,16 @@ VERSION = 1
 
 def backbone_classifier(config: DetectConfig) -> tuple[nn.Module, str, dict]:
     """The classification network of ``config.backbone``: loaded from its checkpoint (masks
-    included) or freshly initialised, then self-grouped when ``backbone.conv > 0``."""
+    included; a plain state_dict is built for the class count its classifier holds, as a
+    transfer's source) or freshly initialised, then self-grouped when ``backbone.conv > 0``."""
     b = config.backbone
     if b.checkpoint:
         try:
-            model, name, kwargs = ckpt.load_model(b.checkpoint, b.name)
+            model, name, kwargs = load_source(b.checkpoint, b.name)
         except SgcnnError as err:  # the model is named by --backbone here, not --model
-            raise SgcnnError(str(err).replace("--model", "--backbone")) from err
+            text = str(err).replace("--model and --num-classes match", "--backbone matches")
+            text = text.replace("--model", "--backbone")
+            raise SgcnnError(text) from err
     else:
         model, name, kwargs = create_model(b.name), b.name, {}
     if b.conv > 0:
@@ -68,12 +78,33 @@ def build(config: DetectConfig, categories: list[dict]) -> tuple[nn.Module, dict
         "fpn_channels": config.fpn_channels,
         "train_bn": config.backbone.train_bn,
         "rois_per_image": config.rois_per_image,
+        **normalisation(config),
     }
     detector = _detector(classifier, len(categories), settings)
     masked = [n for n, m in classifier.named_modules() if is_masked(m)]
     spec = {"name": name, "kwargs": kwargs, "masked": masked}
     payload = {"format": FORMAT, "version": VERSION, "backbone": spec}
     return detector, {**payload, "categories": categories, "settings": settings}
+
+
+def normalisation(config: DetectConfig) -> dict[str, list[float]]:
+    """``{"image_mean", "image_std"}`` of the detector: those the backbone checkpoint records
+    its classifier was trained with, else ImageNet's (torchvision's default)."""
+    path = config.backbone.checkpoint
+    record = (ckpt.recorded_data(path) if path else None) or {}
+    mean, std = record.get("mean"), record.get("std")
+    if _numbers(mean) and _numbers(std) and len(mean) == len(std):
+        return {"image_mean": [float(m) for m in mean], "image_std": [float(v) for v in std]}
+    return {"image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD)}
+
+
+def _numbers(value) -> bool:
+    """A non-empty list of (non-boolean) numbers."""
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+    )
 
 
 def _detector(classifier: nn.Module, num_categories: int, settings: dict) -> nn.Module:
@@ -85,6 +116,8 @@ def _detector(classifier: nn.Module, num_categories: int, settings: dict) -> nn.
         fpn_channels=settings["fpn_channels"],
         train_bn=settings["train_bn"],
         rois_per_image=settings.get("rois_per_image", 512),
+        image_mean=settings.get("image_mean"),
+        image_std=settings.get("image_std"),
     )
 
 
@@ -102,12 +135,51 @@ def load_detector(path) -> tuple[nn.Module, dict]:
             f"{str(path)!r} is not a detector checkpoint (no 'format: {FORMAT}'); train one "
             "with `sgcnn detect train`"
         )
+    problem = _damage(payload)
+    if problem:
+        raise SgcnnError(
+            f"{str(path)!r} is a damaged detector checkpoint ({problem}); train it again with "
+            "`sgcnn detect train`"
+        )
     spec = payload["backbone"]
     classifier = create_model(spec["name"], **spec.get("kwargs", {}))
     ckpt.attach_masks_(classifier, spec.get("masked", []))
     detector = _detector(classifier, len(payload["categories"]), payload["settings"])
     ckpt.load_state_dict_(detector, payload["state_dict"], str(path))
     return detector, payload
+
+
+_INT_SETTINGS = ("min_size", "max_size", "fpn_channels")
+
+
+def _damage(payload: dict) -> str | None:
+    """What a detector checkpoint lacks to rebuild its detector; ``None`` when nothing."""
+    spec, settings = payload.get("backbone"), payload.get("settings")
+    categories = payload.get("categories")
+    if not (isinstance(spec, dict) and isinstance(spec.get("name"), str)):
+        return "no backbone name"
+    masked = spec.get("masked", [])
+    if not isinstance(spec.get("kwargs", {}), dict) or not isinstance(masked, list):
+        return "backbone kwargs / masked layers of the wrong kind"
+    if not (
+        isinstance(categories, list)
+        and categories
+        and all(isinstance(c, dict) and _is_int(c.get("id")) for c in categories)
+    ):
+        return "no list of categories with ids"
+    if not isinstance(settings, dict) or not all(_is_int(settings.get(k)) for k in _INT_SETTINGS):
+        return f"no settings with integer {' / '.join(_INT_SETTINGS)}"
+    if not isinstance(settings.get("train_bn"), bool):
+        return "no train_bn setting"
+    if any(k in settings and not _numbers(settings[k]) for k in ("image_mean", "image_std")):
+        return "image_mean / image_std are not lists of numbers"
+    if not isinstance(payload.get("state_dict"), dict):
+        return "no state_dict"
+    return None
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _lr_factor(step: int, steps_per_epoch: int, warmup: int, milestones: list[int]) -> float:

@@ -149,11 +149,15 @@ def build_detector(
     fpn_channels: int = 256,
     train_bn: bool = False,
     rois_per_image: int = 512,
+    image_mean: list[float] | None = None,
+    image_std: list[float] | None = None,
 ) -> FasterRCNN:
     """Faster R-CNN for ``num_categories`` object classes (plus the background) on the body of
     ``classifier``. Images are resized so that their shorter side is ``min_size`` (longer side
     at most ``max_size``): the paper's 300 px / 600 px settings. ``rois_per_image``: proposals
-    sampled per image to train the box head (torchvision: 512).
+    sampled per image to train the box head (torchvision: 512). ``image_mean`` /
+    ``image_std``: the per-channel normalisation of images in ``[0, 1]`` before the body, the
+    one ``classifier`` was trained with; ``None``: ImageNet's (torchvision's default).
 
     The detector's body shares ``classifier``'s stages (its weights and masks, so that
     training the detector trains them); with ``train_bn`` false their BatchNorm layers are
@@ -177,4 +181,6 @@ def build_detector(
         rpn_anchor_generator=anchors,
         box_roi_pool=pooler,
         box_batch_size_per_image=rois_per_image,
+        image_mean=image_mean,
+        image_std=image_std,
     )

@@ -6,6 +6,10 @@ once (staged in a temporary folder, then renamed), ``OUT/detector.pt``, ``config
 (mask-aware, at ``min_size`` x ``min_size``), COCO mAP of the trained model and of the model
 with its converted backbone, measured latency of both, and whether every mask survived.
 
+The trained detector, its config and metrics are saved in the staging folder (``.OUT.tmp-*``
+beside ``OUT``) as soon as training ends: when evaluation, conversion, measurement or the final
+rename fails, that folder stays, and the error names it.
+
 The *converted* detector is a copy whose body stages holding self-grouped layers went through
 :func:`sgcnn.convert` (fast diverse-group modules, BatchNorm folded in); frozen BatchNorm is
 turned back into eval-mode BatchNorm first so that it can be folded (the same arithmetic).
@@ -164,6 +168,23 @@ def run_detection(
         )
 
     train_detector(detector, train, config, device, log)
+    staging = _stage_trained(out, config, detector, payload, records)
+    try:
+        report = _measure_run(config, detector, before, train, val, device)
+        report["meta"] = {**meta, "device": str(device), "torch": torch.__version__}
+        _publish_run(staging, out, report)
+    except SgcnnError as err:
+        raise SgcnnError(f"{str(err).rstrip('.')}; {_kept(staging)}") from err
+    except BaseException:  # a bug or an interrupt: its traceback, and where the detector is
+        print(f"note: {_kept(staging)}", file=sys.stderr)
+        raise
+    return report
+
+
+def _measure_run(config, detector, before, train, val, device) -> dict:
+    """The report of a trained detector: mAP (masked and converted backbone), masks kept,
+    counts and latency."""
+    t = config.train
     report = {
         "title": config.name or "detection",
         "backbone": config.backbone.name,
@@ -172,14 +193,19 @@ def run_detection(
         "masks_kept": masks_kept(detector, before),
         "map": evaluate_coco(detector, val, device, t.batch_size),
     }
-    size = example_size(d.min_size)
+    size = example_size(config.data.min_size)
     fast = convert_backbone(detector, size, device) if before else None
     if fast is not None:
         report["map_converted"] = evaluate_coco(fast, val, device, t.batch_size)
     report.update(measure(detector, fast, size, device, t.latency_runs))
-    report["meta"] = {**meta, "device": str(device), "torch": torch.__version__}
-    _write_run(out, config, detector, payload, records, report)
     return report
+
+
+def _kept(staging: Path) -> str:
+    return (
+        f"the trained detector is kept in {staging / 'detector.pt'}, with its config.yaml and "
+        "metrics.jsonl: `sgcnn detect eval` measures it"
+    )
 
 
 def _require_boxes(data) -> None:
@@ -192,19 +218,28 @@ def _require_boxes(data) -> None:
         )
 
 
-def _write_run(out: Path, config, detector, payload, records, report) -> None:
-    out = out.resolve()
-    staging = staging_dir(out)
+def _stage_trained(out: Path, config, detector, payload, records) -> Path:
+    """A staging folder beside ``out`` holding ``detector.pt``, ``config.yaml`` and
+    ``metrics.jsonl`` of the trained detector (removed again if writing them fails)."""
+    staging = staging_dir(out.resolve())
     try:
         save_detector(staging / "detector.pt", detector, payload)
         (staging / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
         (staging / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-        (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        (staging / "report.md").write_text(format_report(report))
-        publish_dir(staging, out, overwrite=False)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    return staging
+
+
+def _publish_run(staging: Path, out: Path, report: dict) -> None:
+    """Add the report to ``staging`` and rename it to ``out`` (which must not hold files)."""
+    out = out.resolve()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SgcnnError(f"output folder {out} was created and filled by something else meanwhile")
+    (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (staging / "report.md").write_text(format_report(report))
+    publish_dir(staging, out, overwrite=False)
 
 
 def format_report(report: dict) -> str:

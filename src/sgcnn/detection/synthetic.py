@@ -2,7 +2,10 @@
 
 Every image is a random texture (a smooth colour gradient plus stripes and pixel noise) with
 1 to ``max_objects`` filled shapes pasted on it, each a random colour and size; the category
-is the shape (``circle``, ``square``, ``triangle``), the box its tight extent. Written as::
+is the shape (``circle``, ``square``, ``triangle``), the box the tight extent of the whole
+shape. Later shapes are drawn over earlier ones: a shape of which less than
+``MIN_VISIBLE`` (25 %) of its pixels stay visible gets no box (the last one drawn always has
+its box). Written as::
 
     OUT/train/000000.png ...   OUT/train.json
     OUT/val/000000.png ...     OUT/val.json
@@ -26,6 +29,7 @@ from sgcnn._io import check_output_dir, publish_dir, staging_dir
 from sgcnn.errors import SgcnnError
 
 CATEGORIES = ("circle", "square", "triangle")
+MIN_VISIBLE = 0.25  # fraction of a shape's pixels left visible for it to keep its box
 
 
 def make_synthetic_coco(
@@ -94,20 +98,46 @@ def _image(rng, size: int, max_objects: int) -> tuple[Image.Image, list]:
     stripes = 25 * np.sin(2 * np.pi * rng.uniform(2, 8) * (xx if rng.random() < 0.5 else yy))
     noise = rng.normal(0, 12, (size, size, 3))
     pixels = np.clip(background + stripes[..., None] + noise, 0, 255).astype(np.uint8)
-    image = Image.fromarray(pixels)
-    draw = ImageDraw.Draw(image)
-    boxes = []
+    return _paint(Image.fromarray(pixels), _shapes(rng, size, max_objects))
+
+
+def _shapes(rng, size: int, max_objects: int) -> list[tuple[int, tuple, tuple]]:
+    """``[(category, box, colour)]`` of 1 to ``max_objects`` random shapes."""
+    shapes = []
     for _ in range(int(rng.integers(1, max_objects + 1))):
         side = int(rng.uniform(0.15, 0.45) * size)
         x0, y0 = (int(v) for v in rng.integers(0, size - side, 2))
-        x1, y1 = x0 + side, y0 + side
         colour = tuple(int(c) for c in rng.integers(0, 256, 3))
         category = int(rng.integers(1, len(CATEGORIES) + 1))
-        if category == 1:
-            draw.ellipse([x0, y0, x1 - 1, y1 - 1], fill=colour)
-        elif category == 2:
-            draw.rectangle([x0, y0, x1 - 1, y1 - 1], fill=colour)
-        else:
-            draw.polygon([(x0, y1 - 1), ((x0 + x1) // 2, y0), (x1 - 1, y1 - 1)], fill=colour)
-        boxes.append((category, (x0, y0, x1, y1)))
+        shapes.append((category, (x0, y0, x0 + side, y0 + side), colour))
+    return shapes
+
+
+def _paint(image: Image.Image, shapes: list) -> tuple[Image.Image, list]:
+    """Draw ``shapes`` in order on ``image``; returns it and ``[(category, box)]`` of the
+    shapes that stay at least ``MIN_VISIBLE`` visible."""
+    draw = ImageDraw.Draw(image)
+    owner = Image.new("I", image.size, 0)  # which shape each pixel shows (0: background)
+    owners = ImageDraw.Draw(owner)
+    areas = []
+    for index, (category, box, colour) in enumerate(shapes, start=1):
+        _draw(draw, category, box, colour)
+        _draw(owners, category, box, index)
+        areas.append(int((np.asarray(owner) == index).sum()))
+    shown = np.bincount(np.asarray(owner).ravel(), minlength=len(shapes) + 1)
+    boxes = [
+        (category, box)
+        for (category, box, _), area, seen in zip(shapes, areas, shown[1:], strict=True)
+        if seen >= MIN_VISIBLE * area
+    ]
     return image, boxes
+
+
+def _draw(draw: ImageDraw.ImageDraw, category: int, box: tuple, fill) -> None:
+    x0, y0, x1, y1 = box
+    if category == 1:
+        draw.ellipse([x0, y0, x1 - 1, y1 - 1], fill=fill)
+    elif category == 2:
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], fill=fill)
+    else:
+        draw.polygon([(x0, y1 - 1), ((x0 + x1) // 2, y0), (x1 - 1, y1 - 1)], fill=fill)

@@ -111,17 +111,10 @@ def load_transferred(
             "(check the dataset folder or data.classes)"
         )
     source, name, kwargs = load_source(path, name)
-    try:
-        classifier = model_classifier(source, name, kwargs)
-    except SgcnnError as err:
-        raise SgcnnError(f"checkpoint {path!r}: {err}") from err
+    classifier = _source_classifier(path, source, name, kwargs)
     kwargs = {**kwargs, "num_classes": num_classes}
     target = create_model(name, **kwargs)
-    masked = [
-        n
-        for n, m in source.named_modules()
-        if is_masked(m) and n != classifier and not n.startswith(classifier + ".")
-    ]
+    masked = _kept_masked(source, classifier)
     ckpt.attach_masks_(target, masked)
     state = target.state_dict()
     prefix = classifier + "."
@@ -139,6 +132,31 @@ def load_transferred(
     for layer in masked:  # a plain state_dict may hold nonzero weights where its mask is 0
         target.get_submodule(layer).apply_mask_()
     return target, name, kwargs, classifier
+
+
+def grouping_kept(path: str, name: str | None) -> tuple[str, list[str]]:
+    """``(classifier, layers)`` of a transfer's source checkpoint: its classifier's name and
+    the self-grouped layers the transfer keeps (all but the classifier, which it replaces).
+    With no such layer, fine-tuning the transferred model is a dense transfer, not **L**."""
+    source, name, kwargs = load_source(path, name)
+    classifier = _source_classifier(path, source, name, kwargs)
+    return classifier, _kept_masked(source, classifier)
+
+
+def _source_classifier(path: str, source: nn.Module, name: str, kwargs: dict[str, Any]) -> str:
+    try:
+        return model_classifier(source, name, kwargs)
+    except SgcnnError as err:
+        raise SgcnnError(f"checkpoint {path!r}: {err}") from err
+
+
+def _kept_masked(source: nn.Module, classifier: str) -> list[str]:
+    """The self-grouped layers of ``source`` outside its ``classifier``."""
+    return [
+        n
+        for n, m in source.named_modules()
+        if is_masked(m) and n != classifier and not n.startswith(classifier + ".")
+    ]
 
 
 def check_masks_kept(model: nn.Module, source: nn.Module, classifier: str) -> None:
