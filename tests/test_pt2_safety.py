@@ -70,6 +70,26 @@ def _sample_inputs(marker):
     return change
 
 
+def _case_collision(marker):
+    """A pickled twin of the sample inputs whose name differs in case only, listed first:
+    PyTorch's zip reader finds members case-insensitively, Python's zipfile does not."""
+
+    def change(m):
+        items = list(m.items())
+        m.clear()
+        m["data/sample_inputs/MODEL.pt"] = _pickled_tensor_file(marker)
+        m.update(items)
+
+    return change
+
+
+def _stray_member(marker):
+    def change(m):
+        m["data/sample_inputs/other.pt"] = _pickled_tensor_file(marker)
+
+    return change
+
+
 def _pickled_weight(marker):
     def change(m):
         def edit(config):
@@ -140,6 +160,8 @@ CRAFTS = {
     "shape-expression": (_shape_expression, "not plain arithmetic"),
     "guard-code": (_guards, "guard code"),
     "graph-target": (_graph_target, "torch.hub.load"),
+    "case-collision": (_case_collision, "differ only in case"),
+    "stray-member": (_stray_member, "belongs to no program"),
 }
 
 
@@ -163,7 +185,7 @@ def test_crafted_archive_is_refused_and_nothing_runs(craft, genuine, tmp_path, c
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("craft", ["sample-inputs-pickle", "weight-use-pickle"])
+@pytest.mark.parametrize("craft", ["sample-inputs-pickle", "weight-use-pickle", "case-collision"])
 def test_without_the_check_pytorch_would_run_the_payload(craft, genuine, tmp_path):
     """The crafted files are real attacks: plain torch.export.load runs them."""
     marker = tmp_path / "ran"
@@ -182,3 +204,50 @@ def test_damaged_archives_are_one_clear_error(genuine, tmp_path):
                         lambda m: m.update({"extra/sgcnn.json": b"\xff not json"}))  # fmt: skip
     with pytest.raises(sgcnn.SgcnnError, match=r"sgcnn\.json is not JSON"):
         export.load(bad_meta)
+
+
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        ({"example_shape": 5}, "damaged sgcnn.json"),
+        ({"example_shape": [1, 3, 16, 16], "dynamic_batch": "false"}, "damaged sgcnn.json"),
+        ({"data": {"classes": ["a"], "mean": 0.5, "std": [0.2]}}, r"damaged data record \(mean"),
+        ({"data": {"classes": [1, 2]}}, r"damaged data record \(classes"),
+        ({"data": ["a", "b"]}, "damaged data record"),
+    ],
+)
+def test_damaged_program_metadata_is_one_clear_error(genuine, tmp_path, meta, message):
+    def change(m):
+        current = json.loads(m["extra/sgcnn.json"])
+        m["extra/sgcnn.json"] = json.dumps({**current, **meta}).encode()
+
+    with pytest.raises(sgcnn.SgcnnError, match=message):
+        export.load(_rewrite(genuine, tmp_path / "meta.pt2", change))
+
+
+def test_the_bytes_checked_are_the_bytes_loaded(genuine, tmp_path, monkeypatch):
+    """The file is read once: swapping it after the check cannot smuggle anything in."""
+    from sgcnn.deploy import _pt2_check
+
+    marker = tmp_path / "ran"
+    crafted = _rewrite(genuine, tmp_path / "crafted.pt2", _sample_inputs(marker))
+    target = tmp_path / "swapped.pt2"
+    target.write_bytes(genuine.read_bytes())
+    check = _pt2_check.check_pt2
+
+    def check_then_swap(path, *data):
+        check(path, *data)
+        target.write_bytes(crafted.read_bytes())  # an attacker's swap, between check and load
+
+    monkeypatch.setattr(export, "check_pt2", check_then_swap)
+    with contextlib.suppress(Exception):
+        export.load(target)
+    assert not marker.exists()
+
+
+def test_powers_in_shape_expressions_are_refused():
+    from sgcnn.deploy._pt2_check import _safe_expression
+
+    assert _safe_expression("Mul(Integer(7), Symbol('s77', positive=True, integer=True))")
+    for text in ("9**9**9**9", "Pow(Integer(9), Pow(Integer(9), Integer(9)))", "x" * 5000):
+        assert not _safe_expression(text)

@@ -98,7 +98,7 @@ def _load_onnx(path: Path) -> Classifier:
 
 def _onnx_record(session, path: Path) -> dict | None:
     """The data record in the ONNX model's metadata (``sgcnn.data``), if it has one."""
-    from sgcnn.deploy.export import ONNX_DATA_KEY
+    from sgcnn.deploy.export import ONNX_DATA_KEY, checked_record
 
     text = session.get_modelmeta().custom_metadata_map.get(ONNX_DATA_KEY)
     if text is None:
@@ -109,7 +109,7 @@ def _onnx_record(session, path: Path) -> dict | None:
         raise SgcnnError(
             f"{str(path)!r} has a damaged {ONNX_DATA_KEY} metadata entry: {describe(err)}"
         ) from err
-    return record if isinstance(record, dict) else None
+    return checked_record(record, str(path))
 
 
 class _Single(nn.Module):

@@ -40,6 +40,7 @@ _MEMBER = re.compile(
     r"|data/constants/tensor_\d+"
     r"|extra/[\w.\-]+"
 )
+_PAYLOAD = re.compile(r"data/weights/weight_\d+|data/constants/tensor_\d+|extra/[\w.\-]+")
 _PAYLOAD_PREFIX = {"weights": "weight_", "constants": "tensor_"}
 # Graph targets PyTorch resolves without running anything but the operator itself.
 _TARGETS = ("torch.ops.aten.", "torch.ops.prims.", "torch.ops.sgcnn.", "_operator.", "math.")
@@ -47,15 +48,16 @@ _TARGETS = ("torch.ops.aten.", "torch.ops.prims.", "torch.ops.sgcnn.", "_operato
 _SYMPY_NAMES = {
     "Symbol", "Integer", "Rational", "Float", "True", "False", "oo",
     "positive", "negative", "nonnegative", "nonpositive", "integer", "real", "finite",
-    "Add", "Mul", "Pow", "Max", "Min", "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "And", "Or", "Not",
+    "Add", "Mul", "Max", "Min", "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "And", "Or", "Not",
     "FloorDiv", "ModularIndexing", "Where", "PythonMod", "Mod", "CleanDiv", "CeilToInt",
-    "FloorToInt", "CeilDiv", "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv",
+    "FloorToInt", "CeilDiv", "FloatTrueDiv",
     "IntTrueDiv", "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt",
     "RoundToInt", "RoundDecimal", "ToFloat", "Identity",
 }  # fmt: skip
 _TOKEN = re.compile(
-    r"\s+|'[a-z]+\d+'|[a-z]+\d+|[A-Za-z_]\w*|\d+(\.\d+)?(e-?\d+)?|\*\*|//|[<>=!]=|[-+*/%(),<>=]"
-)
+    r"\s+|'[a-z]+\d+'|[a-z]+\d+|[A-Za-z_]\w*|\d+(\.\d+)?(e-?\d+)?|//|[<>=!]=|[-+*/%(),<>=]"
+)  # no powers or shifts: 9**9**9 or Pow(9, Pow(9, 9)) would keep sympy busy for ever
+MAX_EXPRESSION = 4096  # characters of one shape expression
 
 
 def _refuse(path: Path, why: str) -> SgcnnError:
@@ -76,12 +78,13 @@ def looks_like_pt2(path: str | Path) -> bool:
         return False
 
 
-def check_pt2(path: str | Path) -> None:
-    """Raise :class:`SgcnnError` unless ``path`` is a ``.pt2`` archive that PyTorch can load
+def check_pt2(path: str | Path, data: bytes | None = None) -> None:
+    """Raise :class:`SgcnnError` unless ``path`` (or its bytes ``data``, read once by the
+    caller, who then loads those same bytes) is a ``.pt2`` archive that PyTorch can load
     without unpickling arbitrary objects or evaluating text from the file."""
     path = Path(path)
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(path if data is None else io.BytesIO(data)) as archive:
             _check_archive(path, archive)
     except zipfile.BadZipFile as err:
         raise SgcnnError(
@@ -98,6 +101,8 @@ def _check_archive(path: Path, archive: zipfile.ZipFile) -> None:
     names = archive.namelist()
     if len(set(names)) != len(names):
         raise _refuse(path, "it lists the same member twice")
+    if len({n.lower() for n in names}) != len(names):  # PyTorch's reader ignores case
+        raise _refuse(path, "two of its member names differ only in case")
     roots = {n.split("/", 1)[0] for n in names}
     if len(roots) != 1 or any("/" not in n for n in names):
         raise _refuse(path, "its members are not all under one archive folder")
@@ -112,6 +117,9 @@ def _check_archive(path: Path, archive: zipfile.ZipFile) -> None:
             models.add(match["model"])
     if not models:
         raise _refuse(path, "it holds no exported program (models/<name>.json)")
+    for name in sorted(members - _expected(models)):
+        if not _PAYLOAD.fullmatch(name):
+            raise _refuse(path, f"{name!r} belongs to no program in it")
     meta = "extra/sgcnn.json"
     if meta in members and not isinstance(_read_json(path, archive, root + meta), dict):
         raise _refuse(path, "extra/sgcnn.json is not a JSON object")
@@ -126,6 +134,14 @@ def _check_archive(path: Path, archive: zipfile.ZipFile) -> None:
         except Exception as err:
             raise _refuse(path, f"{sample} does not load with weights_only=True") from err
         _check_program(path, _read_json(path, archive, root + f"models/{model}.json"))
+
+
+def _expected(models: set[str]) -> set[str]:
+    """The members a program of each of ``models`` consists of, besides its payloads."""
+    per_model = ("models/{m}.json", "data/sample_inputs/{m}.pt",
+                 "data/weights/{m}_weights_config.json",
+                 "data/constants/{m}_constants_config.json")  # fmt: skip
+    return _FIXED | {f.format(m=m) for m in models for f in per_model}
 
 
 def _read_json(path: Path, archive: zipfile.ZipFile, member: str):
@@ -176,7 +192,10 @@ def _check_program(path: Path, program) -> None:
 
 
 def _safe_expression(text: str) -> bool:
-    """``text`` is made of symbols, numbers, arithmetic and the sympy names above only."""
+    """``text`` is made of symbols, numbers, arithmetic and the sympy names above only, and
+    is short enough to evaluate at once."""
+    if len(text) > MAX_EXPRESSION or "**" in text.replace(" ", ""):
+        return False
     pos = 0
     while pos < len(text):
         match = _TOKEN.match(text, pos)

@@ -274,17 +274,68 @@ def load(path: str | os.PathLike) -> LoadedProgram:
     path = Path(path)
     if not path.is_file():
         raise SgcnnError(f"{str(path)!r} does not exist (or is not a file)")
-    check_pt2(path)  # before PyTorch, which would unpickle and eval what the file holds
+    try:
+        data = path.read_bytes()  # once: the bytes checked are the bytes loaded
+    except OSError as err:
+        raise SgcnnError(f"cannot read {str(path)!r}: {describe(err)}") from err
+    check_pt2(path, data)  # before PyTorch, which would unpickle and eval what the file holds
     extra = {META: ""}
     try:
-        program = torch.export.load(path, extra_files=extra)
+        program = torch.export.load(io.BytesIO(data), extra_files=extra)
     except Exception as err:
         raise SgcnnError(
             f"cannot read {str(path)!r} as a saved converted model (.pt2 from `sgcnn convert`): "
             f"{describe(err)}"
         ) from err
     meta = json.loads(extra[META]) if extra[META] else {}
-    return LoadedProgram(program.module(), meta).eval()
+    return LoadedProgram(program.module(), _checked_meta(meta, path)).eval()
+
+
+def _checked_meta(meta: dict, path: Path) -> dict:
+    """``sgcnn.json`` as :class:`LoadedProgram` reads it, or an error naming what is damaged."""
+    shape, dynamic = meta.get("example_shape"), meta.get("dynamic_batch", False)
+    ok_shape = shape is None or (
+        isinstance(shape, list)
+        and len(shape) >= 1
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in shape)
+    )
+    if not ok_shape or not isinstance(dynamic, bool):
+        raise SgcnnError(
+            f"{str(path)!r} has a damaged {META} (example_shape {shape!r}, dynamic_batch "
+            f"{dynamic!r}); write it again with `sgcnn convert` / `sgcnn export`"
+        )
+    return {**meta, "data": checked_record(meta.get("data"), str(path))}
+
+
+def checked_record(record, source: str) -> dict | None:
+    """A data record read from a program (``None`` if it has none), checked: ``classes`` a
+    list of names, ``mean`` / ``std`` lists of numbers of one length, ``input_size`` positive
+    integers; anything else is an :class:`SgcnnError` naming ``source``."""
+    if record is None:
+        return None
+
+    def numbers(v) -> bool:
+        return isinstance(v, list) and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in v
+        )
+
+    problems = [] if isinstance(record, dict) else ["not a mapping"]
+    if not problems:
+        classes, size = record.get("classes", []), record.get("input_size", [1])
+        if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+            problems.append("classes")
+        if not (numbers(record.get("mean", [])) and numbers(record.get("std", []))) or len(
+            record.get("mean", [])
+        ) != len(record.get("std", [])):
+            problems.append("mean / std")
+        if not (numbers(size) and all(isinstance(v, int) and v > 0 for v in size)):
+            problems.append("input_size")
+    if problems:
+        raise SgcnnError(
+            f"{source!r} carries a damaged data record ({', '.join(problems)}); export the "
+            "model again"
+        )
+    return record
 
 
 # --------------------------------------------------------------------------- ONNX
