@@ -68,14 +68,43 @@ def _result(run_dir: Path, baseline: bool) -> dict | None:
         if r.get("event") == "epoch" and r.get("row") == name
     }
     g = config.grouping
+    start = run_dir / "baseline" / "model.pt"  # the weights the run started from (or trained)
     return {
         **rows[-1],
         "epochs": len(trained),
         "epochs_planned": total_epochs(plan(config)),
         "elapsed_s": facts.get("elapsed_s"),
-        "start": (config.model.checkpoint, tuple(g.include), tuple(g.exclude), g.fc_cap),
+        "start": (_weights_digest(start), tuple(g.include), tuple(g.exclude), g.fc_cap),
         "protocol": (config.data.val_fraction, config.train.select),
+        "machine": _run_machine(run_dir),
     }
+
+
+def _weights_digest(path: Path) -> str | None:
+    """A digest of a checkpoint's tensors (names and values): two runs started from the same
+    weights have the same one, wherever the file was copied (None without the file)."""
+    import hashlib
+
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    state = ckpt.load_checkpoint(path).get("state_dict", {})
+    for name in sorted(state):
+        if name.endswith((".sg_mask", ".sg_labels", ".sg_keep")):
+            continue  # a row's own pruning, after it started
+        digest.update(name.encode())
+        digest.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _run_machine(run_dir: Path) -> dict | None:
+    """Where the run itself says it trained (its first ``start`` record)."""
+    for record in read_metrics(run_dir / METRICS_FILE):
+        if record.get("event") == "start" and isinstance(record.get("machine"), dict):
+            m = record["machine"]
+            return {"cpu": m.get("cpu"), "cores": m.get("cpu_count"), "torch": m.get("torch"),
+                    "python": m.get("python")}  # fmt: skip
+    return None
 
 
 def _protocol_text(protocol) -> str:
@@ -183,7 +212,7 @@ def collect(
             "status": status,
             "run": name,
             "wall_s": rec.get("wall_s"),
-            "machine": rec.get("machine"),
+            "machine": rec.get("machine"),  # the driver's record, else the run's own
             "latency_ms": None,
             "latency_batch": batch if latency else None,
             "latency_threads": threads if latency else None,
@@ -191,6 +220,7 @@ def collect(
         if result is not None:
             keys = ("top1", "top5", "params", "flops", "epochs", "epochs_planned", "start")
             entry.update({k: result[k] for k in keys})
+            entry["machine"] = entry["machine"] or result["machine"]
             entry["test_images"] = result.get("test_images")
             if result["elapsed_s"] is not None:  # the run's own clock, across interruptions
                 entry["wall_s"] = round(result["elapsed_s"], 1)
@@ -339,23 +369,33 @@ def _setup_text(entries: list[dict], doc: dict) -> str:
     """What every row shares, stated only where the runs' own records show it."""
     rows = [e for e in entries if e["method"] != "baseline" and e["status"] == "done"]
     starts = {e["start"] for e in rows}
+    base = next((e.get("start") for e in entries if e["method"] == "baseline"), None)
+    weights = {s[0] for s in starts}
     epochs = sorted({e["epochs"] for e in rows})
     tests = {e.get("test_images") for e in entries if e["status"] == "done"}
     parts = []
-    if len(starts) == 1:
+    if None in weights or (base is not None and base[0] is None):
+        parts.append(
+            "Which weights the rows started from cannot be checked (a run folder lacks its "
+            "baseline/model.pt)"
+        )
+    elif base is not None and weights and weights != {base[0]}:
+        parts.append(
+            "The finished rows do NOT all start from the baseline's weights (their "
+            "baseline/model.pt differ from it)"
+        )
+    if len(starts) == 1 and None not in weights:
         _, include, exclude, fc_cap = next(iter(starts))
         layers = f"only {', '.join(include)}" if include else "the layers sgcnn selects"
         layers += f" except {', '.join(exclude)}" if exclude else ""
         dense = "; the classifier stays dense" if fc_cap == 0 and not exclude else ""
         parts.append(
-            f"Every finished row starts from the same baseline checkpoint and prunes the same "
-            f"layers ({layers}; the stem stays dense{dense}) to the conv sparsity shown"
+            f"Every finished row starts from the same weights (checked: a digest of each row's "
+            f"starting checkpoint) and prunes the same layers ({layers}; the stem stays "
+            f"dense{dense}) to the conv sparsity shown"
         )
-    elif starts:
-        parts.append(
-            "The finished rows do NOT all start from the same checkpoint and layers (see the "
-            "commands below)"
-        )
+    elif len({s[1:] for s in starts}) > 1:
+        parts.append("The finished rows do NOT all prune the same layers (see the commands below)")
     if len(epochs) == 1:
         parts.append(
             f"and trains {epochs[0]} epochs after pruning (an LG row's local epochs count "

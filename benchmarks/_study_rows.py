@@ -39,3 +39,12 @@ def study_rows() -> list[Row]:
 def finished(run_dir: Path) -> bool:
     """A run is complete once its report is written (the last thing a run does)."""
     return (run_dir / "report.json").is_file()
+
+
+def diverged(run_dir: Path) -> bool:
+    """A finished run that stopped on a non-finite loss (its metrics record a ``failed``
+    event): its report exists, but its model is no result."""
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        return False
+    return any('"event": "failed"' in line for line in metrics.read_text().splitlines())

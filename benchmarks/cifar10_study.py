@@ -25,6 +25,8 @@ Conv-70, longest first. A shared data cache: set ``SGCNN_CACHE`` (default: OUT/c
 from __future__ import annotations
 
 import argparse
+import fcntl
+import hashlib
 import json
 import os
 import signal
@@ -38,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # the checkout's sgcnn, installed or not
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _study_rows import SPARSITIES, STUDY_FILE, Row, finished, study_rows  # noqa: E402
+from _study_rows import SPARSITIES, STUDY_FILE, Row, diverged, finished, study_rows  # noqa: E402
 
 QUICK_SETS = ["train.limit_batches=4", "grouping.global_epochs=1", "grouping.local_epochs=1"]
 LG_STEP, LOCAL_EPOCHS = 0.1, 1  # LG rows: pruning step, and local epochs after each step
@@ -80,8 +82,20 @@ class Study:
     def __init__(self, out: Path, jobs: int, host: dict | None = None) -> None:
         self.out, self.jobs, self.host = out, jobs, host
         self.file = out / STUDY_FILE
-        self.record = json.loads(self.file.read_text()) if self.file.is_file() else {}
+        self._lock = _lock_study(out)  # held while this driver lives
+        try:
+            self.record = json.loads(self.file.read_text()) if self.file.is_file() else {}
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise SystemExit(
+                f"{self.file} is damaged ({err}); restore it or start a new --out"
+            ) from None
         self.record.setdefault("runs", {})
+
+    def close(self) -> None:
+        """Release the study folder (its lock)."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def save(self) -> None:
         from sgcnn._io import atomic_write
@@ -92,7 +106,12 @@ class Study:
     def launch(self, name: str, command: list[str]) -> subprocess.Popen | None:
         run_dir = self.out / name
         if finished(run_dir):
-            print(f"  {name}: done already, skipped", flush=True)
+            if diverged(run_dir):  # its report says so; running it again would diverge again
+                self.record["runs"].setdefault(name, {})["status"] = "failed"
+                self.save()
+                print(f"  {name}: diverged (see its metrics.jsonl), not run again", flush=True)
+            else:
+                print(f"  {name}: done already, skipped", flush=True)
             return None
         if run_dir.exists():
             command = [*command, "--resume"]
@@ -142,6 +161,50 @@ class Study:
                 self.finish(proc)
 
 
+def _lock_study(out: Path) -> int:
+    """An exclusive lock on the study folder for this driver's lifetime (a second driver on the
+    same folder would launch the same runs and overwrite the study file)."""
+    fd = os.open(out / ".study.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SystemExit(f"another driver is running on {out}; wait for it or stop it") from None
+    return fd
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _same_settings(study: Study, settings: dict) -> bool:
+    """Record the study's settings on its first run; a restart must repeat them (rows run with
+    other settings would not be comparable). Prints what differs."""
+    saved = study.record.setdefault("settings", settings)
+    changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in settings.items() if saved.get(k) != v]
+    if changed:
+        print(
+            f"this study was started with other settings ({'; '.join(changed)}): run it with "
+            f"those (see {study.file}), or use another --out",
+            file=sys.stderr,
+        )
+    return not changed
+
+
+def _checkpoint_arg(checkpoint: Path) -> str:
+    """The baseline's path as the rows record it: relative to the repository (the runs' working
+    folder) when the study lives inside it, so that a study folder copied along with the
+    repository to another machine still resumes; else absolute."""
+    try:
+        return str(checkpoint.relative_to(ROOT))
+    except ValueError:
+        return str(checkpoint)
+
+
 def _pythonpath() -> list[str]:
     return [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
 
@@ -166,6 +229,21 @@ def cmd_run(args) -> int:
     out = args.out.resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     study = Study(out, 1, machine())
+    try:
+        return _run_study(args, out, study)
+    finally:
+        study.close()
+
+
+def _run_study(args, out: Path, study: Study) -> int:
+    settings = {
+        "epochs": args.epochs,
+        "ft_epochs": args.ft_epochs,
+        "full_train": args.full_train,
+        "quick": args.quick,
+    }
+    if not _same_settings(study, settings):
+        return 2
     study.record["machine"] = study.host
     study.record["driver"] = ["benchmarks/cifar10_study.py", *sys.argv[1:]]
     study.record["archive"] = str(args.archive)
@@ -193,22 +271,39 @@ def cmd_run(args) -> int:
         ]
     )
     checkpoint = out / "baseline" / "baseline" / "model.pt"
-    if not checkpoint.is_file():
-        print(f"the baseline failed: see {out / 'logs' / 'baseline.log'}", file=sys.stderr)
+    base = out / "baseline"
+    if not finished(base) or diverged(base) or not checkpoint.is_file():
+        why = "diverged" if diverged(base) else "has not finished"  # model.pt is every epoch's
+        print(
+            f"the baseline {why}: no row starts from it (see {out / 'logs' / 'baseline.log'}; "
+            "run the same command again to resume it)",
+            file=sys.stderr,
+        )
         return 1
+    digest = _digest(checkpoint)
+    if study.record.setdefault("baseline_sha256", digest) == digest:
+        study.save()
+    else:
+        print(
+            f"{checkpoint} changed since the rows started from it (sha256 recorded in "
+            f"{study.file}); rows from two baselines are not comparable: use another --out",
+            file=sys.stderr,
+        )
+        return 2
     commands = []
     rows = study_rows()
     if args.quick:  # one row of each kind, at the higher sparsity
         rows = [r for r in rows if r.seed == 0 and r.conv == max(SPARSITIES)]
     for row in rows:
         sets = [
-            f"model.checkpoint={checkpoint}",
+            f"model.checkpoint={_checkpoint_arg(checkpoint)}",
             f"grouping.method={row.method}",
             f"grouping.scheme={row.scheme}",
             f"grouping.conv=[{row.conv}]",
             f"grouping.seed={row.seed}",
             f"train.seed={row.seed}",
             f"train.threads={threads}",
+            "train.amp=none",  # fp32 everywhere, as `sgcnn eval` re-evaluates the checkpoints
             *protocol,
         ]
         sets += quick or budget_sets(row, args.ft_epochs)
@@ -231,6 +326,13 @@ def cmd_lenet(args) -> int:
     out = args.out.resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     study = Study(out, args.jobs)
+    try:
+        return _run_lenet(args, out, study)
+    finally:
+        study.close()
+
+
+def _run_lenet(args, out: Path, study: Study) -> int:
     study.record["machine"] = machine()
     sets = ["grouping.conv=[0.95, 0.96, 0.97, 0.98, 0.99]", "train.device=cpu"]
     if args.quick:
@@ -269,7 +371,7 @@ def cmd_pack(args) -> int:
                 states.append(rel)
         elif path.suffix != ".pt":
             small.append(rel)
-        elif rel.parts[0] == "baseline" or rel.parts[1] != "baseline":
+        elif len(rel.parts) < 3 or rel.parts[0] == "baseline" or rel.parts[1] != "baseline":
             models.append(rel)
     parts = [("runs-meta", small)]
     for kind, files in (("models", models), ("state", states)):
@@ -306,13 +408,15 @@ def cmd_collect(args) -> int:
 
 
 def _exit_on_sigterm() -> None:
-    """SIGTERM (``timeout``, a scheduler) unwinds like Ctrl-C: the running runs are asked to
-    save their state and stop, and the study file records them."""
+    """SIGTERM (``timeout``, a scheduler) and SIGHUP (a closed terminal) unwind like Ctrl-C:
+    the running runs are asked to save their state and stop, and the study file records them
+    (no run is left training without its driver)."""
 
     def handler(signum, frame):
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGHUP, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -364,8 +468,17 @@ def main(argv: list[str] | None = None) -> int:
             f"--ft-epochs must be >= {smallest_budget()}: an LG row spends {LOCAL_EPOCHS} epoch "
             "after each of its steps and needs at least one global epoch"
         )
-    if getattr(args, "jobs", 1) < 1:
-        parser.error("--jobs must be >= 1")
+    for name in ("jobs", "epochs", "threads", "batch"):
+        if getattr(args, name, 1) < 1:
+            parser.error(f"--{name} must be >= 1")
+    if getattr(args, "max_mb", 1) <= 0:
+        parser.error("--max-mb must be > 0")
+    out = getattr(args, "out", None)
+    if out is not None and out.exists() and not out.is_dir():
+        parser.error(f"--out {out} is a file, not a folder")
+    runs = getattr(args, "runs", None)
+    if runs is not None and not (runs / STUDY_FILE).is_file():
+        parser.error(f"--runs {runs}: no {STUDY_FILE} there (give the folder `run` wrote)")
     return args.func(args)
 
 

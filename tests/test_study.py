@@ -37,12 +37,19 @@ def test_collect_on_an_empty_study_lists_every_row_as_missing(tmp_path):
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 
-def _fake_run(runs, name, row, top1, epochs, report=True, planned=12):
-    """A run folder as the engine leaves it: config, a result row, its epoch records."""
+def _fake_run(runs, name, row, top1, epochs, report=True, planned=12, weights=None):
+    """A run folder as the engine leaves it: config, a result row, its epoch records (and with
+    ``weights``, a value, the checkpoint it started from)."""
+    import torch
+
     from sgcnn.engine.config import config_to_yaml, resolve_config
 
     run = runs / name
     run.mkdir(parents=True)
+    if weights is not None:
+        (run / "baseline").mkdir()
+        torch.save({"state_dict": {"w": torch.full((3,), float(weights))}},
+                   run / "baseline" / "model.pt")  # fmt: skip
     sets = ["model.checkpoint=base.pt", "grouping.scheme=G", "grouping.conv=[0.5]",
             "train.epochs=0", f"grouping.global_epochs={planned}", "grouping.exclude=[fc]",
             "grouping.fc_cap=0"]  # fmt: skip
@@ -92,15 +99,19 @@ def test_collect_says_what_wins_from_the_numbers_and_flags_what_is_unfinished(tm
     assert "kernel_l1-G-conv50-s0 partial: 11 of 12 epochs" in table
 
 
-def _launcher(tmp_path, monkeypatch) -> list:
-    """The commands ``run`` launches, collected instead of run (the baseline "finishes")."""
+def _launcher(tmp_path, monkeypatch, finish: bool = True) -> list:
+    """The commands ``run`` launches, collected instead of run (the baseline "finishes", or
+    with ``finish=False`` stops after an epoch: its model.pt exists, its report does not)."""
     launched = []
 
     def run_all(self, commands):
         launched.extend(commands)
         checkpoint = tmp_path / "study" / "baseline" / "baseline" / "model.pt"
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        checkpoint.touch()
+        if not checkpoint.exists():
+            checkpoint.write_bytes(b"weights")
+        if finish:
+            (checkpoint.parent.parent / "report.json").write_text("{}")
 
     monkeypatch.setattr(study.Study, "run_all", run_all)
     return launched
@@ -199,3 +210,87 @@ def test_a_dense_row_is_also_timed_in_the_runtimes_a_user_deploys_it_with(tmp_pa
     runtimes = out["baseline"]["dense"]
     assert set(runtimes) == {"channels_last", "jit", "onnxruntime"}
     assert all(isinstance(v, float) and v > 0 for k, v in runtimes.items() if k != "onnxruntime")
+
+
+def test_rows_never_start_from_an_unfinished_or_changed_baseline(tmp_path, monkeypatch, capsys):
+    """model.pt is written every epoch: only a finished baseline's is the rows' start, and a
+    restart whose baseline file changed is refused (rows from two baselines)."""
+    argv = ["run", "--archive", str(tmp_path / "c.tar.gz"), "--out", str(tmp_path / "study")]
+    launched = _launcher(tmp_path, monkeypatch, finish=False)
+    assert study.main(argv) == 1
+    assert [name for name, _ in launched] == ["baseline"]
+    assert "the baseline has not finished: no row starts from it" in capsys.readouterr().err
+    launched = _launcher(tmp_path, monkeypatch)
+    assert study.main(argv) == 0 and len(launched) == 19
+    for _, command in launched[1:]:
+        assert "train.amp=none" in command  # fp32 rows: `sgcnn eval` gives the same figures
+    (tmp_path / "study" / "baseline" / "baseline" / "model.pt").write_bytes(b"other weights")
+    assert study.main(argv) == 2
+    assert "changed since the rows started from it" in capsys.readouterr().err
+
+
+def test_a_restart_with_other_settings_is_refused(tmp_path, monkeypatch, capsys):
+    _launcher(tmp_path, monkeypatch)
+    argv = ["run", "--archive", str(tmp_path / "c.tar.gz"), "--out", str(tmp_path / "study")]
+    assert study.main([*argv, "--epochs", "160", "--full-train"]) == 0
+    assert study.main([*argv, "--epochs", "80", "--full-train"]) == 2
+    err = capsys.readouterr().err
+    assert "started with other settings (epochs: 160 -> 80)" in err
+
+
+def test_a_diverged_baseline_is_no_start(tmp_path, monkeypatch, capsys):
+    _launcher(tmp_path, monkeypatch)
+    (tmp_path / "study" / "baseline").mkdir(parents=True)
+    (tmp_path / "study" / "baseline" / "metrics.jsonl").write_text('{"event": "failed"}\n')
+    argv = ["run", "--archive", str(tmp_path / "c.tar.gz"), "--out", str(tmp_path / "study")]
+    assert study.main(argv) == 1
+    assert "the baseline diverged" in capsys.readouterr().err
+
+
+def test_one_driver_per_study_folder(tmp_path):
+    (tmp_path / "study").mkdir()
+    first = study.Study(tmp_path / "study", 1)
+    with pytest.raises(SystemExit, match="another driver is running"):
+        study.Study(tmp_path / "study", 1)
+    del first
+
+
+def test_the_baseline_path_travels_with_the_repository(tmp_path):
+    inside = study.ROOT / "runs" / "s" / "baseline" / "baseline" / "model.pt"
+    assert study._checkpoint_arg(inside) == "runs/s/baseline/baseline/model.pt"
+    assert study._checkpoint_arg(tmp_path / "model.pt") == str(tmp_path / "model.pt")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["collect", "--runs", "{tmp}/none"],
+        ["collect", "--runs", "{tmp}", "--threads", "0"],
+        ["pack", "--runs", "{tmp}", "--out", "{tmp}/o", "--max-mb", "0"],
+        ["run", "--archive", "a", "--out", "{tmp}/s", "--epochs", "0"],
+    ],
+)
+def test_bad_arguments_are_one_line(tmp_path, argv, capsys):
+    (tmp_path / "study.json").write_text("{}")
+    with pytest.raises(SystemExit) as exit_:
+        study.main([a.format(tmp=tmp_path) for a in argv])
+    assert exit_.value.code == 2 and "error:" in capsys.readouterr().err
+
+
+def test_collect_checks_that_the_rows_started_from_the_baselines_weights(tmp_path):
+    from _study_collect import collect
+
+    runs = tmp_path / "runs"
+    _fake_run(runs, "baseline", "baseline", 87.0, 12, weights=1)
+    _fake_run(runs, "sg-G-conv50-s0", "Conv-50/FC-0", 86.0, 12, weights=1)
+    _fake_run(runs, "sg-G-conv50-s1", "Conv-50/FC-0", 86.5, 12, weights=1)
+    collect(runs, None, tmp_path / "out", False, 1, 1)
+    assert (
+        "Every finished row starts from the same weights"
+        in (tmp_path / "out" / "cifar10.md").read_text()
+    )
+    _fake_run(runs, "random-G-conv50-s0", "Conv-50/FC-0", 86.1, 12, weights=2)
+    collect(runs, None, tmp_path / "out", False, 1, 1)
+    table = (tmp_path / "out" / "cifar10.md").read_text()
+    assert "do NOT all start from the baseline's weights" in table
+    assert "Every finished row starts from the same weights" not in table
