@@ -2,13 +2,16 @@
 caller, per thread, and dropped by copies and release()."""
 
 import copy
+import gc
 import pickle
 import threading
+import weakref
 
 import pytest
 import torch
 import torchvision
 from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
 
 import sgcnn
 from sgcnn.core.clustering import KMeansSettings
@@ -146,3 +149,65 @@ def test_no_buffer_where_autograd_records_the_call():
     with torch.no_grad():
         torch.testing.assert_close(layer(x), conv(x), rtol=1e-5, atol=1e-5)
     assert layer.arena_slot[0].nbytes() > 0
+
+
+def _weak_refs(arena):
+    """Weak references to the storages of the calling thread's buffers of ``arena``."""
+    held = getattr(arena._local, "buffers", None) or []
+    return [StorageWeakRef(b.untyped_storage()) for b in held if b is not None]
+
+
+def test_a_finished_threads_buffers_are_freed():
+    """A server with a thread per request must not keep a set of buffers per thread id."""
+    arena = _arena.Arena(2)
+    mine = arena.take(0, 100, torch.float32)
+    refs = []
+
+    def work():
+        arena.take(1, 1000, torch.float32)
+        refs.extend(_weak_refs(arena))
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    del thread
+    gc.collect()
+    assert arena.nbytes() == mine.numel() * 4  # the running thread's buffer stays
+    assert len(refs) == 1 and refs[0].expired()
+
+
+def _recording_arena(made: list):
+    """An Arena class that notes weak references to itself and to every buffer it hands out."""
+
+    class Recorded(_arena.Arena):
+        def buffer(self, slot, numel, dtype, device):
+            buf = super().buffer(slot, numel, dtype, device)
+            made.append((weakref.ref(self), StorageWeakRef(buf.untyped_storage())))
+            return buf
+
+    return Recorded
+
+
+@torch.no_grad()
+def test_release_and_conversion_free_the_buffers_native_layers_keep_views_of(monkeypatch):
+    """A native layer's call plan keeps its last output, a view of its arena buffer: tuning's
+    buffers are gone once convert returns, and the model's once release_buffers returns."""
+    made = []
+    monkeypatch.setattr(_arena, "Arena", _recording_arena(made))
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    )  # fmt: skip
+    _grouped(model, 8)
+    x = torch.randn(2, 3, 8, 8)
+    converted = sgcnn.convert(model, x, tune=True, realizations=("native",), progress=False)
+    (arena,) = _arenas(converted).values()
+    gc.collect()
+    tuned = [ref for owner, ref in made if owner() is not arena]
+    assert tuned and all(ref.expired() for ref in tuned)
+    converted(x)
+    refs = _weak_refs(arena)
+    assert refs and release_buffers(converted) > 0
+    gc.collect()
+    assert all(ref.expired() for ref in refs)
+    torch.testing.assert_close(converted(x), model(x), rtol=1e-4, atol=1e-4)

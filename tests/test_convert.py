@@ -382,6 +382,43 @@ def test_fusion_folds_batchnorm_relu_and_residual_into_layers():
     _assert_equivalent(unfused, masked, x)
 
 
+class _AddsIntoItsInput(nn.Module):
+    """``skip = y`` then ``y`` grows in place by ``conv(y)``: ``skip`` sees the sum too."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        y = self.stem(x)
+        skip = y
+        if self.how == "add_":
+            y.add_(self.conv(y))
+        else:
+            y += self.conv(y)
+        return y + skip
+
+
+@pytest.mark.parametrize("how", ["add_", "+="])
+def test_an_add_into_the_residual_operand_in_place_stays_in_place(how):
+    """``y.add_(conv(y))`` writes into ``y``, which ``skip`` also names: not fused as
+    ``conv(y) + y`` (a new tensor). ``y += conv(y)`` is traced by torch.fx as ``y = y +
+    conv(y)``: the graph differs from the forward, so the model is converted layer by layer."""
+    model = _AddsIntoItsInput(how).eval()
+    sgcnn.self_group_(model, 0.5, groups=4, kmeans=FAST_KMEANS, default_exclusions=False)
+    x = torch.randn(2, 3, 8, 8)
+    if how == "+=":
+        with pytest.warns(UserWarning, match="traced graph computes something else"):
+            converted = convert(model, x, tune=False, check=False)
+    else:
+        converted = convert(model, x, tune=False, check=False)
+    assert converted.sgcnn_conversion["fused"] == (how == "add_")
+    assert fast.is_fast(converted.get_submodule("conv"))
+    _assert_equivalent(converted, model, x)
+
+
 @pytest.mark.skipif(not _native.available(), reason="native kernel unavailable")
 def test_memory_planning_between_native_layers_is_exact_and_leaves_input_alone():
     masked, x = _grouped("resnet20")
@@ -498,6 +535,22 @@ def test_dense_nhwc_mode_returns_the_layout_it_was_given():
     torch.testing.assert_close(kept, want, atol=ATOL, rtol=RTOL)
 
 
+@pytest.mark.parametrize("mode", ["nchw", "nhwc", "matmul", "linear"])
+def test_every_dense_mode_refuses_an_input_it_was_not_built_for(mode):
+    """Another channel count, or an unbatched image, is an error naming the shape expected
+    (PyTorch's conv2d would take an unbatched image)."""
+    if mode == "linear":
+        module = fast.DenseLinear(fast.spec_from_layer(nn.Linear(8, 4)))
+        wrong = [torch.randn(2, 5)]
+    else:
+        conv = nn.Conv2d(8, 16, 1 if mode == "matmul" else 3, padding=0 if mode == "matmul" else 1)
+        module = fast.DenseConv2d(fast.spec_from_layer(conv), mode=mode)
+        wrong = [torch.randn(2, 5, 6, 6), torch.randn(8, 6, 6)]
+    for x in wrong:
+        with torch.no_grad(), pytest.raises(sgcnn.SgcnnError, match=r"expects an input of shape"):
+            module(x)
+
+
 class _Untraceable(nn.Module):
     """Data-dependent control flow: torch.fx cannot trace it."""
 
@@ -520,6 +573,34 @@ def test_untraceable_model_is_converted_layer_by_layer():
     converted = convert(model.eval(), x, tune=False)
     assert converted.sgcnn_conversion["fused"] is False
     assert fast.is_fast(converted.conv) and fast.is_fast(converted.head)
+    _assert_equivalent(converted, model, x)
+
+
+class _UntraceableWithUnusualPadding(nn.Module):
+    """Data-dependent control flow around convolutions no fast module realizes."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.reflect = nn.Conv2d(16, 16, 3, padding=1, padding_mode="reflect")
+        self.even = nn.Conv2d(16, 16, 4, padding="same")
+
+    def forward(self, x):
+        y = self.stem(x)
+        if y.sum() > 0:
+            y = y * 2
+        return self.even(self.reflect(y))
+
+
+def test_untraceable_model_leaves_layers_it_cannot_realize_as_they_are():
+    model = _UntraceableWithUnusualPadding()
+    sgcnn.self_group_(model, 0.5, groups=4, kmeans=FAST_KMEANS, default_exclusions=False)
+    model.eval()
+    x = torch.randn(2, 3, 8, 8)
+    converted = convert(model, x, tune=False)
+    assert converted.sgcnn_conversion["fused"] is False and fast.is_fast(converted.stem)
+    assert not fast.is_fast(converted.reflect) and not fast.is_fast(converted.even)
+    assert [r["name"] for r in converted.sgcnn_conversion["layers"]] == ["stem"]
     _assert_equivalent(converted, model, x)
 
 
@@ -608,6 +689,43 @@ def test_wrong_input_shape_is_an_error_that_names_the_expected_channels():
         convert(masked, torch.randn(1, 5, 16, 16))
     with pytest.raises(sgcnn.SgcnnError, match="example_input must be a tensor"):
         convert(masked, "an image")
+
+
+def test_an_example_shape_without_batch_or_with_a_size_below_one_is_an_error():
+    masked, x = _grouped("test_convnet")
+    for shape in [(1, 3, -1, 16), (0, 3, 16, 16), ()]:
+        with pytest.raises(sgcnn.SgcnnError, match=r"every size at least 1"):
+            convert(masked, shape, tune=False)
+    with pytest.raises(sgcnn.SgcnnError, match=r"every size at least 1"):
+        convert(masked, x[:0], tune=False)
+    for example in [tuple(x.shape[1:]), x[0]]:  # one image, unbatched
+        with pytest.raises(sgcnn.SgcnnError, match=r"receives an input of shape \[3, .*batch"):
+            convert(masked, example, tune=False)
+    conv = fast.DenseConv2d(fast.spec_from_layer(nn.Conv2d(3, 8, 3)))
+    with pytest.raises(sgcnn.SgcnnError, match=r"\[batch, channels, height, width\]"):
+        conv.macs(tuple(x.shape[1:]))
+
+
+class _Picky(nn.Module):
+    """Fails on the example with an error of its own kind."""
+
+    def __init__(self, error: type[Exception]):
+        super().__init__()
+        self.error = error
+        self.conv = nn.Conv2d(3, 8, 3)
+
+    def forward(self, x):
+        if x.shape[-1] != 32:
+            raise self.error()  # (no message)
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("error", [AssertionError, TypeError, KeyError])
+def test_a_model_that_fails_on_the_example_in_any_way_is_an_error(error):
+    model = _Picky(error)
+    sgcnn.self_group_(model, 0.5, groups=4, kmeans=FAST_KMEANS, default_exclusions=False)
+    with pytest.raises(sgcnn.SgcnnError, match=rf"fails on an example.*{error.__name__}"):
+        convert(model.eval(), (1, 3, 16, 16), tune=False)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

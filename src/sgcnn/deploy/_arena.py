@@ -16,7 +16,8 @@ Rules that keep this exact:
 - a slot's lifetime runs from the node that writes it to the last node that reads it or
   anything that may alias it (every op not known to return a fresh tensor is assumed to
   alias its inputs), and two tensors share a slot only if their lifetimes do not overlap;
-- buffers are per thread, so one converted model may run in several threads at once.
+- buffers are per thread, so one converted model may run in several threads at once (and
+  are freed when their thread ends).
 
 Only eager calls use the arena: tracers (``torch.export``, ``torch.jit.trace``) record the
 operators, which allocate. A forward hook that keeps an intermediate output of a converted
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import operator
 import threading
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -35,12 +37,21 @@ from torch import fx, nn
 __all__ = ["Arena", "plan", "release"]
 
 
+class _Buffers(list):
+    """One thread's buffers, by slot: a list that a weak set can hold (by identity)."""
+
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+
 class Arena:
-    """``slots`` flat buffers per thread, each grown to the largest request and then reused."""
+    """``slots`` flat buffers per thread, each grown to the largest request and then reused;
+    a thread's buffers are freed when the thread ends."""
 
     def __init__(self, slots: int) -> None:
         self.slots = int(slots)
-        self._buffers: dict[int, list[torch.Tensor | None]] = {}
+        self._local = threading.local()  # .buffers: the calling thread's _Buffers
+        self._all: weakref.WeakSet[_Buffers] = weakref.WeakSet()  # every live thread's
         self._lock = threading.Lock()
 
     def take(
@@ -53,29 +64,31 @@ class Arena:
     def buffer(self, slot: int, numel: int, dtype: torch.dtype, device: torch.device):
         """``slot``'s whole 1-D buffer of the calling thread, at least ``numel`` elements (the
         same tensor call after call until a larger one is needed)."""
-        buffers = self._buffers.get(threading.get_ident())
+        buffers = getattr(self._local, "buffers", None)
         if buffers is None:
+            buffers = self._local.buffers = _Buffers([None] * self.slots)
             with self._lock:
-                buffers = self._buffers.setdefault(threading.get_ident(), [None] * self.slots)
+                self._all.add(buffers)
         buf = buffers[slot]
         if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
             with torch.inference_mode(False):  # a normal tensor: usable in and out of that mode
                 buf = buffers[slot] = torch.empty(numel, dtype=dtype, device=device)
         return buf
 
+    def _threads(self) -> list[_Buffers]:
+        with self._lock:
+            return list(self._all)
+
     def nbytes(self) -> int:
-        """Bytes held by all threads' buffers."""
+        """Bytes held by the buffers of all threads still running."""
         return sum(
-            b.numel() * b.element_size()
-            for bs in self._buffers.values()
-            for b in bs
-            if b is not None
+            b.numel() * b.element_size() for bs in self._threads() for b in bs if b is not None
         )
 
     def clear(self) -> None:
-        """Drop every buffer (they are allocated again on the next call)."""
-        with self._lock:
-            self._buffers.clear()
+        """Drop every thread's buffers (they are allocated again on the next call)."""
+        for buffers in self._threads():
+            buffers[:] = [None] * self.slots
 
     def __reduce__(self):  # pickled and copied empty; the plan (slot count) is kept
         return (Arena, (self.slots,))
@@ -85,11 +98,18 @@ class Arena:
 
 
 def release(model: nn.Module) -> int:
-    """Free the reused activation buffers of a converted ``model``; returns the bytes freed."""
+    """Free the reused activation buffers of a converted ``model``; returns the bytes freed.
+
+    The native layers' call plans are dropped too (rebuilt on the next call): a plan keeps
+    its last output, a view of an arena buffer, which would keep the buffer's memory."""
     arenas = {id(a): a for m in model.modules() if (a := _arena_of(m)) is not None}
     freed = sum(a.nbytes() for a in arenas.values())
     for a in arenas.values():
         a.clear()
+    for m in model.modules():
+        plans = m.__dict__.get("_plans")  # see NativeGroupConv2d._plan
+        if plans is not None:
+            plans.clear()
     return freed
 
 

@@ -26,15 +26,58 @@ def resolve_device(device, model: nn.Module) -> torch.device:
 
 
 def example_tensor(example_input, device: torch.device) -> torch.Tensor:
-    """``example_input`` (a tensor, or a shape to draw a normal sample of) on ``device``."""
+    """``example_input`` (a tensor, or a shape to draw a normal sample of) on ``device``; an
+    :class:`SgcnnError` for anything else, and for a shape without dimensions or with a size
+    below 1 (nothing to measure or check on)."""
     if isinstance(example_input, torch.Tensor):
+        _check_example_shape(tuple(example_input.shape))
         return example_input.detach().to(device)
     if isinstance(example_input, Sequence) and all(isinstance(s, int) for s in example_input):
+        _check_example_shape(tuple(example_input))
         return torch.randn(*example_input, device=device)
     raise SgcnnError(
         "example_input must be a tensor (or a shape like (1, 3, 224, 224)), "
         f"got {type(example_input).__name__}"
     )
+
+
+def _check_example_shape(shape: tuple[int, ...]) -> None:
+    if not shape or any(s < 1 for s in shape):
+        raise SgcnnError(
+            f"example_input has shape {shape}: give the shape the model runs at, batch "
+            "first and every size at least 1, e.g. (1, 3, 224, 224)"
+        )
+
+
+@contextlib.contextmanager
+def batched_inputs(model: nn.Module, realized):
+    """Inside the block, a call of a convolution that ``realized(module)`` selects on an input
+    that is not ``[batch, channels, height, width]`` (an unbatched example) raises an
+    :class:`SgcnnError`: the fast modules are built for batched inputs only."""
+
+    def check(name: str):
+        def hook(module, args) -> None:
+            x = args[0] if args else None
+            if isinstance(x, torch.Tensor) and x.dim() != 4:
+                raise SgcnnError(
+                    f"convolution {name!r} receives an input of shape {list(x.shape)} on the "
+                    "example, but a converted convolution runs on batched inputs [batch, "
+                    "channels, height, width]: give an example with a batch dimension (e.g. "
+                    "x.unsqueeze(0) for one image)"
+                )
+
+        return hook
+
+    handles = [
+        m.register_forward_pre_hook(check(name))
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) and realized(m)
+    ]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _first_layer_hint(model: nn.Module, x: torch.Tensor) -> str:
@@ -56,13 +99,19 @@ def _first_layer_hint(model: nn.Module, x: torch.Tensor) -> str:
 
 @torch.no_grad()
 def run_checked(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``model(x)``, turning a shape mismatch into an :class:`SgcnnError` that says what to do."""
+    """``model(x)``; any error the model raises on ``x`` (a shape mismatch, an assertion of
+    its own) becomes an :class:`SgcnnError` that says what to do (an :class:`SgcnnError`
+    passes as it is)."""
     try:
         return model(x)
-    except (RuntimeError, ValueError, IndexError) as err:
+    except SgcnnError:
+        raise
+    except Exception as err:
+        lines = str(err).splitlines()
+        said = f"{type(err).__name__}: {lines[0][:200]}" if lines else type(err).__name__
         raise SgcnnError(
             f"the model fails on an example input of shape {tuple(x.shape)}"
-            f"{_first_layer_hint(model, x)}: {str(err).splitlines()[0][:200]}. "
+            f"{_first_layer_hint(model, x)}: {said}. "
             "Give an example input of the shape the model is used with."
         ) from err
 
@@ -149,12 +198,20 @@ def check_equivalent(converted: nn.Module, reference, x: torch.Tensor) -> None:
     """``torch.testing.assert_close(converted(x), reference)`` with atol 1e-5 (times the
     outputs' scale when above 1) and rtol 1e-4; outputs may be nested tuples, lists and
     dicts of tensors. A failure here is a bug in sgcnn."""
-    out = converted(x)
+    differs = difference(converted(x), reference)
+    if differs is not None:
+        raise RuntimeError(f"converted model differs from the masked model: {differs}")
+
+
+def difference(out, reference) -> str | None:
+    """How ``out`` differs from ``reference`` beyond :func:`check_equivalent`'s tolerances
+    (atol 1e-5 times the reference's scale when above 1, rtol 1e-4), or None."""
     scale = max([1.0, *(float(t.abs().max()) for t in output_tensors(reference) if t.numel())])
     try:
         torch.testing.assert_close(out, reference, atol=1e-5 * scale, rtol=1e-4)
-    except AssertionError as err:
-        raise RuntimeError(f"converted model differs from the masked model: {err}") from err
+    except (AssertionError, TypeError, ValueError) as err:  # (other values, other structure)
+        return str(err)
+    return None
 
 
 # ------------------------------------------------------------------------ progress

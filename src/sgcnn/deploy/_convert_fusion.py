@@ -14,6 +14,7 @@ from sgcnn.nn.masked import MaskedConv2d, MaskedLinear, is_masked
 
 _RELUS = {torch.relu, torch.relu_, nn.functional.relu, nn.functional.relu_}
 _ADDS = {operator.add, operator.iadd, torch.add}
+_IN_PLACE_ADDS = {operator.iadd, "add_", "__iadd__"}  # they write into their first operand
 
 
 class _Tracer(fx.Tracer):
@@ -60,13 +61,19 @@ def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
 
 def _residual_of(node: fx.Node, prev: fx.Node) -> fx.Node | None:
     """The other operand if ``node`` is ``prev + other`` of equal shape and dtype (at the
-    example's batch size and at another), else None."""
+    example's batch size and at another), else None.
+
+    An in-place addition counts only as ``prev += other``: ``other += prev`` writes into
+    ``other``, which an alias taken earlier (``skip = other``) sees; the fused layer returns
+    a new tensor and would leave ``other`` as it was."""
     is_add = (node.op == "call_function" and node.target in _ADDS) or (
         node.op == "call_method" and node.target in ("add", "add_", "__add__", "__iadd__")
     )
     if not is_add or node.kwargs or len(node.args) != 2:
         return None
     a, b = node.args
+    if node.target in _IN_PLACE_ADDS and a is not prev:
+        return None
     other = b if a is prev else a if b is prev else None
     if not isinstance(other, fx.Node) or other is prev:
         return None

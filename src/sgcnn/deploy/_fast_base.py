@@ -156,6 +156,11 @@ def _positions(spec: LayerSpec, shape) -> int:
     """Output positions per call (batch x spatial) for an input of ``shape``."""
     if spec.kind == "fc":
         return math.prod(shape[:-1])
+    if len(shape) != 4:
+        raise SgcnnError(
+            f"a convolution's input shape is [batch, channels, height, width], got "
+            f"{list(shape)}; give the shape with its batch dimension"
+        )
     b, _, h, w = shape
     kh, kw = spec.weight.shape[2:]
     ho = _native.output_size(h, kh, spec.stride[0], spec.padding[0], spec.dilation[0])

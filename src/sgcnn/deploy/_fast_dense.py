@@ -42,8 +42,8 @@ class DenseConv2d(_Fast):
         return self.weight.detach().clone()
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        self._check_input(x)  # every mode: PyTorch's conv2d would take an unbatched input
         if self.mode == "matmul":
-            self._check_input(x)
             if self.stride != (1, 1):
                 x = x[:, :, :: self.stride[0], :: self.stride[1]]
             b, c, h, w = x.shape
@@ -97,4 +97,5 @@ class DenseLinear(_Fast):
         return self.weight.detach().clone()
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        self._check_input(x)
         return _epilogue(F.linear(x, self.weight, self.bias), residual, self.relu)

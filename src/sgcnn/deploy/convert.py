@@ -30,8 +30,10 @@ What happens, in order:
    (``torch.testing.assert_close``, atol 1e-5, rtol 1e-4 scaled to the output's magnitude;
    TF32 off during the check).
 
-Models ``torch.fx`` cannot trace, and models whose forward sets attributes on every call (a
-traced graph would not), are converted layer by layer without fusion, keeping their forward.
+Models ``torch.fx`` cannot trace, models whose forward sets attributes on every call (a
+traced graph would not), and models whose traced graph computes something else on the example
+(an in-place ``y += ...`` where another name still refers to ``y``) are converted layer by
+layer without fusion, keeping their forward.
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ from sgcnn.deploy import fast as F_
 from sgcnn.deploy._convert_checks import (
     _full_fp32,
     _Progress,
+    batched_inputs,
     check_equivalent,
+    difference,
     example_tensor,
     forward_side_effects,
     module_state,
@@ -57,8 +61,8 @@ from sgcnn.deploy._convert_checks import (
     run_checked,
 )
 from sgcnn.deploy._convert_fusion import (
-    _REALIZABLE_LAYERS,
     _fuse_sites,
+    _realizable,
     _set_submodule,
     _Site,
     _split_norm_acts,
@@ -150,7 +154,8 @@ def _convert(model, example_input, device, tune, fuse, realizations, check, prog
         )
     with _full_fp32():
         before = module_state(work)
-        reference = run_checked(work, x)
+        with batched_inputs(work, _realizable):
+            reference = run_checked(work, x)
         side_effects = forward_side_effects(work, before)
         if side_effects:  # a first call may build caches: only state set on every call counts
             before = module_state(work)
@@ -165,7 +170,8 @@ def _convert(model, example_input, device, tune, fuse, realizations, check, prog
             "so that the converted model's forward still does",
             stacklevel=3,
         )
-    gm = None if side_effects else _trace(work, x, fuse, type(model).__name__ + "Converted")
+    name = type(model).__name__ + "Converted"
+    gm = None if side_effects else _faithful_trace(work, x, reference, fuse, name)
 
     records = []
     if gm is not None:
@@ -201,6 +207,7 @@ def _convert(model, example_input, device, tune, fuse, realizations, check, prog
     else:
         result = _convert_by_swapping(work, x, dev, tune, realizations, dtype, records, progress)
     result.eval()
+    _arena.release(result)  # what tuning left: its modules' plans keep views of its buffers
     result.sgcnn_conversion = {
         "batch_shape": list(x.shape),
         "device": str(dev),
@@ -215,8 +222,30 @@ def _convert(model, example_input, device, tune, fuse, realizations, check, prog
     return result
 
 
-def _trace(work: nn.Module, x: torch.Tensor, fuse: bool, name: str) -> fx.GraphModule | None:
-    """``work`` as a graph with every tensor's shape on ``x``; None when fx cannot trace it.
+def _faithful_trace(work, x, reference, fuse: bool, name: str) -> fx.GraphModule | None:
+    """:func:`_trace`, or None (with a warning) where the graph computes on ``x`` something
+    else than ``work`` did (``reference``): ``torch.fx`` records ``y += z`` as ``y = y + z``,
+    so where another name for ``y`` was taken before (``skip = y``), the graph leaves its
+    value as it was and the forward does not."""
+    traced = _trace(work, x, fuse, name)
+    if traced is None:
+        return None
+    gm, out = traced
+    if difference(out, reference) is None:
+        return gm
+    warnings.warn(
+        "the model's traced graph computes something else than its forward on the example "
+        "(most often an in-place `y += ...` where another name still refers to `y`, which "
+        "torch.fx records as `y = y + ...`): converting layer by layer, without fusion "
+        "(slower), keeping the model's forward",
+        stacklevel=4,
+    )
+    return None
+
+
+def _trace(work: nn.Module, x: torch.Tensor, fuse: bool, name: str):
+    """``(graph, its output on x)``: ``work`` as a graph with every tensor's shape on ``x``;
+    None when fx cannot trace it.
 
     Shapes are also taken at another batch size (``meta["other_batch_shape"]``), so that fusion
     tells a tensor that follows the batch from one that broadcasts against it (a ``[1, C, H, W]``
@@ -239,10 +268,11 @@ def _trace(work: nn.Module, x: torch.Tensor, fuse: bool, name: str) -> fx.GraphM
         except Exception:  # a model fixed to one batch size: the final check will tell
             pass
     try:
-        ShapeProp(gm).propagate(x)
+        with _full_fp32():  # as the reference it is compared with was computed
+            out = ShapeProp(gm).propagate(x)
     except Exception:
         return None
-    return gm
+    return gm, out
 
 
 def _convert_by_swapping(work, x, dev, tune, realizations, dtype, records, progress) -> nn.Module:
@@ -257,7 +287,9 @@ def _convert_by_swapping(work, x, dev, tune, realizations, dtype, records, progr
         return hook
 
     handles = [
-        m.register_forward_hook(record(name)) for name, m in work.named_modules() if is_masked(m)
+        m.register_forward_hook(record(name))
+        for name, m in work.named_modules()
+        if _swappable(m, name)
     ]
     try:
         run_checked(work, x)
@@ -275,6 +307,13 @@ def _convert_by_swapping(work, x, dev, tune, realizations, dtype, records, progr
         records.append(record)
         return module
 
-    replace_modules_(work, lambda m, n: is_masked(m) and type(m) in _REALIZABLE_LAYERS, build)
+    replace_modules_(work, _swappable, build)
     bar.close()
     return work
+
+
+def _swappable(m: nn.Module, name: str = "") -> bool:
+    """A layer the layer-by-layer path realizes: self-grouped, and by the traced path's rule
+    (exactly these classes, a geometry a fast module can realize: a reflect-padded or
+    one-side-``"same"`` convolution runs as it is)."""
+    return is_masked(m) and _realizable(m)
