@@ -422,18 +422,29 @@ def _setup_text(entries: list[dict], doc: dict) -> str:
 
 
 def _compare(a: dict, b: dict, noise: float | None) -> str:
-    """``a`` against ``b`` in plain words, against the seed-to-seed spread ``noise``."""
+    """``a`` against ``b`` in plain words, against the seed-to-seed spread ``noise``; where
+    their FLOPs differ by more than 1 %, by how much (a method that cannot hit the target
+    exactly, such as groupconv's equal windows, gets or loses some cost)."""
     d = a["top1"] - b["top1"]
+    cost = _cost_gap(a, b)
     if noise is not None and abs(d) <= noise:
         pair = f"{a['label']} and {b['label']}"
-        return f"{pair} are within the seed spread ({d:+.2f}, spread {noise:.2f})"
+        return f"{pair} are within the seed spread ({d:+.2f}, spread {noise:.2f}){cost}"
     winner, loser = (a, b) if d > 0 else (b, a)
     why = (
         f", more than the seed spread {noise:.2f}"
         if noise is not None
         else " (one seed: no spread)"
     )
-    return f"{winner['label']} beats {loser['label']} by {abs(d):.2f} points{why}"
+    return f"{winner['label']} beats {loser['label']} by {abs(d):.2f} points{why}{cost}"
+
+
+def _cost_gap(a: dict, b: dict) -> str:
+    """``"; b at +2.6 % the FLOPs of a"`` where the two differ by more than 1 %, else ``""``."""
+    if not a.get("flops") or not b.get("flops"):
+        return ""
+    gap = b["flops"] / a["flops"] - 1
+    return f"; {b['label']} at {gap:+.1%} the FLOPs of {a['label']}" if abs(gap) > 0.01 else ""
 
 
 def _verdicts(summaries: list[dict]) -> list[str]:

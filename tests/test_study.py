@@ -294,3 +294,12 @@ def test_collect_checks_that_the_rows_started_from_the_baselines_weights(tmp_pat
     table = (tmp_path / "out" / "cifar10.md").read_text()
     assert "do NOT all start from the baseline's weights" in table
     assert "Every finished row starts from the same weights" not in table
+
+
+def test_a_verdict_says_when_the_two_rows_do_not_cost_the_same():
+    from _study_collect import _compare
+
+    sg = {"label": "sg G", "top1": 86.0, "flops": 12_464_704}
+    gc = {"label": "groupconv G", "top1": 80.0, "flops": 12_792_448}
+    assert _compare(sg, gc, 0.5).endswith("; groupconv G at +2.6% the FLOPs of sg G")
+    assert "FLOPs" not in _compare(sg, {**gc, "flops": 12_500_000}, 0.5)
