@@ -903,3 +903,14 @@ def test_per_group_loop_is_timed_on_cuda_only_when_asked_for():
     assert set(asked) == {"loop", "grouped"}
     _, cpu = _candidates(site, torch.device("cpu"), ("loop", "grouped"))
     assert set(cpu) == {"loop", "grouped"}
+
+
+def test_forward_hooks_on_the_model_are_warned_about():
+    """A hook on a layer that conversion fuses or traces through stops running: said, not
+    silently dropped."""
+    model = sgcnn.create_model("test_resnet")
+    sgcnn.self_group_(model, 0.5, groups=2, kmeans=FAST_KMEANS)
+    seen = []
+    model.layer1.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    with pytest.warns(UserWarning, match="forward hooks on layer1 may not run"):
+        convert(model.eval(), torch.randn(2, 3, 16, 16), tune=False)

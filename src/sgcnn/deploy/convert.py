@@ -145,6 +145,7 @@ def _convert(model, example_input, device, tune, fuse, realizations, check, prog
         unknown = set(realizations) - known
         if unknown:
             raise SgcnnError(f"unknown realizations {sorted(unknown)}; choose from {sorted(known)}")
+    _warn_of_hooks(model)
     work = copy.deepcopy(model).eval().to(dev)
     x = example_tensor(example_input, dev)
     if x.is_floating_point() and not torch.isfinite(x).all():
@@ -220,6 +221,24 @@ def _convert(model, example_input, device, tune, fuse, realizations, check, prog
         with _full_fp32():
             check_equivalent(result, reference, x)
     return result
+
+
+def _warn_of_hooks(model: nn.Module) -> None:
+    """Forward hooks do not survive conversion reliably (a fused or replaced layer has none; a
+    module the graph traced through is never called): say which modules carry some."""
+    hooked = [
+        name or type(model).__name__
+        for name, m in model.named_modules()
+        if m._forward_hooks or m._forward_pre_hooks
+    ]
+    if hooked:
+        shown = ", ".join(hooked[:5]) + (f" and {len(hooked) - 5} more" if len(hooked) > 5 else "")
+        warnings.warn(
+            f"forward hooks on {shown} may not run in the converted model (fused, replaced and "
+            "traced-through modules are not called as such); register them on the converted "
+            "model's modules instead",
+            stacklevel=4,
+        )
 
 
 def _faithful_trace(work, x, reference, fuse: bool, name: str) -> fx.GraphModule | None:
