@@ -225,11 +225,14 @@ def _convert(model, example_input, device, tune, fuse, realizations, check, prog
 
 def _warn_of_hooks(model: nn.Module) -> None:
     """Forward hooks do not survive conversion reliably (a fused or replaced layer has none; a
-    module the graph traced through is never called): say which modules carry some."""
+    module the graph traced through is never called): say which modules carry some. The
+    pre-hooks of ``weight_norm`` / ``spectral_norm``, which compute the weight the conversion
+    takes, are not user hooks."""
     hooked = [
         name or type(model).__name__
         for name, m in model.named_modules()
-        if m._forward_hooks or m._forward_pre_hooks
+        if m._forward_hooks
+        or any(not isinstance(getattr(h, "name", None), str) for h in m._forward_pre_hooks.values())
     ]
     if hooked:
         shown = ", ".join(hooked[:5]) + (f" and {len(hooked) - 5} more" if len(hooked) > 5 else "")
