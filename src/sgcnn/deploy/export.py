@@ -439,17 +439,19 @@ def _with_metadata(onnx, onnx_bytes: bytes, record: dict) -> bytes:
 
 
 def _checked_record(data: dict | None) -> dict | None:
-    """``data`` if it can travel in a program (a JSON-serialisable dict), else an error."""
+    """``data`` if it can travel in a program (a JSON-serialisable dict that
+    :func:`checked_record` will accept when the program is read back), else an error."""
     if data is None:
         return None
     try:
         if not isinstance(data, dict):
             raise TypeError(f"a {type(data).__name__}")
-        return json.loads(json.dumps(data, allow_nan=False))
+        record = json.loads(json.dumps(data, allow_nan=False))
     except (TypeError, ValueError) as err:
         raise SgcnnError(
             f"data must be a dict of JSON values (classes, mean, std, input_size), got {err}"
         ) from err
+    return checked_record(record, "data")  # never write what loading would refuse
 
 
 # --------------------------------------------------------------------------- API
