@@ -172,3 +172,33 @@ def test_programs_without_a_record_say_so_and_bad_records_are_refused(tmp_path, 
     with pytest.raises(SgcnnError, match="data must be a dict"):
         sgcnn.export(model, tmp_path / "bad.onnx", x, data=["cat", "dog"], verify=False)
     assert not (tmp_path / "bad.pt2").exists() and not (tmp_path / "bad.onnx").exists()
+
+
+def test_cli_commands_read_a_checkpoint_once(tmp_path, monkeypatch, capsys):
+    """`count` and `group` take model and data record from one read of the checkpoint, and the
+    record's input size (20 px; the model's default is 16) is the one they use."""
+    import torch
+
+    import sgcnn
+    from sgcnn.engine.checkpoint import model_payload, save_checkpoint
+
+    model = sgcnn.create_model("test_resnet")
+    record = {"classes": [str(i) for i in range(10)], "mean": [0.5] * 3, "std": [0.25] * 3,
+              "input_size": [3, 20, 20]}  # fmt: skip
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, {**model_payload(model, "test_resnet", {}), "data": record})
+    reads = []
+    real_load = torch.load
+
+    def counting_load(file, *args, **kwargs):
+        reads.append(str(file))
+        return real_load(file, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    assert main(["count", "--checkpoint", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["input_size"] == [3, 20, 20]
+    assert reads.count(str(path)) == 1
+    reads.clear()
+    assert main(["group", "--checkpoint", str(path), "--conv-sparsity", "0.5",
+                 "--output", str(tmp_path / "g"), "--quiet"]) == 0  # fmt: skip
+    assert reads.count(str(path)) == 1

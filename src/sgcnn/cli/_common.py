@@ -6,13 +6,13 @@ import argparse
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import nn
 
 from sgcnn._io import check_output_dir, write_text
 from sgcnn.core.grouper import SEED_MAX
-from sgcnn.engine.checkpoint import load_model, recorded_data
+from sgcnn.engine.checkpoint import load_checkpoint, model_from_payload, payload_record
 from sgcnn.errors import SgcnnError
 from sgcnn.models.registry import create_model, model_entry
 
@@ -57,14 +57,29 @@ def parse_ratio(text: str) -> float:
     return value
 
 
-def load_model_from_args(args: argparse.Namespace) -> tuple[nn.Module, str, dict[str, Any]]:
-    """The model the arguments name: from ``--checkpoint`` if given, else freshly built."""
+class NamedModel(NamedTuple):
+    """A model the arguments name, with its registry name, constructor keyword arguments and
+    the data record its checkpoint carries (``None`` without one)."""
+
+    model: nn.Module
+    name: str
+    kwargs: dict[str, Any]
+    record: dict | None
+
+
+def load_model_from_args(args: argparse.Namespace) -> NamedModel:
+    """The model the arguments name: from ``--checkpoint`` if given (read once), else freshly
+    built."""
     if args.checkpoint:
-        return load_model(args.checkpoint, args.model, args.num_classes, user_classes=True)
+        payload = load_checkpoint(args.checkpoint)
+        model, name, kwargs = model_from_payload(
+            payload, args.checkpoint, args.model, args.num_classes, user_classes=True
+        )
+        return NamedModel(model, name, kwargs, payload_record(payload))
     if not args.model:
         raise SgcnnError("say which model: pass --model NAME, or --checkpoint PATH")
     kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
-    return create_model(args.model, **kwargs), args.model, kwargs
+    return NamedModel(create_model(args.model, **kwargs), args.model, kwargs, None)
 
 
 def require_grouped_checkpoint(args: argparse.Namespace) -> None:
@@ -78,16 +93,10 @@ def model_for_example(
 ) -> tuple[nn.Module, str, tuple[int, int, int], dict | None]:
     """The model the arguments name, its name, input size and data record (``None`` without
     one); an example batch of ``batch`` inputs too big to hold is refused before any work."""
-    model, name, _ = load_model_from_args(args)
-    record = data_record_of(args)
+    model, name, _, record = load_model_from_args(args)
     size = input_size_for(args, name, record)
     check_example_size((batch, *size))
     return model, name, size, record
-
-
-def data_record_of(args: argparse.Namespace) -> dict | None:
-    """The data record of ``--checkpoint`` (what the model was trained on), if it has one."""
-    return recorded_data(args.checkpoint) if args.checkpoint else None
 
 
 def data_record_line(record: dict | None) -> str:

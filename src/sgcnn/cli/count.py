@@ -7,7 +7,6 @@ import json
 from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import (
     add_model_args,
-    data_record_of,
     input_size_for,
     load_model_from_args,
 )
@@ -22,8 +21,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    model, name, _ = load_model_from_args(args)
-    size = input_size_for(args, name, data_record_of(args))
+    model, name, _, record = load_model_from_args(args)
+    size = input_size_for(args, name, record)
     result = count(model, size)
     if args.json:
         print(json.dumps({"model": name, "input_size": list(size), **result}, indent=2))

@@ -19,7 +19,7 @@ from sgcnn.cli._common import positive_int
 from sgcnn.cli._pipeline import add_set_arg, quote
 from sgcnn.deploy._programs import is_program
 from sgcnn.engine.build import build_data, check_fits
-from sgcnn.engine.checkpoint import FORMAT, load_checkpoint, load_model
+from sgcnn.engine.checkpoint import FORMAT, load_checkpoint, model_from_payload
 from sgcnn.engine.config import Config, resolve_config
 from sgcnn.engine.distributed import Dist, resolve_device
 from sgcnn.engine.loaders import eval_loader
@@ -54,7 +54,9 @@ def run(args) -> int:
     if is_program(args.checkpoint):
         return _run_program(args)
     payload = load_checkpoint(args.checkpoint)
-    model, name, _ = load_model(args.checkpoint, args.model, args.num_classes, user_classes=True)
+    model, name, _ = model_from_payload(
+        payload, args.checkpoint, args.model, args.num_classes, user_classes=True
+    )
     saved = payload.get("config") if payload.get("format") == FORMAT else None
     if args.data is None and not saved:
         raise SgcnnError(

@@ -11,7 +11,6 @@ from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import (
     add_model_args,
     check_output_free,
-    data_record_of,
     input_size_for,
     load_model_from_args,
     parse_ratio,
@@ -46,8 +45,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     check_output_free(args.output, args.overwrite)
-    model, name, kwargs = load_model_from_args(args)
-    record = data_record_of(args)
+    model, name, kwargs, record = load_model_from_args(args)
     size = input_size_for(args, name, record)
     baseline = count(model, size)
     start = time.perf_counter()

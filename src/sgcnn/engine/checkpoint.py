@@ -161,7 +161,11 @@ def recorded_data(path: str | os.PathLike) -> dict | None:
     """The data record an sgcnn checkpoint carries (class names, normalisation, input size,
     split sizes: :func:`sgcnn.data.config.data_record`); ``None`` for a plain state_dict or a
     model saved without one."""
-    payload = load_checkpoint(path)
+    return payload_record(load_checkpoint(path))
+
+
+def payload_record(payload: dict[str, Any]) -> dict | None:
+    """The data record a loaded checkpoint ``payload`` carries (see :func:`recorded_data`)."""
     record = payload.get("data") if payload.get("format") == FORMAT else None
     return dict(record) if isinstance(record, dict) else None
 
@@ -223,7 +227,17 @@ def load_model(
     builds a plain state_dict's model; with ``user_classes`` (the user's own
     ``--num-classes``) it is an error for an sgcnn checkpoint, which records its classes.
     """
-    payload = load_checkpoint(path)
+    return model_from_payload(load_checkpoint(path), path, name, num_classes, user_classes)
+
+
+def model_from_payload(
+    payload: dict[str, Any],
+    path: str | os.PathLike,
+    name: str | None = None,
+    num_classes: int | None = None,
+    user_classes: bool = False,
+) -> tuple[nn.Module, str, dict]:
+    """:func:`load_model` of a checkpoint already read from ``path`` (named in errors)."""
     if payload.get("format") == FORMAT:
         model, saved, kwargs = build_model(payload, str(path))
         if name is not None and name != saved:

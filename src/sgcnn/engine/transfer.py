@@ -76,11 +76,10 @@ def model_classifier(model: nn.Module, name: str, kwargs: dict[str, Any]) -> str
         ) from err
 
 
-def _plain_classes(path: str, name: str | None) -> int | None:
+def _plain_classes(path: str, payload: dict[str, Any], name: str | None) -> int | None:
     """The class count of a plain ``state_dict``'s classifier (an sgcnn checkpoint records
     its own; ``None`` then): read from the classifier weight's first dimension, so that a
     source trained on another number of classes than the model's default loads."""
-    payload = ckpt.load_checkpoint(path)
     if payload.get("format") == ckpt.FORMAT or name is None:
         return None
     state = ckpt.plain_state_dict(str(path), payload)
@@ -92,7 +91,8 @@ def _plain_classes(path: str, name: str | None) -> int | None:
 def load_source(path: str, name: str | None) -> tuple[nn.Module, str, dict[str, Any]]:
     """``(model, name, kwargs)`` of a transfer's source checkpoint, as trained: a plain
     ``state_dict`` is built for the class count its classifier holds."""
-    return ckpt.load_model(path, name, _plain_classes(path, name))
+    payload = ckpt.load_checkpoint(path)
+    return ckpt.model_from_payload(payload, path, name, _plain_classes(path, payload, name))
 
 
 def load_transferred(
