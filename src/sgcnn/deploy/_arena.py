@@ -100,16 +100,17 @@ class Arena:
 def release(model: nn.Module) -> int:
     """Free the reused activation buffers of a converted ``model``; returns the bytes freed.
 
-    The native layers' call plans are dropped too (rebuilt on the next call): a plan keeps
-    its last output, a view of an arena buffer, which would keep the buffer's memory."""
+    Modules that keep views of arena buffers between calls (the native layers' call plans keep
+    their last output) define ``release_views()``, which is called too: a kept view would keep
+    the buffer's memory."""
     arenas = {id(a): a for m in model.modules() if (a := _arena_of(m)) is not None}
     freed = sum(a.nbytes() for a in arenas.values())
     for a in arenas.values():
         a.clear()
     for m in model.modules():
-        plans = m.__dict__.get("_plans")  # see NativeGroupConv2d._plan
-        if plans is not None:
-            plans.clear()
+        release_views = getattr(m, "release_views", None)
+        if callable(release_views):
+            release_views()
     return freed
 
 

@@ -126,6 +126,13 @@ class NativeGroupConv2d(_Fast):
             input_padded=self.input_padded,
         )
 
+    def release_views(self) -> None:
+        """Drop the call plans (rebuilt on the next call): each keeps its last output, which
+        may be a view of an arena buffer (see :func:`sgcnn.deploy._arena.release`)."""
+        plans = self.__dict__.get("_plans")
+        if plans is not None:
+            plans.clear()
+
     def _plan(self, x: torch.Tensor) -> _native.Plan:
         """The kernel's :class:`_native.Plan` for ``x``'s shape and the current geometry
         settings, built on the first call and kept (measured: about 8 us less per call;
