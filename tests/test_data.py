@@ -515,3 +515,49 @@ def test_a_failed_download_leaves_no_folders_behind(tmp_path, monkeypatch):
     with pytest.raises(SgcnnError, match="could not download mnist"):
         build_datasets(DataConfig(name="mnist", root=str(root), download=True))
     assert root.is_dir() and not any(root.iterdir())
+
+
+def test_two_folders_of_equal_names_sizes_and_times_never_share_decoded_images(tmp_path):
+    """Archives packed with fixed modification times give two trees equal relative paths, byte
+    sizes (uncompressed images) and times: each still decodes its own pixels."""
+    means = []
+    for parent, offset in (("one", 0), ("two", 100)):
+        tree = tmp_path / parent / "data"
+        for split in ("train", "test"):
+            for k, name in enumerate(["cat", "dog"]):
+                folder = tree / split / name
+                folder.mkdir(parents=True)
+                for i in range(3):
+                    image = folder / f"{i}.ppm"
+                    Image.new("RGB", (8, 8), (offset + 40 * k + i,) * 3).save(image)
+                    os.utime(image, ns=(0, 0))
+        splits = build_datasets(DataConfig(name="imagefolder", root=str(tree), augment=False))
+        means.append(round(splits.mean[0] * 255))
+    assert means[1] - means[0] == 100  # the second tree is 100 brighter everywhere
+
+
+def test_sixteen_bit_grayscale_images_are_scaled_not_clipped(tmp_path):
+    """PIL clips 16-bit values at 255 when converting; the tree's pixels keep their range."""
+    for split in ("train", "test"):
+        for k, name in enumerate(["dark", "light"]):
+            folder = tmp_path / "tree" / split / name
+            folder.mkdir(parents=True)
+            for i in range(2):
+                value = 257 * (60 + 100 * k + i)  # 8-bit 60 / 160 in 16 bits
+                Image.fromarray(np.full((8, 8), value, np.uint16)).save(folder / f"{i}.png")
+    splits = build_datasets(
+        DataConfig(name="imagefolder", root=str(tmp_path / "tree"), augment=False)
+    )
+    assert splits.input_size == (1, 8, 8)
+    pixels = sorted(round(float(_denormalise(x, splits)[0, 0, 0]) * 255) for x, _ in splits.test)
+    assert pixels == [60, 61, 160, 161]
+
+
+def test_float_images_are_refused_with_the_file_named(tmp_path):
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            folder = tmp_path / "tree" / split / name
+            folder.mkdir(parents=True)
+            Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(folder / "0.tif")
+    with pytest.raises(SgcnnError, match=r"cannot read image .*0\.tif: 32-bit float image"):
+        build_datasets(DataConfig(name="imagefolder", root=str(tmp_path / "tree")))

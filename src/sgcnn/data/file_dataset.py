@@ -5,12 +5,31 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import transforms
 
 from sgcnn.errors import SgcnnError
+
+# Grayscale modes of more than 8 bits: PIL's convert() clips them at 255 (a 16-bit image
+# becomes nearly black and white), so :func:`convert_8bit` scales them first.
+WIDE_GRAY_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+def convert_8bit(image: Image.Image, mode: str) -> Image.Image:
+    """``image`` in ``mode`` (``"L"`` or ``"RGB"``), 8 bits per channel. 16-bit grayscale
+    (and PIL's 32-bit integer mode ``I``, which is how PIL opens most 16-bit files) is scaled
+    ``v / 257`` (0..65535 to 0..255) rather than clipped; 32-bit float images are refused,
+    since their range is unknown (raises ``ValueError``, reported as an unreadable image)."""
+    if image.mode == "F":
+        raise ValueError("32-bit float image; save it as an 8- or 16-bit image")
+    if image.mode in WIDE_GRAY_MODES:
+        wide = np.asarray(image).astype(np.float64)
+        image = Image.fromarray((wide / 257).round().clip(0, 255).astype(np.uint8), "L")
+    return image if image.mode == mode else image.convert(mode)
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -48,7 +67,7 @@ class FileImageDataset(Dataset):
         path, label = self.samples[index]
         try:
             with Image.open(path) as image:
-                rgb = image.convert("RGB")
+                rgb = convert_8bit(image, "RGB")
         except (OSError, ValueError, Image.DecompressionBombError) as err:  # cannot decode
             raise SgcnnError(
                 f"cannot read image {path}: {err}. Remove or replace the file and run again."

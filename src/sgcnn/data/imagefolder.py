@@ -32,7 +32,12 @@ from PIL import Image
 
 from sgcnn.data.cache import cache_root, extract_archive, load_tensors, locked, save_tensors
 from sgcnn.data.config import DataConfig, DatasetSplits
-from sgcnn.data.file_dataset import FileImageDataset, imagenet_transforms
+from sgcnn.data.file_dataset import (
+    WIDE_GRAY_MODES,
+    FileImageDataset,
+    convert_8bit,
+    imagenet_transforms,
+)
 from sgcnn.data.splits import stratified_split
 from sgcnn.data.tensor_dataset import Augment, TensorImageDataset, channel_stats
 from sgcnn.errors import SgcnnError
@@ -47,8 +52,8 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 SMALL_IMAGE_MAX = 64  # pixels: images up to this size on both sides are held in memory
 LARGE_DEFAULT_SIZE = 224  # pixels: ImageNet-style crop size when image_size is not given
-_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
-_DECODE_CACHE_VERSION = 1
+_GRAY_MODES = {"1", "L", "LA", "F", *WIDE_GRAY_MODES}
+_DECODE_CACHE_VERSION = 2  # 2: 16-bit images scaled, not clipped; the folder's own path keyed
 _DECODED_KEYS = {"images", "labels", "mean", "std"}
 
 Sample = tuple[str, int, int, int]  # (path, label, size in bytes, mtime in ns)
@@ -296,10 +301,12 @@ def _decode_cached(samples: list[Sample], shape, cache: Path, split: Path) -> di
     """``{"images": uint8 [N, C, H, W], "labels": int64 [N], "mean", "std": [C]}`` of
     ``samples`` (per-channel statistics in [0, 1]), decoded once.
 
-    The cache file is keyed by every file's relative path, label, size and modification time,
-    and by ``shape``: any change to the folder decodes it again.
+    The cache file is keyed by the folder's absolute path, every file's relative path, label,
+    size and modification time, and by ``shape``: any change to the folder decodes it again,
+    and two folders never share an entry (archives packed with fixed modification times give
+    equal-sized images equal keys otherwise).
     """
-    digest = hashlib.sha1(f"v{_DECODE_CACHE_VERSION}:{shape}".encode())
+    digest = hashlib.sha1(f"v{_DECODE_CACHE_VERSION}:{shape}:{split.resolve()}".encode())
     skip = len(str(split)) + 1
     for path, label, nbytes, mtime in samples:
         digest.update(f"{path[skip:]}:{label}:{nbytes}:{mtime}\n".encode())
@@ -352,7 +359,7 @@ def _decode_all(samples: list[Sample], shape) -> torch.Tensor:
     for i, (path, _, _, _) in enumerate(samples):
         try:
             with Image.open(path) as image:
-                image = image if image.mode == mode else image.convert(mode)
+                image = convert_8bit(image, mode)
                 if image.size != (width, height):
                     image = image.resize((width, height), Image.Resampling.BILINEAR)
                 array = np.asarray(image)
