@@ -447,6 +447,66 @@ def test_mnist_from_local_files_uses_eval_transforms_for_validation(tmp_path):
     assert torch.equal(splits.val[0][0], splits.val[0][0])
 
 
+def _mnist_files(root: Path) -> Path:
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 100), ("t10k", 20)):
+        _idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        _idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    return raw
+
+
+def test_both_mnist_sets_name_their_digits_alike(tmp_path):
+    """A model of mnist5k is evaluated on mnist and back: their class names agree, and an older
+    record's torchvision spelling ("0 - zero") is the same classes."""
+    from sgcnn.data.config import same_classes
+
+    _mnist_files(tmp_path / "data")
+    mnist = build_datasets(DataConfig(name="mnist", root=str(tmp_path / "data")))
+    assert mnist.classes == build_datasets(DataConfig(name="mnist5k")).classes
+    spelled = ["0 - zero", "1 - one", "2 - two", "3 - three", "4 - four", "5 - five", "6 - six",
+               "7 - seven", "8 - eight", "9 - nine"]  # fmt: skip
+    assert same_classes(spelled, mnist.classes) and not same_classes(spelled[::-1], mnist.classes)
+
+
+def test_a_damaged_mnist_file_is_one_clear_error(tmp_path):
+    raw = _mnist_files(tmp_path / "data")
+    (raw / "train-labels-idx1-ubyte").write_bytes(b"")
+    with pytest.raises(SgcnnError, match="corrupt, incomplete or missing"):
+        build_datasets(DataConfig(name="mnist", root=str(tmp_path / "data")))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        DataConfig(name="mnist5k", normalize=[[0.5], [0.25]]),
+        DataConfig(name="synthetic", synthetic_size=20, normalize=[[0.5] * 3, [0.25] * 3]),
+    ],
+    ids=["mnist5k", "synthetic"],
+)
+def test_normalize_replaces_any_datasets_own_statistics(config):
+    own = build_datasets(replace(config, normalize=None))
+    given = build_datasets(config)
+    assert given.mean == (0.5,) * len(given.mean) and given.std == (0.25,) * len(given.std)
+    for mine, theirs in ((given.val, own.val), (given.test, own.test)):
+        pixel = _denormalise(theirs[0][0], own)  # in [0, 1]
+        assert torch.allclose(mine[0][0], (pixel - 0.5) / 0.25, atol=1e-4)
+
+
+def test_normalize_applies_to_large_images_too(tmp_path):
+    tree = _tree(tmp_path / "tree", {"train": 2, "test": 1}, size=80)
+    given = build_datasets(
+        DataConfig(name="imagefolder", root=str(tree), normalize=[[0.5] * 3, [0.25] * 3])
+    )
+    assert given.mean == (0.5,) * 3
+    pixel = (40 * 0 + 20 + 0) / 255  # the cat test image, solid colour
+    expected = torch.full((3, 224, 224), (pixel - 0.5) / 0.25)
+    assert torch.allclose(given.test[0][0], expected, atol=1e-5)
+    with pytest.raises(SgcnnError, match="the images have 3 channel"):
+        build_datasets(DataConfig(name="imagefolder", root=str(tree), normalize=[[0.5], [0.2]]))
+
+
 # ---------------------------------------------------------------- real data (slow)
 
 

@@ -17,6 +17,7 @@ from torch import nn
 from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import positive_int
 from sgcnn.cli._pipeline import add_set_arg, quote
+from sgcnn.data.config import same_classes
 from sgcnn.deploy._programs import is_program
 from sgcnn.engine.build import build_data, check_fits
 from sgcnn.engine.checkpoint import FORMAT, load_checkpoint, model_from_payload
@@ -139,11 +140,12 @@ def _recorded_splits(config: Config, record: dict | None, path: str):
     if record and config.data.normalize is None and "mean" in record and "std" in record:
         config.data.normalize = [list(record["mean"]), list(record["std"])]
     splits = build_data(config)
-    if record and "classes" in record and record["classes"] != list(splits.classes):
+    if record and "classes" in record and not same_classes(record["classes"], splits.classes):
+        subset = " (or data.classes in that order)" if config.data.name == "imagefolder" else ""
         raise SgcnnError(
             f"{path!r} was trained on classes {_names(record['classes'])}, this data has "
-            f"{_names(splits.classes)}: its labels would not mean the same; give that data "
-            "(or data.classes in that order)"
+            f"{_names(splits.classes)}: its labels would not mean the same; give that "
+            f"data{subset}"
         )
     return splits
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import numbers
 from collections.abc import Callable
+from dataclasses import replace
 
 from sgcnn.data.builtin import build_mnist5k, build_synthetic
 from sgcnn.data.config import DataConfig, DatasetSplits
@@ -33,7 +34,21 @@ def build_datasets(config: DataConfig) -> DatasetSplits:
     missing or corrupt data) raises :class:`SgcnnError` saying what to do.
     """
     _check(config)
-    return _BUILDERS[config.name](config)
+    splits = _BUILDERS[config.name](config)
+    return splits if config.normalize is None else _normalised(splits, config.normalize)
+
+
+def _normalised(splits: DatasetSplits, normalize: list[list[float]]) -> DatasetSplits:
+    """``splits`` normalised with ``normalize = [mean, std]`` (the statistics a model was
+    trained with) in place of the dataset's own."""
+    mean, std = (tuple(float(x) for x in v) for v in normalize)
+    if len(mean) != splits.input_size[0]:
+        raise SgcnnError(
+            f"data.normalize gives {len(mean)} values per channel list; the images have "
+            f"{splits.input_size[0]} channel(s)"
+        )
+    train, val, test = (d.renormalised(mean, std) for d in (splits.train, splits.val, splits.test))
+    return replace(splits, train=train, val=val, test=test, mean=mean, std=std)
 
 
 def _check(config: DataConfig) -> None:

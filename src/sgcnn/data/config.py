@@ -29,8 +29,8 @@ class DataConfig:
     # imagefolder only: use just these class folders, labelled in this order (e.g. one domain
     # of a dataset split by class); None: every class folder of train/.
     classes: list[str] | None = None
-    # imagefolder of small images only: [mean, std] per channel (in [0, 1]) to normalise with
-    # instead of measuring them on train/; `sgcnn eval` takes the ones a checkpoint trained with.
+    # [mean, std] per channel (in [0, 1]) to normalise with instead of the dataset's own
+    # (measured on train/, or fixed); `sgcnn eval` takes the ones a checkpoint trained with.
     normalize: list[list[float]] | None = None
     # synthetic only:
     num_classes: int = 10  # number of classes
@@ -82,13 +82,32 @@ def check_same_data(recorded: dict | None, splits: DatasetSplits, what: str) -> 
     changed = [
         f"{key} {_short(recorded[key])} -> {_short(now[key])}"
         for key in ("classes", "input_size", "sizes", "mean", "std")
-        if key in recorded and not _same(recorded[key], now[key])
+        if key in recorded
+        and not (same_classes if key == "classes" else _same)(recorded[key], now[key])
     ]
     if changed:
         raise SgcnnError(
             f"the data are not those {what} was made with ({'; '.join(changed)}); give the same "
             "dataset (data.root, data.classes, data.val_fraction as it was)"
         )
+
+
+# torchvision names MNIST's classes "0 - zero" .. "9 - nine"; sgcnn records both MNIST sets
+# (mnist, mnist5k) as "0" .. "9", and reads older records of the first kind as the same.
+_MNIST_NAMES = [f"{d} - {w}" for d, w in enumerate(
+    ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+)]  # fmt: skip
+
+
+def same_classes(recorded: list, now: list) -> bool:
+    """Whether class lists name the same classes in the same order (MNIST's two spellings of
+    its digits are one)."""
+
+    def canonical(names: list) -> list[str]:
+        names = [str(n) for n in names]
+        return [n.split(" - ")[0] for n in names] if names == _MNIST_NAMES else names
+
+    return canonical(list(recorded)) == canonical(list(now))
 
 
 def _same(a, b) -> bool:

@@ -19,16 +19,16 @@ WIDE_GRAY_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 
 
 def convert_8bit(image: Image.Image, mode: str) -> Image.Image:
-    """``image`` in ``mode`` (``"L"`` or ``"RGB"``), 8 bits per channel. 16-bit grayscale
-    (and PIL's 32-bit integer mode ``I``, which is how PIL opens most 16-bit files) is scaled
-    ``v / 257`` (0..65535 to 0..255) rather than clipped; 32-bit float images are refused,
-    since their range is unknown (raises ``ValueError``, reported as an unreadable image)."""
+    """A loaded copy of ``image`` in ``mode`` (``"L"`` or ``"RGB"``), 8 bits per channel.
+    16-bit grayscale (and PIL's 32-bit integer mode ``I``, how PIL opens most 16-bit files) is
+    scaled ``v / 257`` (0..65535 to 0..255) rather than clipped; 32-bit float images are
+    refused, since their range is unknown (``ValueError``, reported as an unreadable image)."""
     if image.mode == "F":
         raise ValueError("32-bit float image; save it as an 8- or 16-bit image")
     if image.mode in WIDE_GRAY_MODES:
         wide = np.asarray(image).astype(np.float64)
         image = Image.fromarray((wide / 257).round().clip(0, 255).astype(np.uint8), "L")
-    return image if image.mode == mode else image.convert(mode)
+    return image.convert(mode)  # a loaded copy even in the same mode: the file may be closed
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -54,6 +54,12 @@ class FileImageDataset(Dataset):
     def __init__(self, samples: list[tuple[str | Path, int]], transform: Callable) -> None:
         self.samples = samples
         self.transform = transform
+
+    def renormalised(self, mean: tuple[float, ...], std: tuple[float, ...]) -> FileImageDataset:
+        """The same samples, their transform's final ``Normalize`` using ``mean`` / ``std``."""
+        steps = list(self.transform.transforms)
+        steps[-1] = transforms.Normalize(mean, std)
+        return FileImageDataset(self.samples, transforms.Compose(steps))
 
     @property
     def targets(self) -> list[int]:

@@ -157,13 +157,6 @@ def _small_splits(config, tree, classes, train, held, shape) -> DatasetSplits:
     std = tuple(decoded["std"].tolist())
     if carved is not None and len(carved) and config.normalize is None:
         mean, std = channel_stats(decoded["images"][torch.from_numpy(kept)])  # not on val
-    if config.normalize is not None:  # the statistics a model was trained with
-        mean, std = (tuple(float(x) for x in v) for v in config.normalize)
-        if len(mean) != shape[0]:
-            raise SgcnnError(
-                f"data.normalize gives {len(mean)} values per channel list; the images of "
-                f"{tree} have {shape[0]} channel(s)"
-            )
 
     def dataset(data: dict) -> TensorImageDataset:
         return TensorImageDataset(data["images"], data["labels"], mean, std, size=size)

@@ -72,6 +72,18 @@ class TensorImageDataset(Dataset):
             size=self.size,
         )
 
+    def renormalised(self, mean: tuple[float, ...], std: tuple[float, ...]) -> TensorImageDataset:
+        """The same view normalised with ``mean`` / ``std`` (no copy of the images)."""
+        return TensorImageDataset(
+            self.images,
+            self.labels,
+            mean,
+            std,
+            indices=self.indices,
+            augment=self.augment,
+            size=self.size,
+        )
+
     @property
     def targets(self) -> list[int]:
         """Labels of this view, in item order."""

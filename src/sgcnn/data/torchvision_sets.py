@@ -75,11 +75,17 @@ def build_torchvision(config: DataConfig) -> DatasetSplits:
         test=TensorImageDataset(_images(test), test_labels, source.mean, source.std, size=size),
         num_classes=len(train.classes),
         input_size=(images.shape[1], *size),
-        classes=list(train.classes),
+        classes=_class_names(config.name, train.classes),
         mean=source.mean,
         std=source.std,
         in_memory=True,
     )
+
+
+def _class_names(name: str, classes: list[str]) -> list[str]:
+    """torchvision's class names, except MNIST's ("0 - zero", ...), recorded as ``mnist5k``'s
+    ("0" .. "9") so that a model of either digit set is evaluated on the other."""
+    return [c.split(" - ")[0] for c in classes] if name == "mnist" else list(classes)
 
 
 def _open(source: _Source, config: DataConfig, root: Path, train: bool):
@@ -95,7 +101,9 @@ def _open_unlocked(source: _Source, config: DataConfig, root: Path, train: bool)
     new = [p for p in (root, top) if not p.exists()]
     try:
         return source.cls(str(root), train=train, download=config.download)
-    except (RuntimeError, OSError) as err:
+    except (RuntimeError, OSError, ValueError, AssertionError, EOFError, IndexError) as err:
+        # RuntimeError / OSError: missing files or checksums; the rest: files torchvision
+        # cannot parse (e.g. an empty MNIST idx file: no checksum without download)
         if config.download:
             for folder in reversed(new):  # what the failed download created, and nothing else
                 shutil.rmtree(folder, ignore_errors=True)
