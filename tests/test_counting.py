@@ -1,7 +1,9 @@
 """Params / FLOPs counting against hand-computed values."""
 
+import numpy as np
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 import sgcnn
@@ -72,3 +74,187 @@ def test_bad_example_input_is_a_user_error():
     for bad in (torch.randn(3, 6), (1, 2, 3, 4, 5), (0, 4, 4)):
         with pytest.raises(sgcnn.SgcnnError, match="input"):
             sgcnn.count(model, bad)
+
+
+class _Attend(nn.Module):
+    """A 1x1 convolution to ``E = 8`` channels, its pixels as tokens, self-attention."""
+
+    def __init__(self, batch_first, **kwargs):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 1)
+        self.attn = nn.MultiheadAttention(8, num_heads=2, batch_first=batch_first, **kwargs)
+
+    def forward(self, x):
+        tokens = self.conv(x).flatten(2)  # [1, E, L]
+        tokens = tokens.transpose(1, 2) if self.attn.batch_first else tokens.permute(2, 0, 1)
+        return self.attn(tokens, tokens, tokens, need_weights=False)[0]
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_multihead_attention_by_hand(batch_first):
+    c = sgcnn.count(_Attend(batch_first), (3, 2, 3))  # L = S = 6 tokens, E = 8
+    qkv, scores_and_sum, out = 3 * 6 * 8 * 8, 2 * 6 * 6 * 8, 6 * 8 * 8
+    assert c["flops"] == 3 * 8 * 6 + qkv + scores_and_sum + out
+    assert c["params"] == (3 * 8 + 8) + (3 * 8 * 8 + 3 * 8) + (8 * 8 + 8)
+    assert c["params"] == c["params_total"]
+    assert [layer["name"] for layer in c["layers"]] == ["conv", "attn"]  # out_proj inside
+
+
+def test_multihead_attention_with_kdim_vdim_and_bias_kv():
+    class Cross(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 4, 1), nn.Conv2d(3, 6, 1)
+            self.attn = nn.MultiheadAttention(8, 2, kdim=4, vdim=6, add_bias_kv=True)
+
+        def forward(self, x):
+            small = nn.functional.avg_pool2d(x, 2)
+            q = self.q(x).flatten(2).permute(2, 0, 1)  # [L = 16, 1, 8]
+            k = self.k(small).flatten(2).permute(2, 0, 1)  # [S = 4, 1, 4]
+            v = self.v(small).flatten(2).permute(2, 0, 1)  # [S = 4, 1, 6]
+            return self.attn(q, key=k, value=v, need_weights=False)[0]
+
+    c = sgcnn.count(Cross(), (3, 4, 4))
+    attn = next(layer for layer in c["layers"] if layer["name"] == "attn")
+    # q / k / v projections, then Q K^T and A V over S + 1 = 5 keys (bias_k), out projection
+    assert attn["flops"] == 16 * 8 * 8 + 4 * 8 * 4 + 4 * 8 * 6 + 2 * 16 * 5 * 8 + 16 * 8 * 8
+    assert attn["params"] == 8 * 8 + 8 * 4 + 8 * 6 + 3 * 8 + 8 * 8 + 8  # not bias_k / bias_v
+    convs = (3 * 8) * 16 + (3 * 4 + 3 * 6) * 4
+    assert c["flops"] == convs + attn["flops"]
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_transformer_encoder_counts_every_token(batch_first):
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 1)
+            layer = nn.TransformerEncoderLayer(8, 2, 16, batch_first=batch_first)
+            self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=batch_first)
+
+        def forward(self, x):
+            tokens = self.conv(x).flatten(2)  # [1, E, L]
+            tokens = tokens.transpose(1, 2) if batch_first else tokens.permute(2, 0, 1)
+            padding = torch.zeros(1, tokens.shape[1 if batch_first else 0], dtype=torch.bool)
+            padding[:, -2:] = True
+            return self.encoder(tokens, src_key_padding_mask=padding)
+
+    # sequence-first linear layers ([L, 1, E]) count all L tokens; in eval mode a padded batch
+    # first must not be packed into nested tensors (the fast path), nor attention be skipped
+    c = sgcnn.count(Encoder(), (3, 2, 3))  # L = 6
+    attention = 3 * 6 * 64 + 2 * 6 * 6 * 8 + 6 * 64
+    assert c["flops"] == 3 * 8 * 6 + attention + 6 * (8 * 16 + 16 * 8)
+    assert torch.backends.mha.get_fastpath_enabled()  # restored
+
+
+def _tiny_swin(v2=False):
+    swin = torchvision.models.swin_transformer
+    extra = {"block": swin.SwinTransformerBlockV2, "downsample_layer": swin.PatchMergingV2}
+    return swin.SwinTransformer(
+        patch_size=[4, 4],
+        embed_dim=16,
+        depths=[1, 1],
+        num_heads=[2, 2],
+        window_size=[4, 4],
+        num_classes=10,
+        **(extra if v2 else {}),
+    )
+
+
+def _swin_macs(grid, padded1, grid2, padded2):
+    """A tiny Swin's MACs by hand: patches on a grid x grid map (padded1 x padded1 once padded
+    to the 4 x 4 window), C = 16; then grid2 x grid2 (padded2) after merging, C = 32."""
+    stage1 = (
+        padded1**2 * (16 * 48 + 16 * 16)  # qkv and proj on every padded token
+        + padded1**2 * 2 * 16 * 16  # Q K^T and A V: 16 tokens per window, C = 16
+        + grid**2 * (16 * 64 + 64 * 16)  # MLP
+    )
+    stage2 = padded2**2 * (32 * 96 + 32 * 32 + 2 * 16 * 32) + grid2**2 * (32 * 128 * 2)
+    patches, merging, head = grid**2 * 16 * 3 * 16, grid2**2 * 64 * 32, 32 * 10
+    return patches + stage1 + merging + stage2 + head
+
+
+def test_swin_window_attention_by_hand():
+    model = _tiny_swin()
+    assert sgcnn.count(model, 32)["flops"] == _swin_macs(8, 8, 4, 4)
+    assert sgcnn.count(model, 40)["flops"] == _swin_macs(10, 12, 5, 8)  # padded windows
+    attn = [layer for layer in sgcnn.count(model, 32)["layers"] if "attn" in layer["name"]]
+    assert [a["params"] for a in attn] == [16 * 48 + 48 + 16 * 16 + 16, 32 * 96 + 96 + 32 * 32 + 32]
+
+
+def test_swin_v2_counts_its_position_bias_mlp():
+    cpb = (2 * 512 + 512 * 2) * 7 * 7  # Linear(2, 512), Linear(512, heads) on a 7 x 7 table
+    assert sgcnn.count(_tiny_swin(v2=True), 32)["flops"] == _swin_macs(8, 8, 4, 4) + 2 * cpb
+
+
+def test_maxvit_attention_by_hand():
+    class Grid(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 1)
+            self.attn = torchvision.models.maxvit.RelativePositionalMultiHeadAttention(8, 4, 16)
+
+        def forward(self, x):  # G = 2 groups of P = 16 tokens
+            return self.attn(self.conv(x).flatten(2).transpose(1, 2).reshape(1, 2, 16, 8))
+
+    c = sgcnn.count(Grid(), (3, 4, 8))
+    assert c["flops"] == 3 * 8 * 32 + 32 * (8 * 24 + 8 * 8) + 2 * 2 * 16 * 16 * 8
+
+
+def test_weight_used_outside_its_forward_is_an_error():
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+            self.fc = nn.Linear(4, 5)
+
+        def forward(self, x):
+            return nn.functional.linear(self.conv(x).flatten(2).transpose(1, 2), self.fc.weight)
+
+    with pytest.raises(sgcnn.SgcnnError, match=r"'0\.fc' \(Linear\): its weight is used outside"):
+        sgcnn.count(nn.Sequential(Functional()), (3, 2, 2))
+
+
+def test_a_spare_layer_beside_used_ones_costs_nothing():
+    """A layer defined but never used (its weight neither) is not an error: it costs 0 MACs."""
+
+    class Spare(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+            self.unused = nn.Linear(4, 5)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    c = sgcnn.count(Spare(), (3, 2, 2))
+    assert c["flops"] == 12 * 4 and c["params"] == 16 + 25
+    assert [layer["flops"] for layer in c["layers"]] == [48, 0]
+
+
+def test_input_sizes_of_other_types_are_refused():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1))
+    for size in (np.int64(2), [2, 2], (np.int64(3), 2, 2)):
+        assert sgcnn.count(model, size)["flops"] == 48
+    for bad in (2.0, "22", "abc", (2, 2.5), True, None):
+        with pytest.raises(sgcnn.SgcnnError, match="input_size must be"):
+            sgcnn.count(model, bad)
+
+
+def test_idle_branches_cost_nothing():
+    class WithAux(nn.Module):  # like GoogLeNet's auxiliary heads, run in training only
+        def __init__(self):
+            super().__init__()
+            self.body = _Attend(batch_first=True)
+            self.aux = nn.Sequential(_Attend(batch_first=True), nn.Linear(8, 10))
+
+        def forward(self, x):
+            return self.aux(x) if self.training else self.body(x)
+
+    c = sgcnn.count(WithAux().train(), (3, 2, 3))
+    assert c["flops"] == 3 * 8 * 6 + 3 * 6 * 64 + 2 * 6 * 6 * 8 + 6 * 64
+    assert {layer["name"] for layer in c["layers"] if not layer["flops"]} == {
+        "aux.0.conv",
+        "aux.0.attn",
+        "aux.1",
+    }

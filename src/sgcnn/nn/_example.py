@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -24,8 +25,14 @@ def example_image(model: nn.Module, input_size: int | Sequence[int] | torch.Tens
             )
         image = input_size[:1] if input_size.dim() == 4 else input_size[None]
         return image.to(device=device, dtype=dtype)
-    if isinstance(input_size, int):
+    if _is_int(input_size):
         input_size = (input_size, input_size)
+    sequence = isinstance(input_size, Sequence) and not isinstance(input_size, str)
+    if not sequence or not all(_is_int(s) for s in input_size):
+        raise SgcnnError(
+            f"input_size must be H, (H, W), (C, H, W) or (N, C, H, W) in whole pixels, or an "
+            f"example tensor; got {input_size!r}"
+        )
     size = tuple(int(s) for s in input_size)
     if len(size) == 4:  # (N, C, H, W): counts are per image, whatever N
         size = size[1:]
@@ -37,3 +44,8 @@ def example_image(model: nn.Module, input_size: int | Sequence[int] | torch.Tens
             f"input_size must be H, (H, W), (C, H, W) or (N, C, H, W), got {input_size!r}"
         )
     return torch.zeros(1, *size, device=device, dtype=dtype)
+
+
+def _is_int(value) -> bool:
+    """A whole number (Python or numpy integer), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
