@@ -12,8 +12,10 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 from sgcnn.engine.distributed import Dist, ShardSampler
+from sgcnn.engine.loaders import TrainLoader, worker_seed
 from sgcnn.engine.state import load_state, read_metrics
 
 SCRIPT = textwrap.dedent(
@@ -145,3 +147,38 @@ def test_a_run_stopped_mid_epoch_under_ddp_resumes_to_the_same_epoch_figures(tmp
         return record["train_loss"], record["train_top1"]
 
     assert epoch(parts) == pytest.approx(epoch(whole), rel=1e-6)
+
+
+class _Augmented(torch.utils.data.Dataset):
+    """Items whose "augmentation" is a draw from torch's generator, as random crops are."""
+
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, index):
+        return torch.rand(()), index
+
+
+def test_loader_workers_draw_other_augmentation_on_each_rank():
+    """Worker ``w`` of every rank seeds ``base + w``, the base drawn from the loader's generator:
+    that generator's seed includes the rank, else every rank draws the same crops and flips."""
+    loaders = [
+        TrainLoader(_Augmented(), Dist(rank, 2), 4, workers=1, seed=0, pin=False)
+        for rank in range(2)
+    ]
+    draws = [[float(x) for batch, _ in loader.epoch(3) for x in batch] for loader in loaders]
+    assert len(draws[0]) == len(draws[1]) == 8
+    assert not set(draws[0]) & set(draws[1])
+    seeds = {worker_seed(0, epoch, rank) for epoch in range(1000) for rank in range(8)}
+    assert len(seeds) == 8000  # no two (epoch, rank) share a seed
+
+
+def test_a_single_process_seeds_its_loader_as_it_always_did():
+    """Rank 0 (and a run without torchrun) keeps ``seed * 1_000_003 + epoch``: a run started
+    before ranks were part of the seed resumes with the same worker augmentation."""
+    loader = TrainLoader(_Augmented(), Dist(), 4, workers=0, seed=7, pin=False)
+    loader.epoch(5)
+    assert loader.generator.initial_seed() == 7 * 1_000_003 + 5
+    loader = TrainLoader(_Augmented(), Dist(0, 2), 4, workers=0, seed=7, pin=False)
+    loader.epoch(5)
+    assert loader.generator.initial_seed() == 7 * 1_000_003 + 5

@@ -47,7 +47,7 @@ class _PruneEvaluate:
         if self.grouper is None:
             self.grouper = self._new_pruner(self.model)
         begin = time.monotonic()
-        report = self.grouper.step(stage.conv, stage.fc) if self.d.is_main else None
+        report = self._main_only(lambda: self._step(stage))  # an error reaches every rank
         broadcast_groups_(self.d, self.model)
         counts = count(self.model, self.input_size)
         record = {
@@ -73,6 +73,22 @@ class _PruneEvaluate:
             f"  pruned to conv {stage.conv:.0%} / fc {stage.fc:.0%}: params "
             f"{counts['params']:,}, FLOPs {counts['flops']:,} ({record['seconds']:.1f} s)"
         )
+
+    def _step(self, stage: Stage):
+        """Rank 0's pruning step; a target the method cannot reach says how to go on."""
+        try:
+            return self.grouper.step(stage.conv, stage.fc)
+        except SgcnnError as err:
+            g = self.config.grouping
+            baseline = self.run_dir / row_slug(BASELINE) / MODEL_FILE
+            raise SgcnnError(
+                f"{stage.describe()} failed: {err}. This run cannot finish (--resume would "
+                "replay this step, and its grouping settings cannot change); its trained "
+                f"baseline is {baseline}: prune it with settings that work in a new run "
+                f"folder, e.g. sgcnn finetune --checkpoint {baseline} --conv <reachable "
+                f"target> --set grouping.method={g.method} --output <new folder> (--recipe "
+                "for this run's recipe), or start this run again in a new folder"
+            ) from None
 
     def _evaluate_row(self, stage: Stage) -> None:
         payload = self._main_only(lambda: self._load_row_model(stage.row))

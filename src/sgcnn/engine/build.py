@@ -3,7 +3,8 @@
 Every mismatch a user can make here gets an :class:`SgcnnError` that says what is wrong and
 how to fix it, before any run folder is created: images of the wrong size or channel count for
 the model, a model (or checkpoint) with a different number of classes than the dataset, a
-checkpoint of another model.
+checkpoint of another model, a checkpoint whose classifier would be kept for other classes
+(or another label order) or for another normalisation than its weights were trained with.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import torch
 from torch import nn
 
 from sgcnn.data import DatasetSplits, build_datasets
-from sgcnn.engine.checkpoint import load_model
+from sgcnn.data.config import same_classes
+from sgcnn.engine.checkpoint import load_checkpoint, model_from_payload, payload_record
 from sgcnn.engine.config import Config
 from sgcnn.errors import SgcnnError
 from sgcnn.models.registry import create_model, model_entry
@@ -41,14 +43,65 @@ def build_model(config: Config, splits: DatasetSplits) -> tuple[nn.Module, dict[
 
         model, _, kwargs, _ = load_transferred(m.checkpoint, m.name, classes)
     elif m.checkpoint:
-        model, name, kwargs = load_model(m.checkpoint, m.name, classes)
-        if name != m.name:  # pragma: no cover - load_model already refuses this
+        payload = load_checkpoint(m.checkpoint)
+        model, name, kwargs = model_from_payload(payload, m.checkpoint, m.name, classes)
+        if name != m.name:  # pragma: no cover - model_from_payload refuses this
             raise SgcnnError(f"checkpoint {m.checkpoint!r} holds {name!r}, not {m.name!r}")
+        check_checkpoint_data(payload_record(payload), config, splits)
     else:
         kwargs = {"num_classes": classes}
         model = create_model(m.name, **kwargs)
     check_fits(model, config, splits)
     return model, kwargs
+
+
+def check_checkpoint_data(record: dict | None, config: Config, splits: DatasetSplits) -> None:
+    """A checkpoint whose classifier is kept must meet the data its ``record`` describes
+    (:func:`sgcnn.data.config.data_record`; ``None``, from a plain state_dict or an older
+    sgcnn, is not checked): the same class names in the same order (its outputs are those
+    classes; as ``sgcnn eval`` requires), and the same normalisation (what its weights expect
+    of their input): data normalised otherwise is an error unless ``data.normalize`` is set
+    (the error says which values to set)."""
+    if not record:
+        return
+    source = f"checkpoint {config.model.checkpoint!r}"
+    recorded = record.get("classes")
+    if recorded is not None and not same_classes(recorded, splits.classes):
+        raise SgcnnError(
+            f"{source} was trained on classes {_names(recorded)}, but this data has "
+            f"{_names(splits.classes)}: its classifier would give the scores of other classes. "
+            "Use the same classes in the same order (data.classes), or `sgcnn transfer` for a "
+            "new task (it replaces the classifier)"
+        )
+    mean, std = record.get("mean"), record.get("std")
+    if config.data.normalize is not None or not mean or not std:
+        return  # set by the user: that choice stands
+    if _close(mean, splits.mean) and _close(std, splits.std):
+        return
+    what = (
+        f"{source} was trained on images normalised with mean {_values(mean)} / std "
+        f"{_values(std)}, but dataset {config.data.name!r} gives mean {_values(splits.mean)} / "
+        f"std {_values(splits.std)}"
+    )
+    raise SgcnnError(
+        f"{what}. Set data.normalize=[{_values(mean)}, {_values(std)}] to give the weights "
+        "what they were trained on, or set it to the data's own values to keep those"
+    )
+
+
+def _close(a, b) -> bool:
+    return len(a) == len(b) and all(
+        abs(float(x) - float(y)) <= 1e-4 for x, y in zip(a, b, strict=True)
+    )
+
+
+def _values(values) -> str:
+    return "[" + ", ".join(f"{float(v):.6g}" for v in values) + "]"
+
+
+def _names(classes) -> str:
+    shown = ", ".join(map(str, list(classes)[:8]))
+    return f"[{shown}{', ...' if len(classes) > 8 else ''}] ({len(classes)})"
 
 
 @torch.no_grad()

@@ -3,7 +3,9 @@
 The training order of an epoch is a pure function of ``(seed, epoch)`` (torch's
 :class:`~torch.utils.data.DistributedSampler`, one shard per rank, also for a single process),
 so a resumed run sees the same batches; :meth:`EpochSampler.set_epoch` can skip the batches an
-interrupted epoch already did. DataLoader workers are seeded from a generator reset per epoch.
+interrupted epoch already did. DataLoader workers are seeded from a generator reset per epoch
+to a function of ``(seed, epoch, rank)``: worker ``w`` of every rank would otherwise draw the
+same crops and flips (rank 0's seed is that of a single process).
 Augmentation in the main process (``workers = 0``) draws from torch's global generator, which
 the training state saves: resuming is then exact, even mid-epoch. With workers it is exact at
 epoch boundaries.
@@ -61,6 +63,7 @@ class TrainLoader:
         self.limit_batches = limit_batches
         self.batch_size = batch_size
         self.seed = seed
+        self.rank = d.rank
         # Dropping the last partial batch avoids a 1-image batch (BatchNorm cannot train on
         # it); with fewer images than one batch, keep the partial one.
         self.drop_last = self.sampler.full_length >= batch_size
@@ -85,8 +88,19 @@ class TrainLoader:
     def epoch(self, epoch: int, skip_batches: int = 0):
         """The batches of ``epoch`` after the first ``skip_batches``."""
         self.sampler.set_epoch(epoch, skip_batches * self.batch_size)
-        self.generator.manual_seed(self.seed * 1_000_003 + epoch)
+        self.generator.manual_seed(worker_seed(self.seed, epoch, self.rank))
         return self.loader
+
+
+# Rank r's seeds lie r * _RANK_STRIDE above rank 0's: apart for any epoch count.
+_RANK_STRIDE = 0x9E3779B97F4A7C15
+
+
+def worker_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of the generator the DataLoader draws its workers' base seed from in ``epoch``
+    (workers seed ``base + worker id``): different on every rank, and for rank 0 the same as
+    it always was (``seed * 1_000_003 + epoch``), so single-process runs resume unchanged."""
+    return (seed * 1_000_003 + epoch + rank * _RANK_STRIDE) % 2**64
 
 
 def eval_loader(dataset: Dataset, d: Dist, batch_size: int, workers: int, pin: bool) -> DataLoader:

@@ -64,8 +64,11 @@ from sgcnn.engine.rundir import (
 )
 from sgcnn.engine.schemes import plan
 from sgcnn.engine.state import (
+    CONFIG_FILE,
     METRICS_FILE,
     MetricsLog,
+    check_metrics_length,
+    fsync_file,
     load_state,
     read_metrics,
     rng_state,
@@ -73,6 +76,10 @@ from sgcnn.engine.state import (
     set_rng_state,
 )
 from sgcnn.errors import SgcnnError
+
+# Methods whose pruning depends only on the layers' shapes, not on the trained weights: a target
+# they cannot reach on some layer is known before training, by dry-running their steps.
+SHAPE_ONLY_METHODS = ("groupconv", "kernel_l1", "l1filter")
 
 
 class Runner(_TrainingPhase, _PruneEvaluate):
@@ -105,6 +112,7 @@ class Runner(_TrainingPhase, _PruneEvaluate):
         self.grouper: SelfGrouper | None = None
         self._stop_request: StopRequest | None = None
         self._pending: dict[str, Any] | None = None  # phase state restored from state.pt
+        self._ended = False  # the saved state's metrics already hold the "end" line
         self._resumed: dict[str, Any] | None = None  # the "resume" line to log, on rank 0
         self._lock: int | None = None  # the open lock on the run folder, while held
         self.log: MetricsLog | None = None  # the metrics log (rank 0, once the folder is open)
@@ -160,7 +168,7 @@ class Runner(_TrainingPhase, _PruneEvaluate):
         """Check the folder, build data and model, create the folder or restore the state."""
         cfg, t = self.config, self.config.train
         if self.resume:
-            state = self._main_only(self._read_state)
+            state, self._ended = self._main_only(self._read_state)
         else:
             self._main_only(lambda: check_new_run_dir(self.run_dir))
             state = None
@@ -196,15 +204,39 @@ class Runner(_TrainingPhase, _PruneEvaluate):
     def _check_grouping(self, model: torch.nn.Module) -> None:
         """Set up the run's pruner on a copy of the model before anything is trained or
         written, so that a grouping mistake (a pattern that matches nothing, a method that
-        cannot apply) fails now and not after the baseline's epochs."""
-        if any(stage.kind == "prune" for stage in self.plan):
-            self._new_pruner(copy.deepcopy(model))
+        cannot apply) fails now and not after the baseline's epochs.
 
-    def _read_state(self) -> dict:
+        For the methods of :data:`SHAPE_ONLY_METHODS` every prune step of the plan is also
+        dry-run on a copy (each target from the unpruned model, as :meth:`_prune` does): a
+        target such a method cannot reach fails here, not at the prune stage, where a resumed
+        run would replay the same failure (its grouping settings cannot change on resume).
+        ``sg`` and ``random`` depend on the trained weights (k-means) and are not dry-run."""
+        prunes = [stage for stage in self.plan if stage.kind == "prune"]
+        if not prunes:
+            return
+        if self.config.grouping.method not in SHAPE_ONLY_METHODS:
+            self._new_pruner(copy.deepcopy(model))
+            return
+        pruner = None
+        for stage in prunes:
+            if pruner is None or stage.step == 1:  # each target starts from the baseline
+                pruner = self._new_pruner(copy.deepcopy(model))
+            try:
+                pruner.step(stage.conv, stage.fc)
+            except SgcnnError as err:
+                raise SgcnnError(
+                    f"{stage.row} cannot be run: {err}. (Checked before training: nothing was "
+                    "trained or written, so the command can still change.)"
+                ) from None
+
+    def _read_state(self) -> tuple[dict, bool]:
+        """The saved state, checked, and whether its metrics hold the "end" line (rank 0)."""
         require_run_dir(self.run_dir)
         self._lock = lock_run_dir(self.run_dir)
         state = load_state(self.run_dir)
-        records = read_metrics(self.run_dir / METRICS_FILE)
+        metrics = self.run_dir / METRICS_FILE
+        check_metrics_length(metrics, state["metrics_offset"])
+        records = read_metrics(metrics)
         failure = next((r for r in records if r.get("event") == FAILED), None)
         if failure is not None:
             raise SgcnnError(
@@ -221,7 +253,11 @@ class Runner(_TrainingPhase, _PruneEvaluate):
                 f"each process's random state depend on that; resume it with {saved_by} ({how})"
             )
         remove_stale_temporaries(self.run_dir)
-        return state
+        # Whether the "end" line is part of what the state accounts for: a run stopped after
+        # its last stage was saved but before that line was written still needs it.
+        saved = read_metrics(metrics, limit=state["metrics_offset"])
+        ended = any(r.get("event") == "end" for r in saved)
+        return state, ended
 
     def _create(self, rng: list) -> None:
         def write_initial(staging: Path) -> None:
@@ -239,7 +275,11 @@ class Runner(_TrainingPhase, _PruneEvaluate):
             line = (json.dumps(start) + "\n").encode()
             (staging / METRICS_FILE).write_bytes(line)
             self._offset = len(line)
-            save_state(staging, self._state_dict(rng))
+            save_state(staging, self._state_dict(rng))  # written durably (fsynced)
+            # On disk before the folder's rename publishes them (config.yaml is already there).
+            for name in (CONFIG_FILE, METRICS_FILE):
+                if (staging / name).is_file():
+                    fsync_file(staging / name)
 
         create_run_dir(self.run_dir, self.config, write_initial)
         self._lock = lock_run_dir(self.run_dir)
@@ -269,7 +309,9 @@ class Runner(_TrainingPhase, _PruneEvaluate):
     def _execute(self) -> None:
         if self.log is not None and self._resumed:
             self.log.append(self._resumed)
-        ran = self.stage < len(self.plan)
+        # "end" is recorded once, and covered by the last state (a resume keeps the line);
+        # also when a stop came between the last stage's save and that line.
+        ran = self.stage < len(self.plan) or not self._ended
         while self.stage < len(self.plan):
             stage = self.plan[self.stage]
             if self.batch == 0 and self.epoch == 0:
@@ -284,9 +326,10 @@ class Runner(_TrainingPhase, _PruneEvaluate):
             self._pending = None
             self._save()
             self._check_stop()
-        if ran:  # recorded once, and covered by the last state (a resume keeps the line)
+        if ran:
             self._record({"event": "end", "time": _now(), "elapsed_s": self._elapsed()})
             self._save()
+            self._ended = True
         if self.d.is_main:
             write_run_report(self.run_dir)
             self._say(f"report: {self.run_dir / 'report.md'}")

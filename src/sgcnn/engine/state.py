@@ -18,6 +18,7 @@ with ``weights_only=True``) holds everything a resumed run needs to continue exa
 ``metrics.jsonl`` is appended line by line (flushed and fsynced); a line written after the last
 ``state.pt`` describes work a resumed run will redo, so :meth:`MetricsLog.open` truncates the
 file back to ``metrics_offset``: lines are never duplicated, and a torn last line disappears.
+A file shorter than ``metrics_offset`` (cut short outside sgcnn) is an error, not padded.
 """
 
 from __future__ import annotations
@@ -91,12 +92,35 @@ def load_state(run_dir: Path) -> dict[str, Any]:
     return state
 
 
+def fsync_file(path: Path) -> None:
+    """Flush ``path``'s content to disk (before a rename publishes it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_metrics_length(path: Path, offset: int) -> None:
+    """``path`` must hold at least the ``offset`` bytes a saved state accounts for: truncating
+    a shorter file to ``offset`` would pad it with NUL bytes, which no reader can parse."""
+    size = path.stat().st_size if path.is_file() else 0
+    if size < offset:
+        raise SgcnnError(
+            f"{path} holds {size} bytes but the run's state accounts for {offset}: the metrics "
+            "file was cut short (restored from an older copy, or edited), so the run cannot "
+            "continue from it; restore the run folder's files together, or start a new run in "
+            "another folder"
+        )
+
+
 class MetricsLog:
     """Append-only JSON-lines log, durable line by line (rank 0 only)."""
 
     def __init__(self, path: Path, offset: int = 0) -> None:
         self.path = path
-        if path.exists():
+        if path.exists() or offset:
+            check_metrics_length(path, offset)
             with open(path, "r+b") as f:
                 f.truncate(offset)
         self._file = open(path, "ab")  # noqa: SIM115  (kept open for the run's lifetime)
@@ -116,12 +140,16 @@ class MetricsLog:
         self._file.close()
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` (a torn last line, from a crash, is skipped)."""
+def read_metrics(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` (a torn last line, from a crash, is skipped); with
+    ``limit``, of its first ``limit`` bytes only (what a saved state accounts for)."""
     if not path.is_file():
         raise SgcnnError(f"{path} does not exist: is this a run folder?")
     records = []
-    lines = read_text(path, "metrics file").splitlines()
+    text = read_text(path, "metrics file")
+    if limit is not None:
+        text = text.encode()[:limit].decode("utf-8", errors="replace")
+    lines = text.splitlines()
     for i, line in enumerate(lines):
         if not line.strip():
             continue
