@@ -20,7 +20,10 @@ from sgcnn.errors import SgcnnError
 
 
 def test_defaults_recipe_and_sets_layer_in_order():
-    recipe = {"optim": {"lr": 0.05, "milestones": [10, 20]}, "data": {"name": "synthetic"}}
+    recipe = {
+        "optim": {"lr": 0.05, "schedule": "multistep", "milestones": [10, 20]},
+        "data": {"name": "synthetic"},
+    }
     config = resolve_config(recipe, ["optim.lr=0.2", "train.amp=bf16"])
     assert isinstance(config, Config)
     assert config.optim.lr == 0.2  # --set wins over the recipe
@@ -128,6 +131,70 @@ def test_unknown_keys_and_wrong_types_are_errors(recipe, sets, message):
 def test_bad_values_are_errors(sets, message):
     with pytest.raises(SgcnnError, match=re.escape(message)):
         resolve_config(None, sets)
+
+
+@pytest.mark.parametrize(
+    ("recipe", "sets", "message"),
+    [
+        (  # the model's default schedule (cosine) would silently drop the milestones
+            {"model": {"name": "resnet20"}, "optim": {"milestones": [50, 75]}},
+            [],
+            "optim.milestones is [50, 75], but optim.schedule is cosine (resnet20's default), "
+            "which does not use it: also set the schedule (e.g. --set optim.schedule=multistep)",
+        ),
+        (None, ["finetune.milestones=[5]"], "finetune.schedule is cosine (the default)"),
+        ({"optim": {"schedule": "cosine", "step_size": 10}}, [], "--set optim.schedule=step"),
+        (None, ["optim.schedule=constant", "optim.gamma=0.5"], "optim.gamma is 0.5"),
+        (None, ["optim.schedule=multistep", "optim.min_lr=0.001"], "optim.schedule=cosine"),
+        (None, ["optim.milestones=[5]", "optim.schedule=cosine"], "optim.milestones is [5]"),
+    ],
+)
+def test_schedule_settings_the_schedule_ignores_are_errors(recipe, sets, message):
+    with pytest.raises(SgcnnError, match=re.escape(message)):
+        resolve_config(recipe, sets)
+
+
+def test_schedule_settings_at_their_defaults_or_replaced_by_a_later_schedule_are_fine():
+    assert resolve_config({"model": {"name": "resnet20"}}).optim.milestones == []
+    assert resolve_config(None, ["optim.milestones=[]", "finetune.gamma=0.1"]).optim.schedule
+    c = resolve_config({"model": {"name": "resnet20"}}, ["optim.schedule=multistep"])
+    assert c.optim.schedule == "multistep" and c.optim.milestones == []  # a constant rate
+    # A schedule chosen over a recipe's drops the recipe's milestones knowingly.
+    _, recipe = load_recipe("resnet56_cifar10_g")
+    c = resolve_config(recipe, ["optim.schedule=cosine", "finetune.schedule=step"])
+    assert (c.optim.schedule, c.finetune.schedule) == ("cosine", "step")
+    # A run saved by an earlier sgcnn with ignored milestones still reads (its report).
+    saved = config_to_yaml(resolve_config(None, ["optim.schedule=multistep"]))
+    saved = saved.replace("schedule: multistep", "schedule: cosine", 1)
+    assert "milestones: []" in saved
+    saved = saved.replace("milestones: []", "milestones: [3]", 1)
+    config = config_from_yaml(saved)
+    assert (config.optim.schedule, config.optim.milestones) == ("cosine", [3])
+
+
+@pytest.mark.parametrize("value", ["resnet20", "null", "[x]"])
+def test_a_section_set_as_one_value_is_one_clear_error(value, tmp_path, capsys):
+    from sgcnn.cli.main import main
+
+    with pytest.raises(SgcnnError, match=r"model is a section of settings .*--set model\.name="):
+        resolve_config(None, [f"model={value}"])
+    for command in (["run", "lenet5_mnist5k_demo"], ["train"]):
+        out = tmp_path / "never"
+        assert main([*command, "--set", f"model={value}", "--output", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "error: model is a section" in err, err
+        assert not out.exists()
+
+
+def test_a_section_set_as_one_value_names_the_key_to_set():
+    def error(sets: list[str]) -> str:
+        with pytest.raises(SgcnnError) as err:
+            resolve_config(None, sets)
+        return str(err.value)
+
+    assert "e.g. --set model.name=resnet20" in error(["model=resnet20"])
+    assert "e.g. --set train.epochs=..." in error(["train=5"])
+    assert resolve_config(None, ["model={name: resnet20}"]).model.name == "resnet20"
 
 
 def test_resolved_config_round_trips_through_yaml():

@@ -18,7 +18,7 @@ from typing import Any
 
 from sgcnn._io import check_output_dir
 from sgcnn.cli._common import parse_ratio, path_arg, positive_int, seed_int
-from sgcnn.engine.checkpoint import FORMAT, checkpoint_name, plain_state_dict
+from sgcnn.engine.checkpoint import FORMAT, checkpoint_name, load_checkpoint, plain_state_dict
 from sgcnn.engine.config import Config, resolve_config
 from sgcnn.engine.recipes import load_recipe
 from sgcnn.errors import SgcnnError
@@ -169,6 +169,41 @@ def execute_named(
     default = default_name(config)
     config.name = f"{name}-{suffix}" if name else (config.name or default)
     return execute_and_print(config, output_dir(args, config, default), args)
+
+
+def resumed_run(args: argparse.Namespace) -> dict[str, Any] | None:
+    """With ``--resume --output RUN``: the config RUN was started with (its ``config.yaml``).
+
+    The commands that start from a checkpoint (``train --checkpoint``, ``finetune``,
+    ``transfer``) take its model and dataset from there instead of reading ``--checkpoint``
+    again: a run folder always holds its model (the first state is saved with it), so the
+    source may have moved or gone since. ``None`` when not resuming, or without ``--output``
+    (the default folder is named after the checkpoint's model: see :func:`load_source`)."""
+    if not getattr(args, "resume", False) or getattr(args, "output", None) is None:
+        return None
+    from sgcnn.engine.rundir import read_run_config
+
+    return read_run_config(Path(args.output))
+
+
+def load_source(args: argparse.Namespace) -> dict[str, Any]:
+    """The checkpoint ``--checkpoint``, loaded; a missing one on ``--resume`` (without
+    ``--output``, see :func:`resumed_run`) says how to resume without it."""
+    try:
+        return load_checkpoint(args.checkpoint)
+    except SgcnnError as err:
+        if getattr(args, "resume", False) and not Path(args.checkpoint).is_file():
+            raise SgcnnError(
+                f"{err}. The run's state holds the model: pass its folder as --output to "
+                "resume without the checkpoint"
+            ) from err
+        raise
+
+
+def section(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """Section ``name`` of a saved config (``{}`` where it has none)."""
+    value = config.get(name)
+    return value if isinstance(value, dict) else {}
 
 
 def checkpoint_model(path: str, payload: dict, given: str | None = None) -> str:

@@ -10,10 +10,13 @@ from sgcnn.cli._pipeline import (
     add_sparsity_args,
     checkpoint_model,
     execute_named,
+    load_source,
     recipe_from_args,
+    resumed_run,
+    section,
     shortcut_sets,
 )
-from sgcnn.engine.checkpoint import FORMAT, load_checkpoint
+from sgcnn.engine.checkpoint import FORMAT
 from sgcnn.engine.config import SCHEMES
 from sgcnn.errors import SgcnnError
 
@@ -39,11 +42,17 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     name, recipe = recipe_from_args(args)
-    payload = load_checkpoint(args.checkpoint)
-    model = checkpoint_model(args.checkpoint, payload, args.model)
-    saved = payload.get("config") if payload.get("format") == FORMAT else None
-    if saved and args.data is None and "data" not in recipe:
-        recipe = {**recipe, "data": saved["data"]}  # the dataset the checkpoint was made on
+    started = resumed_run(args)
+    if started is not None:  # its state holds the model: the checkpoint is not read again
+        model = args.model or section(started, "model").get("name")
+        data = section(started, "data")
+    else:
+        payload = load_source(args)
+        model = checkpoint_model(args.checkpoint, payload, args.model)
+        saved = payload.get("config") if payload.get("format") == FORMAT else None
+        data = saved["data"] if saved else None
+    if data and args.data is None and "data" not in recipe:
+        recipe = {**recipe, "data": data}  # the dataset the checkpoint was made on (the run's)
     sets = [f"model.name={model}"]
     sets += shortcut_sets(
         args,

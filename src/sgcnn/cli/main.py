@@ -107,10 +107,13 @@ def _out_of_memory_advice(err: BaseException) -> str:
     where = "host" if isinstance(err, MemoryError) else "GPU"
     first = (str(err).strip().splitlines() or [""])[0][:160]
     detail = f" ({first})" if first else ""
+    # What --resume accepts: rundir.RESUMABLE_CHANGES (the evaluation batch and the device,
+    # not the training batch, which changes the steps and so the results).
     return (
-        f"out of {where} memory{detail}. Use a smaller batch (--batch-size, or --set "
-        "train.batch_size=N / train.eval_batch_size=N) or smaller inputs, or another device; "
-        "a run continues from its last save with --resume"
+        f"out of {where} memory{detail}. Use a smaller batch (--batch-size) or smaller inputs, "
+        "or another device. A run continues from its last save with --resume and a smaller "
+        "evaluation batch (--set train.eval_batch_size=N) or another --device; a smaller "
+        "training batch (--batch-size, train.batch_size) needs a new run (another --output)"
     )
 
 

@@ -8,10 +8,13 @@ from sgcnn.cli._pipeline import (
     add_run_args,
     checkpoint_model,
     execute_named,
+    load_source,
     recipe_from_args,
+    resumed_run,
+    section,
     shortcut_sets,
 )
-from sgcnn.engine.checkpoint import FORMAT, load_checkpoint
+from sgcnn.engine.checkpoint import FORMAT
 from sgcnn.errors import SgcnnError
 
 
@@ -32,8 +35,12 @@ def register(subparsers) -> None:
 def run(args) -> int:
     name, recipe = recipe_from_args(args)
     named = isinstance(recipe.get("model"), dict) and recipe["model"].get("name")
-    if args.checkpoint:
-        payload = load_checkpoint(args.checkpoint)
+    started = resumed_run(args) if args.checkpoint else None
+    if started is not None:  # its state holds the model: the checkpoint is not read again
+        if not (args.model or named):
+            args.model = section(started, "model").get("name")
+    elif args.checkpoint:
+        payload = load_source(args)
         if args.model or not named:  # the model the checkpoint names (and --model agrees)
             args.model = checkpoint_model(args.checkpoint, payload, args.model)
         if args.num_classes is not None and payload.get("format") == FORMAT:

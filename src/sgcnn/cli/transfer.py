@@ -29,8 +29,11 @@ from sgcnn.cli._pipeline import (
     checkpoint_model,
     configure,
     execute_and_print,
+    load_source,
     output_dir,
     quote,
+    resumed_run,
+    section,
     shortcut_sets,
 )
 from sgcnn.engine.checkpoint import FORMAT, load_checkpoint, plain_state_dict
@@ -67,15 +70,21 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     _, recipe = load_recipe(args.recipe or DEFAULT_RECIPE)
-    payload = load_checkpoint(args.checkpoint)
-    model = checkpoint_model(args.checkpoint, payload, args.model)
-    grouped = _kept_grouping(args.checkpoint, payload, model, args.scheme)
-    if args.scheme == "dense" and grouped:
-        raise SgcnnError(
-            f"{args.checkpoint!r} has {len(grouped)} self-grouped layers: --scheme L fine-tunes "
-            "it with its masks (dense needs a dense checkpoint)"
-        )
-    first = "L" if grouped else "dense transfer"
+    started = resumed_run(args)
+    payload, grouped = None, []
+    if started is not None:  # its state holds the model: the checkpoint is not read again
+        model = args.model or section(started, "model").get("name")
+        first = section(started, "report").get("baseline_name", "dense transfer")
+    else:
+        payload = load_source(args)
+        model = checkpoint_model(args.checkpoint, payload, args.model)
+        grouped = _kept_grouping(args.checkpoint, payload, model, args.scheme)
+        if args.scheme == "dense" and grouped:
+            raise SgcnnError(
+                f"{args.checkpoint!r} has {len(grouped)} self-grouped layers: --scheme L "
+                "fine-tunes it with its masks (dense needs a dense checkpoint)"
+            )
+        first = "L" if grouped else "dense transfer"
     sets = [
         f"model.name={model}",
         f"model.checkpoint={quote(str(args.checkpoint))}",
@@ -117,14 +126,19 @@ def run(args) -> int:
     default = f"{model}-{config.data.name}-transfer-{args.scheme}"
     config.name = config.name or default
     if config.report.title is None:
-        config.report.title = f"Transfer ({args.scheme}) of {args.checkpoint}"
+        title = section(started, "report").get("title") if started is not None else None
+        config.report.title = title or f"Transfer ({args.scheme}) of {args.checkpoint}"
     run_dir = output_dir(args, config, default)
-    _note_resizing(model, payload, config.data.image_size)
+    if payload is not None:
+        _note_resizing(model, payload, config.data.image_size)
 
     def masks(rows: list[dict]) -> None:
-        _report_masks(args.checkpoint, model, run_dir, rows)
+        if started is None:
+            _report_masks(args.checkpoint, model, run_dir, rows)
+        else:
+            _report_masks_if_there(args.checkpoint, model, run_dir, rows)
 
-    return execute_and_print(config, run_dir, args, after=masks if grouped else None)
+    return execute_and_print(config, run_dir, args, after=masks if grouped or started else None)
 
 
 def _note_resizing(model: str, payload: dict, image_size: int | None) -> None:
@@ -175,6 +189,28 @@ def _grouped_layers(path: str, payload: dict) -> list[str]:
         return list(payload.get("masked", []))
     state = plain_state_dict(path, payload)  # else: which file it is, said as such
     return sorted({k.rsplit(".", 1)[0] for k in state if str(k).endswith(".sg_mask")})
+
+
+def _report_masks_if_there(checkpoint: str, model: str, run_dir: Path, rows: list[dict]) -> None:
+    """After a resumed run: :func:`_report_masks` when the source is still there and keeps
+    self-grouped layers (the resumed run never read it); a note when it is gone."""
+    if not Path(checkpoint).is_file():
+        print(
+            f"note: {checkpoint!r} is not there any more: the results are not checked against "
+            "its masks (the run resumed from its own state)",
+            file=sys.stderr,
+        )
+        return
+    from sgcnn.engine.transfer import grouping_kept
+
+    try:
+        payload = load_checkpoint(checkpoint)
+        kept = _grouped_layers(checkpoint, payload) and grouping_kept(checkpoint, model)[1]
+    except SgcnnError as err:  # replaced since by another file: the run did not need it
+        print(f"note: the results are not checked against {checkpoint!r}: {err}", file=sys.stderr)
+        return
+    if kept:
+        _report_masks(checkpoint, model, run_dir, rows)
 
 
 def _report_masks(checkpoint: str, model: str, run_dir: Path, rows: list[dict]) -> None:

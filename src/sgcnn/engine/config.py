@@ -40,6 +40,14 @@ SCHEMES = ("baseline", "G", "LG", "L")
 SCHEDULES = ("constant", "step", "multistep", "cosine")
 AMP_MODES = ("none", "bf16", "fp16")
 SELECT_MODES = ("val_top1", "val_loss", "last")
+# The settings of an optimizer section that only some schedules read (lr_factor in
+# sgcnn.engine.optim): with any other schedule they would be silently ignored.
+SCHEDULE_KEYS = {
+    "milestones": ("multistep",),
+    "step_size": ("step",),
+    "gamma": ("step", "multistep"),
+    "min_lr": ("cosine",),
+}
 
 
 @dataclass
@@ -62,6 +70,8 @@ class OptimConfig:
     updated every step): ``constant``; ``step`` (``lr * gamma ** (epoch // step_size)``);
     ``multistep`` (``lr * gamma ** #{milestones <= epoch}``); ``cosine`` (from ``lr`` down to
     ``min_lr`` over the phase). An optional linear warm-up over ``warmup_epochs`` precedes it.
+    A setting the schedule does not read (``milestones`` with ``cosine``, ...) is refused
+    (:data:`SCHEDULE_KEYS`); ``multistep`` with no milestones keeps ``lr`` constant.
     """
 
     lr: float = 0.1  # peak learning rate, for a global batch of batch_size x processes
@@ -177,6 +187,9 @@ def apply_set_(tree: dict, key: str, value: Any, root: type | None = None) -> No
         if types_ is not None and part not in types_:
             raise unknown_key_error(key, ".".join(parts[:i]), list(types_))
         if i == len(parts) - 1:
+            hint = types_[part] if types_ is not None else None
+            if dataclasses.is_dataclass(hint) and not isinstance(value, dict):
+                raise _section_error(key, hint, value)  # `model=resnet20`: not one value
             node[part] = value
             return
         hint = types_[part] if types_ is not None else None
@@ -184,6 +197,17 @@ def apply_set_(tree: dict, key: str, value: Any, root: type | None = None) -> No
         if cls is None and not isinstance(node.get(part), dict):  # e.g. report.paper, a list
             raise SgcnnError(f"{'.'.join(parts[: i + 1])} has no sub-keys; set it whole")
         node = node.setdefault(part, {})
+
+
+def _section_error(key: str, cls: type, value: Any) -> SgcnnError:
+    """``--set model=resnet20``: a section holds settings; the user meant one of them."""
+    names = list(field_types(cls))
+    first = "name" if "name" in names else names[0]
+    example = value if first == "name" and isinstance(value, str) else "..."
+    return SgcnnError(
+        f"{key} is a section of settings ({', '.join(names)}), not one value (got {value!r}): "
+        f"set one of its keys, e.g. --set {key}.{first}={example}"
+    )
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -197,10 +221,16 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
-def resolve_config(recipe: dict | None = None, sets: list[str] | None = None) -> Config:
+def resolve_config(
+    recipe: dict | None = None, sets: list[str] | None = None, *, check_unused: bool = True
+) -> Config:
     """Defaults, overridden by the model's own training defaults (its registry entry's
     ``defaults``: dataset, learning rate, schedule), then by ``recipe`` (a dict read from
-    YAML), then by ``sets``. What the user writes always wins."""
+    YAML), then by ``sets``. What the user writes always wins.
+
+    ``check_unused``: refuse a schedule setting the schedule would ignore (see
+    :func:`_check_schedule_keys`); off for the configs runs saved (:func:`config_from_yaml`),
+    which record what ran."""
     defaults = to_dict(Config())
     if recipe is not None:
         if not isinstance(recipe, dict):
@@ -227,7 +257,42 @@ def resolve_config(recipe: dict | None = None, sets: list[str] | None = None) ->
         tree = layered(deep_merge(defaults, model_defaults))
     config = from_dict(Config, tree)
     validate(config)
+    if check_unused:
+        layers = (model_defaults, recipe or {}, {key for key, _ in overrides})
+        _check_schedule_keys(config, layers)
     return config
+
+
+def _check_schedule_keys(config: Config, layers: tuple[dict, dict, set[str]]) -> None:
+    """A setting the section's schedule does not read (``milestones`` with ``cosine``, say) is
+    an error rather than silently ignored, when it differs from its default and was written
+    where the schedule was chosen or later (``layers``: the model's defaults, the recipe, the
+    ``--set`` keys; library defaults below them). A schedule chosen later, such as ``--set
+    optim.schedule=cosine`` over a recipe's multistep milestones, knowingly replaces them."""
+    model_defaults, recipe, sets = layers
+    default = OptimConfig()
+
+    def layer(section: str, key: str) -> int:
+        if section in sets or f"{section}.{key}" in sets:
+            return 3
+        if key in (recipe.get(section) or {}):
+            return 2
+        return 1 if key in (model_defaults.get(section) or {}) else 0
+
+    for section in ("optim", "finetune"):
+        o = getattr(config, section)
+        chosen = layer(section, "schedule")
+        where = ("the default", f"{config.model.name}'s default", "from the recipe", "from --set")
+        for key, schedules in SCHEDULE_KEYS.items():
+            value = getattr(o, key)
+            if o.schedule in schedules or value == getattr(default, key):
+                continue
+            if layer(section, key) >= chosen:
+                raise SgcnnError(
+                    f"{section}.{key} is {value}, but {section}.schedule is {o.schedule} "
+                    f"({where[chosen]}), which does not use it: also set the schedule (e.g. "
+                    f"--set {section}.schedule={schedules[-1]}), or leave {section}.{key} out"
+                )
 
 
 def _model_defaults(name: Any) -> dict:
@@ -407,7 +472,7 @@ def config_from_yaml(text: str, source: str = "config") -> Config:
     if data is not None and not isinstance(data, dict):
         raise SgcnnError(f"{source} is not a config (a YAML mapping); the file is damaged")
     try:
-        return resolve_config(data or {})
+        return resolve_config(data or {}, check_unused=False)
     except SgcnnError as err:
         raise SgcnnError(f"{source}: {err}") from err
 

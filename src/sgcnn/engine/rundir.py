@@ -20,16 +20,27 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
-from sgcnn._io import publish_dir, staging_dir
-from sgcnn.engine.config import Config, config_to_dict, config_to_yaml
+import yaml
+
+from sgcnn._io import publish_dir, read_text, staging_dir
+from sgcnn.engine.config import (
+    SCHEDULE_KEYS,
+    Config,
+    config_to_dict,
+    config_to_yaml,
+    yaml_problem,
+)
 from sgcnn.engine.state import CONFIG_FILE, METRICS_FILE, STATE_FILE
 from sgcnn.errors import SgcnnError
 
 # Keys that may change between a run and its resumption: they do not change the results
-# (where the data lives, how many loader workers, how often to checkpoint).
+# (where the data lives, how many loader workers, how often to checkpoint, the evaluation
+# batch: eval mode, per-image outputs summed in float64), or only name things (COSMETIC).
+COSMETIC = {"name", "report.title", "report.paper"}
 RESUMABLE_CHANGES = {
     "data.root",
     "data.cache_dir",
@@ -38,6 +49,8 @@ RESUMABLE_CHANGES = {
     "train.threads",
     "train.save_every_min",
     "train.device",
+    "train.eval_batch_size",
+    *COSMETIC,
 }
 
 
@@ -86,7 +99,10 @@ def config_differences(saved: dict, config: Config) -> list[str]:
     """``"key: saved -> now"`` for each key that differs and may not (see RESUMABLE_CHANGES).
 
     A key the saved config lacks (added by a later sgcnn) counts as its default: a run started
-    before the key existed resumes as long as the key keeps the value that reproduces it."""
+    before the key existed resumes as long as the key keeps the value that reproduces it.
+    ``model.checkpoint`` spelled another way (relative / absolute, from the current folder)
+    is the same file, and a schedule setting that neither schedule reads (``milestones`` with
+    ``cosine``) changes nothing."""
     old, new = flatten(saved), flatten(config_to_dict(config))
     defaults = flatten(config_to_dict(Config()))
     diffs = []
@@ -95,12 +111,43 @@ def config_differences(saved: dict, config: Config) -> list[str]:
             continue
         if key not in old and key in defaults and new.get(key) == defaults[key]:
             continue
+        if key == "model.checkpoint" and same_file(old.get(key), new.get(key)):
+            continue
+        if _unread_by_schedule(key, old, new):
+            continue
         diffs.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
     return diffs
 
 
+def same_file(a: Any, b: Any) -> bool:
+    """Whether paths ``a`` and ``b`` name the same file (relative ones from the current
+    folder; the file need not exist any more)."""
+    if not isinstance(a, str) or not isinstance(b, str):
+        return a == b
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    try:
+        if pa.exists() and pb.exists():
+            return os.path.samefile(pa, pb)
+        return pa.resolve() == pb.resolve()
+    except (OSError, RuntimeError):  # unreadable, or a symlink loop
+        return False
+
+
+def _unread_by_schedule(key: str, old: dict, new: dict) -> bool:
+    """``optim.milestones`` etc. when the section's schedule, the same then and now, does not
+    read them (configs of runs started before such settings were refused)."""
+    section, _, name = key.partition(".")
+    if section not in ("optim", "finetune") or name not in SCHEDULE_KEYS:
+        return False
+    schedule = old.get(f"{section}.schedule")
+    return schedule == new.get(f"{section}.schedule") and schedule not in SCHEDULE_KEYS[name]
+
+
 def check_resume(run_dir: Path, saved_config: dict, config: Config) -> None:
-    """Resuming ``run_dir`` with ``config`` must not change anything that shapes the results."""
+    """Resuming ``run_dir`` with ``config`` must not change anything that shapes the results.
+
+    A changed name or report setting (:data:`COSMETIC`) is noted: the run's report keeps those
+    of its ``config.yaml``."""
     diffs = config_differences(saved_config, config)
     if diffs:
         shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
@@ -108,6 +155,14 @@ def check_resume(run_dir: Path, saved_config: dict, config: Config) -> None:
             f"cannot resume {str(run_dir)!r} with a different config ({shown}). Resume with the "
             f"recipe and --set options the run was started with (see {run_dir / CONFIG_FILE}), "
             "or start a new run in another --output folder."
+        )
+    old, new = flatten(saved_config), flatten(config_to_dict(config))
+    renamed = [key for key in sorted(COSMETIC) if key in old and old[key] != new.get(key)]
+    if renamed:
+        print(
+            f"note: {', '.join(renamed)} changed since the run started; its report keeps "
+            f"those of {run_dir / CONFIG_FILE}",
+            file=sys.stderr,
         )
 
 
@@ -118,6 +173,19 @@ def require_run_dir(run_dir: Path) -> None:
     missing = [f for f in (CONFIG_FILE, METRICS_FILE) if not (run_dir / f).is_file()]
     if missing:
         raise SgcnnError(f"{str(run_dir)!r} is not an sgcnn run folder (no {', '.join(missing)})")
+
+
+def read_run_config(run_dir: Path) -> dict:
+    """The config ``run_dir`` was started with (its ``config.yaml``, as plain YAML)."""
+    require_run_dir(run_dir)
+    path = run_dir / CONFIG_FILE
+    try:
+        data = yaml.safe_load(read_text(path, "run config"))
+    except yaml.YAMLError as err:
+        raise SgcnnError(f"{str(path)!r} is not valid YAML: {yaml_problem(err)}") from err
+    if not isinstance(data, dict):
+        raise SgcnnError(f"{str(path)!r} is not a config (a YAML mapping); the file is damaged")
+    return data
 
 
 def remove_stale_temporaries(run_dir: Path) -> None:
