@@ -78,6 +78,7 @@ def run(args) -> int:
             "stems": report.stems,
             "shortcuts": report.shortcuts,
             "depthwise": report.depthwise,
+            "skipped": report.skipped,
         },
         "layers": [vars(r) for r in report.layers],
     }

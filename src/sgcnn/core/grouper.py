@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from itertools import chain
 
 import torch
 from threadpoolctl import threadpool_limits
@@ -81,6 +82,7 @@ class GroupingReport:
     stems: list[str] = field(default_factory=list)  # left dense
     shortcuts: list[str] = field(default_factory=list)  # left dense
     depthwise: list[str] = field(default_factory=list)  # nothing to group
+    skipped: dict[str, str] = field(default_factory=dict)  # left dense: cannot be masked, why
 
     def to_dict(self) -> dict:
         """The report as plain JSON-ready types (``{"layers": [{name, kind, ...}, ...]}``)."""
@@ -138,6 +140,29 @@ def check_seed(value, name: str = "seed") -> None:
         raise SgcnnError(f"{name} must be an integer in [0, {SEED_MAX}], got {value!r}")
 
 
+def _check_materialised(model: nn.Module) -> None:
+    """Refuse a model whose tensors are on the meta device (shapes without values)."""
+    tensors = chain(model.named_parameters(), model.named_buffers())
+    meta = [name for name, t in tensors if t.is_meta]
+    if meta:
+        raise SgcnnError(
+            f"{type(model).__name__} has tensors on the meta device ({', '.join(meta[:3])}): "
+            "they have no values to group; load or initialise the weights first (e.g. "
+            "model.to_empty(device='cpu'), then load_state_dict)"
+        )
+
+
+def _check_finite(model: nn.Module, names: Sequence[str]) -> None:
+    """Refuse NaN or inf weights in the layers to self-group, before any of them is swapped."""
+    modules = dict(model.named_modules())
+    for name in names:
+        if not bool(torch.isfinite(modules[name].weight).all()):
+            raise SgcnnError(
+                f"layer {name!r} has NaN or inf weights: nothing can be grouped from them; "
+                "check the checkpoint or the training that produced it"
+            )
+
+
 class SelfGrouper:
     """Self-groups the selected layers of ``model`` in place (see the module docstring).
 
@@ -153,6 +178,10 @@ class SelfGrouper:
             ``(C, H, W)``, ``(N, C, H, W)`` or an example tensor.
         default_exclusions: leave stems and residual shortcut projections dense (paper).
         kmeans: k-means settings (default: the paper's).
+
+    Everything is checked before any layer is swapped: a model that is itself one layer,
+    tensors that are lazy (uninitialised) or on the meta device, NaN or inf weights in a
+    selected layer are each an :class:`SgcnnError` that leaves the model as it was.
     """
 
     def __init__(
@@ -185,10 +214,12 @@ class SelfGrouper:
             if "groups" in setting:
                 _check_groups(setting["groups"])
         self.kmeans = kmeans or KMeansSettings()
+        _check_materialised(model)
         example = None if input_size is None else example_image(model, input_size)
         self.selection: Selection = select_layers(
             model, include, exclude, example, default_exclusions
         )
+        _check_finite(model, self.selection.layers)
         for pattern in self.overrides:
             if not any(fnmatch.fnmatchcase(n, pattern) for n in self.selection.layers):
                 raise SgcnnError(
@@ -235,6 +266,7 @@ class SelfGrouper:
             stems=self.selection.stems,
             shortcuts=self.selection.shortcuts,
             depthwise=self.selection.depthwise,
+            skipped=self.selection.skipped,
         )
         jobs = []
         for name, layer in self.layers.items():
@@ -336,7 +368,9 @@ def self_group_(
     (the LG scheme). The keyword arguments are :class:`SelfGrouper`'s. Returns the per-layer
     :class:`GroupingReport`; raises :class:`~sgcnn.errors.SgcnnError` for a setting it cannot
     apply (a ratio outside [0, 1), a pattern that matches no layer, a model with nothing to
-    group) before any layer is changed, and warns for a layer already sparser than the target.
+    group, one that is a bare layer, lazy or meta tensors, NaN or inf weights) before any layer
+    is changed, and warns for a layer already sparser than the target or left dense because it
+    cannot be masked (``report.skipped``).
     """
     grouper = SelfGrouper(
         model,
