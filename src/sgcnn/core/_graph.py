@@ -8,6 +8,8 @@ example input while recording every torch operation (:class:`_Recorder`).
 
 Nodes are ``(kind, target, inputs)``: ``kind`` is ``"input"``, ``"layer"`` (a Conv2d / Linear,
 ``target`` its qualified name), ``"add"`` (an elementwise sum of two tensors) or ``"op"``.
+An op recorded inside a BatchNorm's forward also names that BatchNorm (``module``), so that
+filter pruning can slice it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import fx, nn
 from torch.overrides import TorchFunctionMode
 
 from sgcnn.errors import SgcnnError
+from sgcnn.nn._modes import eval_mode
 
 _LAYER_TYPES = (nn.Conv2d, nn.Linear)
 _ADDS = {
@@ -39,6 +42,7 @@ class Node:
     kind: str  # "input" | "layer" | "add" | "op"
     target: str  # qualified layer name for "layer" nodes, else a description
     inputs: list[int] = field(default_factory=list)  # indices of producing nodes
+    module: str = ""  # run recording: the BatchNorm whose forward made this op, if any
 
 
 @dataclass
@@ -115,10 +119,12 @@ class _Recorder(TorchFunctionMode):
         self.producer: dict[int, int] = {}
         self.alive: list[torch.Tensor] = []
         self.depth = 0  # > 0 while inside a recorded layer
+        self.norms: list[str] = []  # the BatchNorm modules whose forward is running
 
     def add(self, kind: str, target: str, args, outputs) -> None:
         inputs = sorted({self.producer[id(t)] for t in _tensors(args) if id(t) in self.producer})
-        self.nodes.append(Node(kind, target, inputs))
+        module = self.norms[-1] if self.norms and kind == "op" else ""
+        self.nodes.append(Node(kind, target, inputs, module))
         for t in _tensors(outputs):
             self.producer[id(t)] = len(self.nodes) - 1
             self.alive.append(t)
@@ -160,10 +166,20 @@ def _graph_from_run(model: nn.Module, example_input: torch.Tensor) -> Graph:
                     recorder.add("layer", name, args, out)
 
             handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-    was_training = model.training
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+
+            def enter(mod, args, name=name) -> None:
+                recorder.norms.append(name)
+
+            def leave(mod, args, out) -> None:  # returns None: the output stays as it is
+                recorder.norms.pop()
+
+            handles += [
+                module.register_forward_pre_hook(enter),
+                module.register_forward_hook(leave),
+            ]
     try:
-        model.eval()
-        with torch.no_grad(), recorder:
+        with eval_mode(model), torch.no_grad(), recorder:
             model(example_input)
     except Exception as err:
         raise SgcnnError(
@@ -171,7 +187,6 @@ def _graph_from_run(model: nn.Module, example_input: torch.Tensor) -> Graph:
             "Pass the input size the model expects (input_size=(C, H, W), or --input-size)."
         ) from err
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     return Graph(recorder.nodes)

@@ -3,11 +3,16 @@
 The N importance vectors of a layer are clustered with k-means (Euclidean distance) into
 ``min(g, N)`` groups, with scikit-learn's ``KMeans(n_clusters=g, init="random", n_init=10,
 max_iter=300)`` as in the paper. Groups are data dependent and of unequal size.
+
+``k`` is also capped at the number of distinct vectors (heavily pruned or all-zero layers have
+few): k-means cannot fill more clusters than that, and scikit-learn would warn that it found
+fewer. Avoiding the warning matters because layers are clustered in worker threads, where
+``warnings.catch_warnings`` is not thread-safe (it swaps the process-wide filter list, so
+concurrent uses leak warnings and leave filters behind); nothing here touches warning state.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,29 +33,27 @@ def cluster_filters(
 ) -> torch.Tensor:
     """Group labels ``[N]`` (long, values ``0 .. g'-1``) of the rows of ``importance``.
 
-    ``g' <= min(groups, N)``: k-means may leave a cluster empty when the vectors have fewer
-    distinct values than ``groups`` (e.g. heavily pruned layers); labels are renumbered densely
-    in order of first appearance so that every label names a non-empty group.
+    ``g' <= min(groups, N, distinct rows)``: k-means runs with ``k = min(groups, N, distinct
+    rows)`` and may still leave a cluster empty; labels are renumbered densely in order of
+    first appearance so that every label names a non-empty group.
     """
     n = importance.shape[0]
+    data = importance.numpy()
     k = min(groups, n)
+    if k > 1:
+        k = min(k, len(np.unique(data, axis=0)))  # distinct vectors (module docstring)
     if k <= 1:
         return torch.zeros(n, dtype=torch.long)
     # scikit-learn is imported here, not at module level, so that `import sgcnn` stays light.
     from sklearn.cluster import KMeans
-    from sklearn.exceptions import ConvergenceWarning
 
-    data = importance.numpy()
-    with warnings.catch_warnings():
-        # Fewer distinct points than clusters is expected after heavy pruning; handled below.
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        kmeans = KMeans(
-            n_clusters=k,
-            init=settings.init,
-            n_init=settings.n_init,
-            max_iter=settings.max_iter,
-            random_state=seed,
-        ).fit(data)
+    kmeans = KMeans(
+        n_clusters=k,
+        init=settings.init,
+        n_init=settings.n_init,
+        max_iter=settings.max_iter,
+        random_state=seed,
+    ).fit(data)
     _, dense = np.unique(kmeans.labels_, return_inverse=True)
     first_seen = np.unique(dense, return_index=True)[1]
     order = np.argsort(np.argsort(first_seen))

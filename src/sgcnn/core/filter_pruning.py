@@ -3,12 +3,19 @@ matched in FLOPs to self-grouping at the same conv sparsity.
 
 Whole filters are removed, which gives a smaller dense network. A filter can only be removed
 where its output has one unambiguous consumer: a *producer* convolution whose output reaches
-exactly one other convolution through single-input, channel-wise operations (BatchNorm, ReLU,
-pooling), as the first convolution of each residual block does (Li et al. prune ResNets there
-too; the second one feeds the residual sum, whose channels the shortcut fixes). Removing filter
-``n`` of a producer masks row ``n`` of its weight and column ``n`` of its consumer's weight, so
-the masked network computes exactly what the physically smaller one computes (the removed
-channel's BatchNorm shift never reaches the consumer).
+exactly one other convolution through single-input, channel-wise operations, as the first
+convolution of each residual block does (Li et al. prune ResNets there too; the second one
+feeds the residual sum, whose channels the shortcut fixes). Removing filter ``n`` of a producer
+masks row ``n`` of its weight and column ``n`` of its consumer's weight, so the masked network
+computes exactly what the physically smaller one computes (whatever the removed channel
+carries never reaches the consumer).
+
+Channel-wise means known to act on each channel alone: the activations, dropout and pooling in
+``_CHANNELWISE`` (no per-channel parameter), and a BatchNorm module called once (anywhere on the
+path; :func:`slim` slices each one). Anything else ends the path and the producer keeps all
+its filters there: GroupNorm, LayerNorm and local response norm mix channels (a removed
+channel would change the others), InstanceNorm and PReLU carry per-channel parameters slim does
+not slice, and an unknown module or function might do either.
 
 Every producer among the selected layers removes the same fraction ``r`` of its filters, those
 of smallest ``sum |W[n]|``. ``r`` is chosen so that the model's counted FLOPs come as close as
@@ -26,6 +33,7 @@ group 0 (keeping the consumer-side input channels not removed), removed filters 
 from __future__ import annotations
 
 import copy
+from collections import Counter
 
 import torch
 from torch import nn
@@ -40,11 +48,29 @@ from sgcnn.nn.masked import is_masked, to_dense
 from sgcnn.nn.swap import replace_modules_
 
 _CHANNELWISE_HOPS = 6  # operations allowed between a producer and its consumer
+# Torch functions (as the run recording names them) that act on each channel alone and have no
+# per-channel parameter; "batch_norm" is handled apart (its module is sliced).
+_CHANNELWISE = frozenset(
+    {
+        *("relu", "relu_", "relu6", "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_"),
+        *("elu", "elu_", "selu", "selu_", "celu", "celu_", "gelu", "silu", "mish"),
+        *("hardswish", "hardsigmoid", "sigmoid", "sigmoid_", "tanh", "tanh_", "softplus"),
+        *("dropout", "dropout1d", "dropout2d", "dropout3d", "feature_dropout"),
+        *("alpha_dropout", "feature_alpha_dropout"),
+        *("max_pool2d", "avg_pool2d", "adaptive_max_pool2d", "adaptive_avg_pool2d"),
+    }
+)
 
 
 def producer_consumers(model: nn.Module, layers: list[str], example: torch.Tensor):
     """``[(producer, consumer), ...]``: selected convolutions whose output feeds exactly one
-    selected convolution through single-input operations (see the module docstring)."""
+    selected convolution through channel-wise operations (see the module docstring)."""
+    return [(p, c) for p, c, _ in _chains(model, layers, example)]
+
+
+def _chains(model: nn.Module, layers: list[str], example: torch.Tensor):
+    """``[(producer, consumer, norms), ...]``: :func:`producer_consumers` with the BatchNorm
+    modules on each path (to slice with the producer)."""
     graph = trace_graph(model, example)
     nodes, users = graph.nodes, graph.consumers()
     modules = dict(model.named_modules())
@@ -53,20 +79,29 @@ def producer_consumers(model: nn.Module, layers: list[str], example: torch.Tenso
     for i, node in enumerate(nodes):
         if node.kind == "layer":
             calls.setdefault(node.target, []).append(i)
-    pairs = []
+    norm_ops = Counter(node.module for node in nodes if node.module)  # ops per BatchNorm
+    chains = []
     for name in layers:
         producer = modules[name]
         if not isinstance(producer, nn.Conv2d) or len(calls.get(name, [])) != 1:
             continue
-        j, consumer = calls[name][0], None
+        j, consumer, norms = calls[name][0], None, []
         for _ in range(_CHANNELWISE_HOPS):
             if len(users[j]) != 1:
                 break
             k = users[j][0]
-            if nodes[k].kind == "layer":
-                consumer = nodes[k].target
+            node = nodes[k]
+            if node.kind == "layer":
+                consumer = node.target
                 break
-            if nodes[k].kind != "op" or len(nodes[k].inputs) != 1:
+            if node.kind != "op" or len(node.inputs) != 1:
+                break
+            if node.target == "batch_norm" and node.module:
+                norm = modules[node.module]  # called once, on the producer's channels
+                if norm_ops[node.module] != 1 or norm.num_features != producer.out_channels:
+                    break
+                norms.append(node.module)
+            elif node.target not in _CHANNELWISE:
                 break
             j = k
         target = modules.get(consumer) if consumer is not None else None
@@ -78,8 +113,8 @@ def producer_consumers(model: nn.Module, layers: list[str], example: torch.Tenso
             and target.in_channels == producer.out_channels
             and len(calls.get(consumer, [])) == 1
         ):
-            pairs.append((name, consumer))
-    return pairs
+            chains.append((name, consumer, norms))
+    return chains
 
 
 class FilterL1Pruner(OneShot, SelfGrouper):
@@ -106,13 +141,18 @@ class FilterL1Pruner(OneShot, SelfGrouper):
     @torch.no_grad()
     def step(self, conv_sparsity: float, fc_sparsity: float | None = None) -> GroupingReport:
         """Remove the fraction of filters that matches ``conv_sparsity``'s FLOPs."""
+        if conv_sparsity is None:
+            raise SgcnnError("conv_sparsity is required: a fraction in [0, 1), e.g. 0.7")
         _check_ratio("conv_sparsity", conv_sparsity)
         _check_ratio("fc_sparsity", fc_sparsity)
         fc_sparsity = conv_sparsity if fc_sparsity is None else fc_sparsity
         for name, layer in self.layers.items():
             self._check_layer(name, layer)
         counts = count(self.model, self.input_size)
-        flops = {entry["name"]: entry["flops"] for entry in counts["layers"]}
+        # A layer that count folds into its attention module's entry (nn.MultiheadAttention's
+        # out_proj) has no entry of its own: it weighs nothing in the match.
+        entries = {entry["name"]: entry["flops"] for entry in counts["layers"]}
+        flops = {name: entries.get(name, 0) for name in self.layers}
         targets = {
             name: self._setting(
                 name, "sparsity", conv_sparsity if isinstance(layer, nn.Conv2d) else fc_sparsity
@@ -166,6 +206,7 @@ class FilterL1Pruner(OneShot, SelfGrouper):
             stems=self.selection.stems,
             shortcuts=self.selection.shortcuts,
             depthwise=self.selection.depthwise,
+            skipped=self.selection.skipped,
         )
         for name, layer in self.layers.items():
             labels = (~rows_kept[name]).long()
@@ -183,8 +224,8 @@ class FilterL1Pruner(OneShot, SelfGrouper):
 def slim(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
     """The physically smaller dense network an ``l1filter``-pruned ``model`` stands for.
 
-    A copy in which every removed filter of a producer is gone: its weight row (and bias), the
-    channel of the BatchNorm that reads the producer's output directly, and the consumer's
+    A copy in which every removed filter of a producer is gone: its weight row (and bias), its
+    channel in every BatchNorm between the producer and its consumer, and the consumer's
     input column; every masked layer becomes a plain ``nn.Conv2d`` / ``nn.Linear``. The copy
     is checked against ``model`` on ``example_input``. A model whose masks are not whole
     removed filters and their consumers' matching inputs (self-grouped, say) is an error.
@@ -193,7 +234,8 @@ def slim(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
     layers = {n: m for n, m in work.named_modules() if is_masked(m)}
     if not layers:
         raise SgcnnError(f"{type(model).__name__} has no pruned layers to slim")
-    pairs = producer_consumers(work, list(layers), example_input)
+    chains = _chains(work, list(layers), example_input)
+    pairs = [(p, c) for p, c, _ in chains]
     rows = {n: m.sg_mask.any(1) for n, m in layers.items()}  # filters kept
     cols = {n: m.sg_mask.any(0) for n, m in layers.items()}  # input channels read
     removed = {p: ~rows[p] for p, _ in pairs}
@@ -211,9 +253,8 @@ def slim(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
                 "and its consumer's matching inputs): slim takes a model pruned with method "
                 "l1filter; convert other models with sgcnn.convert"
             )
-    norms = _norms_reading(work, [p for p, _ in pairs], example_input)
     reference = work(example_input)
-    for p, c in pairs:
+    for p, c, norms in chains:
         keep = rows[p]
         replace_modules_(
             work, lambda m, n, t=p: n == t, lambda m, n, k=keep: _sliced_conv(m, k, None)
@@ -221,12 +262,19 @@ def slim(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
         replace_modules_(
             work, lambda m, n, t=c: n == t, lambda m, n, k=keep: _sliced_conv(m, None, k)
         )
-        if p in norms:
+        for norm in norms:
             replace_modules_(
-                work, lambda m, n, t=norms[p]: n == t, lambda m, n, k=keep: _channels(m, k)
+                work, lambda m, n, t=norm: n == t, lambda m, n, k=keep: _channels(m, k)
             )
     replace_modules_(work, lambda m, n: is_masked(m), lambda m, n: to_dense(m))
-    out = work(example_input)
+    try:
+        out = work(example_input)
+    except Exception as err:
+        raise SgcnnError(
+            f"the slimmed network fails on the example input ({type(err).__name__}: {err}): a "
+            "removed filter's channel reaches a layer slim cannot slice; deploy the pruned "
+            "model with sgcnn.convert instead"
+        ) from err
     tol = 1e-4 * max(1.0, reference.abs().max().item())
     if out.shape != reference.shape or (out - reference).abs().max().item() > tol:
         raise SgcnnError(
@@ -234,31 +282,6 @@ def slim(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
             "reaches more than its consumer); deploy it with sgcnn.convert instead"
         )
     return work
-
-
-def _norms_reading(model, producers, example_input) -> dict[str, str]:
-    """``{producer: name}`` of the BatchNorm whose input is the producer's output itself."""
-    modules = dict(model.named_modules())
-    outputs, found, handles = {}, {}, []
-    for p in producers:
-        handles.append(
-            modules[p].register_forward_hook(lambda m, a, out, p=p: outputs.__setitem__(p, out))
-        )
-    for name, module in modules.items():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-
-            def pre(m, args, name=name):
-                for p, out in outputs.items():
-                    if args[0] is out:
-                        found[p] = name
-
-            handles.append(module.register_forward_pre_hook(pre))
-    try:
-        model(example_input)
-    finally:
-        for h in handles:
-            h.remove()
-    return found
 
 
 def _sliced_conv(layer: nn.Module, rows: torch.Tensor | None, cols: torch.Tensor | None):

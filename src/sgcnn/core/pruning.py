@@ -12,7 +12,17 @@ labels ``l`` ``[N]`` and current mask ``M`` ``[N, C]``:
 so every centroid counts once per member, whole kernels are pruned and masks only shrink. From
 a dense layer all filters of a group share the group's kept input channels; after a re-grouping
 (LG) a member keeps only those its own earlier mask kept. ``keep_j`` is still the union of its
-members' channels: a kept channel has a nonzero centroid, so some member's mask keeps it.
+members' channels: a kept channel has a nonzero centroid (or is a tie kept below), so some
+member's mask keeps it.
+
+**Ties at zero.** When ``threshold == 0`` every kept pair of zero importance (all-zero weights:
+a zero-initialised head, a dead channel) is tied at the threshold, and ``>`` would prune them
+all, up to the whole layer, which could then never train again. The rule then prunes no more
+than it does on distinct values, ``P = floor((N C - 1) p) + 1`` entries: the pairs already
+masked out stay pruned, and the zero-centroid ``(group j, channel c)`` blocks (``members`` of
+``j`` keeping ``c`` entries each) are pruned in order of ``c``, then ``j``, while the count
+stays within ``P``; the rest are kept. Weights with no exact zero outside the mask never tie
+at zero, so for them the rule is exactly the one above.
 """
 
 from __future__ import annotations
@@ -71,4 +81,22 @@ def centroid_prune(
     counts = np.concatenate([members.numpy().ravel(), [zeros]])
     threshold = percentile_of_repeated(values, counts, 100.0 * sparsity)
     keep = centroids > threshold
+    if threshold <= 0:
+        _keep_zero_ties(keep, centroids, members, zeros, sparsity)
     return keep, mask & keep[labels]
+
+
+def _keep_zero_ties(keep, centroids, members, zeros: int, sparsity: float) -> None:
+    """Keep (in place) zero-centroid blocks beyond the ``P`` entries the rule prunes on distinct
+    values (module docstring, "Ties at zero")."""
+    n = int(members.sum()) + zeros
+    h = (np.float64(100.0 * sparsity) / 100) * (n - 1)  # as percentile_of_repeated
+    budget = int(np.floor(h)) + 1 - zeros
+    tied = (centroids == 0) & (members > 0)  # [g, C]
+    if int(members[tied].sum()) <= budget:
+        return  # the strict rule already prunes no more than P
+    blocks = tied.t().nonzero()  # (c, j), in order of c then j
+    sizes = members.t()[tied.t()]
+    pruned = torch.cumsum(sizes, 0) <= max(budget, 0)  # a prefix within the budget
+    kept = blocks[~pruned]
+    keep[kept[:, 1], kept[:, 0]] = True

@@ -33,6 +33,7 @@ from torch.overrides import TorchFunctionMode
 
 from sgcnn.errors import SgcnnError
 from sgcnn.nn._example import example_image
+from sgcnn.nn._modes import eval_mode
 from sgcnn.nn.masked import is_masked
 
 # How a module type is counted: its params, the MACs of one call from (module, args, kwargs,
@@ -240,10 +241,8 @@ def count(model: nn.Module, input_size: int | Sequence[int] | torch.Tensor) -> d
         id(w) for m in counted.values() if isinstance(w := getattr(m, "weight", None), torch.Tensor)
     }
     uses = _WeightUse(weights)
-    was_training = model.training
-    model.eval()
     try:
-        with _no_mha_fastpath(), uses:
+        with eval_mode(model), _no_mha_fastpath(), uses:
             model(example)
     except Exception as err:
         raise SgcnnError(
@@ -251,7 +250,6 @@ def count(model: nn.Module, input_size: int | Sequence[int] | torch.Tensor) -> d
             "Give the input size the model expects."
         ) from err
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     _check_all_ran(counted, called, uses.used)
