@@ -201,7 +201,7 @@ def test_maxvit_attention_by_hand():
     assert c["flops"] == 3 * 8 * 32 + 32 * (8 * 24 + 8 * 8) + 2 * 2 * 16 * 16 * 8
 
 
-def test_weight_used_outside_its_forward_is_an_error():
+def test_weights_applied_with_f_linear_or_f_conv2d_count_as_their_layers_calls():
     class Functional(nn.Module):
         def __init__(self):
             super().__init__()
@@ -209,10 +209,74 @@ def test_weight_used_outside_its_forward_is_an_error():
             self.fc = nn.Linear(4, 5)
 
         def forward(self, x):
-            return nn.functional.linear(self.conv(x).flatten(2).transpose(1, 2), self.fc.weight)
+            y = nn.functional.conv2d(x, self.conv.weight, self.conv.bias)  # [1, 4, 2, 2]
+            return nn.functional.linear(y.flatten(2).transpose(1, 2), self.fc.weight)
+
+    c = sgcnn.count(nn.Sequential(Functional()), (3, 2, 2))
+    assert [(layer["name"], layer["flops"]) for layer in c["layers"]] == [
+        ("0.conv", 12 * 4),
+        ("0.fc", 20 * 4),
+    ]
+
+
+def test_a_weight_computed_with_otherwise_is_an_error():
+    class MatMul(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+            self.fc = nn.Linear(4, 5)
+
+        def forward(self, x):
+            return self.conv(x).flatten(2).transpose(1, 2) @ self.fc.weight.t()
 
     with pytest.raises(sgcnn.SgcnnError, match=r"'0\.fc' \(Linear\): its weight is used outside"):
-        sgcnn.count(nn.Sequential(Functional()), (3, 2, 2))
+        sgcnn.count(nn.Sequential(MatMul()), (3, 2, 2))
+
+
+def test_metadata_reads_and_tied_idle_heads_are_no_use():
+    """Reading an idle layer's dtype is no use of it; an idle head tied to the classifier is
+    idle (the classifier's own calls use the shared weight)."""
+
+    class Heads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+            self.fc = nn.Linear(4, 5)
+            self.aux = nn.Linear(4, 5)
+            self.aux.weight = self.fc.weight
+            self.spare = nn.Linear(4, 5)
+
+        def forward(self, x):
+            x = x.to(self.spare.weight.dtype)
+            return self.fc(self.conv(x).mean((2, 3)))
+
+    c = sgcnn.count(Heads(), (3, 2, 2))
+    assert {layer["name"]: layer["flops"] for layer in c["layers"]} == {
+        "conv": 48, "fc": 20, "aux": 0, "spare": 0,
+    }  # fmt: skip
+
+
+def test_a_linear_layer_on_rows_costs_one_row_per_image():
+    """``[N, F]`` rows (the batch first, e.g. a detector's box head on its proposals) cost one
+    row per image, whatever N: the count does not depend on how many rows a model makes."""
+
+    class Rows(nn.Module):
+        def __init__(self, rows):
+            super().__init__()
+            self.rows = rows
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.fc(x.mean((2, 3)).expand(self.rows, 3))
+
+    assert sgcnn.count(Rows(7), (3, 2, 2))["flops"] == sgcnn.count(Rows(1), (3, 2, 2))["flops"] == 6
+
+
+def test_counting_leaves_the_attention_fast_path_setting_alone():
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Flatten(2))
+    sgcnn.count(model, (3, 2, 2))
+    assert torch.backends.mha.get_fastpath_enabled() == enabled
 
 
 def test_a_spare_layer_beside_used_ones_costs_nothing():

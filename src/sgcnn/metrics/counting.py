@@ -16,18 +16,20 @@
   ``params_with_bn`` adds BatchNorm's affine parameters, and ``params_total`` counts every
   parameter of the model less the masked weights.
 
-A convolution or linear layer is counted when it is called as a module. One whose weight a
-parent uses directly (``F.linear(x, self.fc.weight)``) outside the attention modules above
-cannot be counted, and ``count`` raises :class:`SgcnnError` rather than report zero for it.
+A convolution or linear layer is counted when it is called as a module, or when another
+module applies its weight with ``F.linear`` / ``F.conv2d`` (``F.linear(x, self.fc.weight)``,
+counted as the layer's call). One whose weight is computed with otherwise (``x @
+fc.weight.t()``) outside the attention modules above cannot be counted, and ``count`` raises
+:class:`SgcnnError` rather than report zero for it. A layer never used costs nothing.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -63,9 +65,18 @@ def _conv_macs(conv: nn.Conv2d, args, kwargs, out: torch.Tensor) -> int:
 
 
 def _linear_macs(linear: nn.Linear, args, kwargs, out: torch.Tensor) -> int:
-    """``MACs = (unmasked weights) x positions``, every position of the call's output (the
-    example is one image, so whatever the layout, e.g. sequence-first ``[L, N, E]``)."""
-    return _unmasked_weights(linear) * (out.numel() // out.shape[-1])
+    """``MACs = (unmasked weights) x positions`` per image: the output's elements over its
+    first (batch) and last (feature) dimensions, so ``[N, F]`` is one position per image and
+    ``[N, L, F]`` is ``L``; a sequence-first ``[L, 1, F]`` (the example is one item) is ``L``."""
+    return _unmasked_weights(linear) * _positions(out)
+
+
+def _positions(out: torch.Tensor) -> int:
+    if out.dim() <= 1:
+        return 1
+    if out.dim() >= 3 and out.shape[0] > 1 and out.shape[1] == 1:  # sequence-first
+        return out.numel() // out.shape[-1]
+    return out.numel() // (out.shape[0] * out.shape[-1])
 
 
 def _arg(args: tuple, kwargs: dict, index: int, name: str) -> torch.Tensor:
@@ -154,48 +165,54 @@ def _rule(module: nn.Module, rules: dict[type, _Rule]) -> _Rule | None:
     return next((r for t, r in rules.items() if isinstance(module, t)), None)
 
 
-@contextmanager
-def _no_mha_fastpath() -> Iterator[None]:
-    """Keep attention on dense tensors through its modules: in eval mode the fast path lets
-    ``nn.TransformerEncoder`` pack a padded batch into nested tensors, which have no shape."""
-    enabled = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(enabled)
+# Tensor methods and properties that read a weight's metadata, not its values.
+_METADATA = {"__get__", "size", "dim", "numel", "is_floating_point", "is_complex", "stride",
+             "element_size", "is_contiguous", "data_ptr", "__len__", "type"}  # fmt: skip
 
 
 class _WeightUse(TorchFunctionMode):
-    """Records which of the watched tensors (layer weights, by ``id``) any torch function or
-    tensor method received as an argument while the mode was active."""
+    """Watches the counted layers' weights (``owners``: weight id -> layer names) through the
+    count's forward pass. A weight a layer's own forward uses (its name in ``running``) is that
+    call, counted by its hook. Applied by anything else through ``F.linear`` / ``F.conv2d``
+    (``F.linear(x, self.fc.weight)``), the call is counted as the layer's, MACs from its
+    output as for a module call; any other computation on it is an uncounted use, recorded in
+    ``uncounted`` (layer names). Reading metadata (dtype, shape, device) is no use."""
 
-    def __init__(self, watched: set[int]) -> None:
+    def __init__(self, owners: dict[int, list[str]], running: set[str], count_call) -> None:
         super().__init__()
-        self.watched = watched
-        self.used: set[int] = set()
+        self.owners = owners
+        self.running = running
+        self.count_call = count_call  # (layer name, output of the call) -> None
+        self.uncounted: set[str] = set()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if getattr(func, "__name__", "") in _METADATA:
+            return out
+        weight = args[1] if len(args) > 1 else kwargs.get("weight")
         for value in (*args, *kwargs.values()):
-            if isinstance(value, torch.Tensor) and id(value) in self.watched:
-                self.used.add(id(value))
-        return func(*args, **kwargs)
+            names = self.owners.get(id(value)) if isinstance(value, torch.Tensor) else None
+            if not names or any(n in self.running for n in names):
+                continue
+            if func in (F.linear, F.conv2d) and value is weight:
+                self.count_call(names[0], out)
+            else:
+                self.uncounted.add(names[0])
+        return out
 
 
-def _check_all_ran(counted: dict[str, nn.Module], called: set[str], used: set[int]) -> None:
-    """Raise for a counted layer whose weight was used although the layer itself was never
-    called: its parent applies the weight outside the layer's forward, so its FLOPs were not
-    seen. A layer never called whose weight is not used either (an auxiliary head in eval
-    mode, a spare layer) is idle and rightly costs nothing."""
-    for name, module in counted.items():
-        weight = getattr(module, "weight", None)
-        if name in called or not isinstance(weight, torch.Tensor) or id(weight) not in used:
-            continue
+def _check_counted(uncounted: set[str], counted: dict[str, nn.Module]) -> None:
+    """Raise for a layer whose weight was computed with outside its own forward other than by
+    ``F.linear`` / ``F.conv2d`` (e.g. ``x @ layer.weight.t()``): its FLOPs were not seen. A
+    layer never called whose weight is not used either (an auxiliary head in eval mode, a
+    spare layer) is idle and rightly costs nothing."""
+    for name in sorted(uncounted):
         raise SgcnnError(
-            f"cannot count the FLOPs of layer {name!r} ({type(module).__name__}): its weight is "
-            "used outside its forward (e.g. F.linear(x, layer.weight)); sgcnn counts only "
-            "layers called as modules"
+            f"cannot count the FLOPs of layer {name!r} ({type(counted[name]).__name__}): its "
+            "weight is used outside its forward other than by F.linear / F.conv2d (e.g. a "
+            "matmul with layer.weight); sgcnn counts layers called as modules or applied with "
+            "F.linear / F.conv2d"
         )
 
 
@@ -222,7 +239,7 @@ def count(model: nn.Module, input_size: int | Sequence[int] | torch.Tensor) -> d
     inside = {id(c) for m in model.modules() if (r := rule_of[id(m)]) for c in r[2](m)}
     counted: dict[str, nn.Module] = {}
     layers: dict[str, dict] = {}
-    called: set[str] = set()
+    running: set[str] = set()  # layers inside their own forward
     handles = []
     for name, m in model.named_modules():
         rule = rule_of[id(m)]
@@ -232,17 +249,28 @@ def count(model: nn.Module, input_size: int | Sequence[int] | torch.Tensor) -> d
         counted[name] = m
         layers[name] = {"name": name, "params": params(m), "flops": 0}
 
-        def hook(mod, args, kwargs, out, name=name, macs=macs):
-            called.add(name)
-            layers[name]["flops"] += macs(mod, args, kwargs, out)
+        def enter(mod, args, name=name):
+            running.add(name)
 
+        def hook(mod, args, kwargs, out, name=name, macs=macs):
+            layers[name]["flops"] += macs(mod, args, kwargs, out)  # reads the weight: running
+            running.discard(name)
+
+        handles.append(m.register_forward_pre_hook(enter))
         handles.append(m.register_forward_hook(hook, with_kwargs=True))
-    weights = {
-        id(w) for m in counted.values() if isinstance(w := getattr(m, "weight", None), torch.Tensor)
-    }
-    uses = _WeightUse(weights)
+
+    def functional_call(name: str, out: torch.Tensor) -> None:
+        layer = counted[name]
+        macs = _conv_macs if isinstance(layer, nn.Conv2d) else _linear_macs
+        layers[name]["flops"] += macs(layer, (), {}, out)
+
+    owners: dict[int, list[str]] = {}
+    for name, m in counted.items():
+        if isinstance(weight := getattr(m, "weight", None), torch.Tensor):
+            owners.setdefault(id(weight), []).append(name)
+    uses = _WeightUse(owners, running, functional_call)
     try:
-        with eval_mode(model), _no_mha_fastpath(), uses:
+        with eval_mode(model), uses:  # the mode also keeps attention off its fast path
             model(example)
     except Exception as err:
         raise SgcnnError(
@@ -252,7 +280,7 @@ def count(model: nn.Module, input_size: int | Sequence[int] | torch.Tensor) -> d
     finally:
         for h in handles:
             h.remove()
-    _check_all_ran(counted, called, uses.used)
+    _check_counted(uses.uncounted, counted)
 
     params = sum(v["params"] for v in layers.values())
     bn = sum(
