@@ -298,9 +298,9 @@ def test_a_spare_layer_beside_used_ones_costs_nothing():
 
 def test_input_sizes_of_other_types_are_refused():
     model = nn.Sequential(nn.Conv2d(3, 4, 1))
-    for size in (np.int64(2), [2, 2], (np.int64(3), 2, 2)):
+    for size in (np.int64(2), [2, 2], (np.int64(3), 2, 2), np.array([3, 2, 2])):
         assert sgcnn.count(model, size)["flops"] == 48
-    for bad in (2.0, "22", "abc", (2, 2.5), True, None):
+    for bad in (2.0, "22", "abc", (2, 2.5), True, None, np.array([3.0, 2.0, 2.0])):
         with pytest.raises(sgcnn.SgcnnError, match="input_size must be"):
             sgcnn.count(model, bad)
 

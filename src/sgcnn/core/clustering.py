@@ -4,19 +4,27 @@ The N importance vectors of a layer are clustered with k-means (Euclidean distan
 ``min(g, N)`` groups, with scikit-learn's ``KMeans(n_clusters=g, init="random", n_init=10,
 max_iter=300)`` as in the paper. Groups are data dependent and of unequal size.
 
-``k`` is also capped at the number of distinct vectors (heavily pruned or all-zero layers have
-few): k-means cannot fill more clusters than that, and scikit-learn would warn that it found
-fewer. Avoiding the warning matters because layers are clustered in worker threads, where
-``warnings.catch_warnings`` is not thread-safe (it swaps the process-wide filter list, so
-concurrent uses leak warnings and leave filters behind); nothing here touches warning state.
+Heavily pruned or all-zero layers may have fewer distinct vectors than groups: ``k`` is then
+capped at the number of distinct vectors, since k-means cannot fill more clusters (and
+scikit-learn would warn that it found fewer). Vectors distinct only in their last bits can
+still make it find fewer; that one warning is filtered, by its message, when this module is
+imported. Layers are clustered in worker threads, where ``warnings.catch_warnings`` is not
+thread-safe (it swaps the process-wide filter list, so concurrent uses leak warnings and leave
+filters behind).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+# Fewer distinct vectors than clusters is expected after heavy pruning (module docstring).
+warnings.filterwarnings(
+    "ignore", message=r"Number of distinct clusters \(\d+\) found smaller than n_clusters"
+)
 
 
 @dataclass(frozen=True)
@@ -33,15 +41,15 @@ def cluster_filters(
 ) -> torch.Tensor:
     """Group labels ``[N]`` (long, values ``0 .. g'-1``) of the rows of ``importance``.
 
-    ``g' <= min(groups, N, distinct rows)``: k-means runs with ``k = min(groups, N, distinct
-    rows)`` and may still leave a cluster empty; labels are renumbered densely in order of
-    first appearance so that every label names a non-empty group.
+    ``g' <= min(groups, N, distinct rows)``: k-means may still leave a cluster empty; labels
+    are renumbered densely in order of first appearance so that every label names a non-empty
+    group.
     """
     n = importance.shape[0]
     data = importance.numpy()
     k = min(groups, n)
-    if k > 1:
-        k = min(k, len(np.unique(data, axis=0)))  # distinct vectors (module docstring)
+    if k > 1:  # distinct vectors, by a hash of each row's bytes (cheap on large layers)
+        k = min(k, len({hash(row.tobytes()) for row in np.ascontiguousarray(data)}))
     if k <= 1:
         return torch.zeros(n, dtype=torch.long)
     # scikit-learn is imported here, not at module level, so that `import sgcnn` stays light.

@@ -32,8 +32,23 @@ def importance_vectors(layer: nn.Conv2d | nn.Linear, mask: torch.Tensor | None =
             "the layer's weights contain NaN or inf; self-grouping needs finite weights "
             "(check the checkpoint or the training run that produced it)"
         )
-    weight = weight.to(device="cpu").to(torch.float64)  # exact for every float dtype
-    importance = weight.abs().flatten(2).sum(2) if weight.dim() > 2 else weight.abs()
+    rows = max(1, _BLOCK // max(1, weight[0].numel()))
+    importance = torch.empty(weight.shape[:2], dtype=torch.float64)
+    for start in range(0, weight.shape[0], rows):
+        _block_importance(weight[start : start + rows], importance[start : start + rows])
     if mask is not None:
-        importance = importance * mask.to(device="cpu", dtype=torch.float64)
+        importance.mul_(mask.to(device="cpu", dtype=torch.float64))
     return importance
+
+
+_BLOCK = 1 << 22  # weights converted to float64 at a time: bounds the copy on large layers
+
+
+def _block_importance(block: torch.Tensor, out: torch.Tensor) -> None:
+    """``I`` of some filters into ``out``: the weights are copied to the CPU and made float64
+    (exact for every float dtype) before the sum, so the same values give the same sums on any
+    device and in any dtype."""
+    if block.dim() > 2:
+        out.copy_(block.to(device="cpu", dtype=torch.float64).abs_().flatten(2).sum(2))
+    else:
+        out.copy_(block).abs_()  # copy_ converts to float64 on the CPU

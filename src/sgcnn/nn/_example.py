@@ -27,6 +27,8 @@ def example_image(model: nn.Module, input_size: int | Sequence[int] | torch.Tens
         return image.to(device=device, dtype=dtype)
     if _is_int(input_size):
         input_size = (input_size, input_size)
+    if hasattr(input_size, "tolist") and getattr(input_size, "ndim", None) == 1:
+        input_size = input_size.tolist()  # a 1-D numpy array of sizes
     sequence = isinstance(input_size, Sequence) and not isinstance(input_size, str)
     if not sequence or not all(_is_int(s) for s in input_size):
         raise SgcnnError(
