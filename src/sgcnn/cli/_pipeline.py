@@ -88,6 +88,11 @@ def shortcut_sets(args: argparse.Namespace, mapping: dict[str, str]) -> list[str
     return sets
 
 
+def sets_key(sets: list[str], key: str) -> bool:
+    """Whether the ``--set`` items ``sets`` give ``key`` (e.g. ``data.normalize``)."""
+    return any(item.partition("=")[0].strip() == key for item in sets)
+
+
 def quote(text: str) -> str:
     """A string as a YAML scalar that stays a string (paths like ``1e5`` or ``null``)."""
     return "'" + text.replace("'", "''") + "'"
@@ -100,9 +105,14 @@ def recipe_from_args(args: argparse.Namespace) -> tuple[str | None, dict[str, An
     return None, {}
 
 
-def configure(recipe: dict, sets: list[str]) -> Config:
-    """Resolve the config (defaults < recipe < sets)."""
-    return resolve_config(recipe, sets)
+def configure(recipe: dict, sets: list[str], resume: bool = False) -> Config:
+    """Resolve the config (defaults < recipe < sets).
+
+    A schedule setting the schedule does not read (``optim.milestones`` with ``cosine``; see
+    :func:`sgcnn.engine.config.resolve_config`) is refused for a new run only: a run started
+    before such settings were refused resumes with the command that started it (its saved
+    config is what it uses, and the setting changes nothing)."""
+    return resolve_config(recipe, sets, check_unused=not resume)
 
 
 def output_dir(args: argparse.Namespace, config: Config, default_name: str) -> Path:
@@ -119,9 +129,14 @@ def command_line() -> str:
 
 def execute(config: Config, run_dir: Path, args: argparse.Namespace) -> tuple[list[dict], float]:
     """Run (or resume) ``config`` in ``run_dir``; returns ``(rows, seconds)``."""
+    from sgcnn.engine.rundir import keep_trained_statistics
     from sgcnn.engine.runner import Runner
 
-    if not args.resume:
+    if args.resume:
+        note = keep_trained_statistics(run_dir, config)
+        if note and is_main_process():
+            print(note, file=sys.stderr)
+    else:
         check_output_dir(run_dir)  # before any data or model is built
     start = time.perf_counter()
     runner = Runner(
@@ -165,7 +180,7 @@ def execute_named(
     """Resolve ``recipe`` (named ``name``, see :func:`recipe_from_args`) with ``sets``, name the
     run ``<name>-<suffix>`` (without a recipe: the config's name, else ``default_name(config)``)
     and :func:`execute_and_print` it in ``--output`` or ``runs/<that name>``."""
-    config = configure(recipe, sets)
+    config = configure(recipe, sets, resume=args.resume)
     default = default_name(config)
     config.name = f"{name}-{suffix}" if name else (config.name or default)
     return execute_and_print(config, output_dir(args, config, default), args)

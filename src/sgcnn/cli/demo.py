@@ -32,7 +32,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     _, recipe = load_recipe(RECIPE)
-    config = configure(recipe, args.sets)
+    config = configure(recipe, args.sets, resume=args.resume)
     if args.output is None:
         if args.resume:
             raise SgcnnError("--resume needs --output: the folder of the demo to continue")

@@ -10,17 +10,18 @@ defaults to the one a checkpoint was trained on, when it comes from a run folder
 from __future__ import annotations
 
 import json
+import sys
 
 import torch
 from torch import nn
 
 from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import positive_int
-from sgcnn.cli._pipeline import add_set_arg, quote
-from sgcnn.data.config import same_classes
+from sgcnn.cli._pipeline import add_set_arg, quote, sets_key
+from sgcnn.data.config import as_trained, ignored_normalize_note, same_classes
 from sgcnn.deploy._programs import is_program
 from sgcnn.engine.build import build_data, check_fits
-from sgcnn.engine.checkpoint import FORMAT, load_checkpoint, model_from_payload
+from sgcnn.engine.checkpoint import FORMAT, load_checkpoint, model_from_payload, payload_record
 from sgcnn.engine.config import Config, resolve_config
 from sgcnn.engine.distributed import Dist, resolve_device
 from sgcnn.engine.loaders import eval_loader
@@ -64,13 +65,18 @@ def run(args) -> int:
             f"{args.checkpoint!r} does not record its dataset: pass --data NAME (and --data-root)"
         )
     same_data = saved and args.data in (None, saved["data"].get("name"))
+    record = payload_record(payload)
+    # the run's whole data section (split seed, image size, classes), not just its name,
+    # normalised as the weights were trained (an older sgcnn ignored some data.normalize)
+    data = dict(saved["data"]) if same_data else {}
     recipe = {
         "model": {"name": name, "checkpoint": str(args.checkpoint)},
-        # the run's whole data section (split seed, image size, classes), not just its name
-        "data": dict(saved["data"]) if same_data else {},
+        "data": as_trained(data, record),
     }
+    note = ignored_normalize_note(data, record, repr(args.checkpoint))
+    if note and not sets_key(args.sets, "data.normalize"):
+        print(note, file=sys.stderr)
     config = _config(args, recipe)
-    record = payload.get("data") if payload.get("format") == FORMAT else None
     splits = _recorded_splits(config, record, args.checkpoint)
     check_fits(model, config, splits)
     device = resolve_device(args.device)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import parse_ratio
 from sgcnn.cli._pipeline import (
@@ -10,13 +12,16 @@ from sgcnn.cli._pipeline import (
     add_sparsity_args,
     checkpoint_model,
     execute_named,
+    is_main_process,
     load_source,
     recipe_from_args,
     resumed_run,
     section,
+    sets_key,
     shortcut_sets,
 )
-from sgcnn.engine.checkpoint import FORMAT
+from sgcnn.data.config import as_trained, ignored_normalize_note
+from sgcnn.engine.checkpoint import FORMAT, payload_record
 from sgcnn.engine.config import SCHEMES
 from sgcnn.errors import SgcnnError
 
@@ -43,6 +48,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     name, recipe = recipe_from_args(args)
     started = resumed_run(args)
+    record = None
     if started is not None:  # its state holds the model: the checkpoint is not read again
         model = args.model or section(started, "model").get("name")
         data = section(started, "data")
@@ -51,7 +57,10 @@ def run(args) -> int:
         model = checkpoint_model(args.checkpoint, payload, args.model)
         saved = payload.get("config") if payload.get("format") == FORMAT else None
         data = saved["data"] if saved else None
+        record = payload_record(payload)
     if data and args.data is None and "data" not in recipe:
+        if started is None:  # normalised as the checkpoint's weights were trained
+            data = _as_trained(args, data, record)
         recipe = {**recipe, "data": data}  # the dataset the checkpoint was made on (the run's)
     sets = [f"model.name={model}"]
     sets += shortcut_sets(
@@ -80,6 +89,16 @@ def run(args) -> int:
         "finetune",
         lambda c: f"{c.model.name}-{c.data.name}-{c.grouping.scheme}",
     )
+
+
+def _as_trained(args, data: dict, record: dict | None) -> dict:
+    """The checkpoint's run's data section with the normalisation its weights were trained
+    with (:func:`~sgcnn.data.config.as_trained`: an older sgcnn ignored data.normalize for
+    most datasets), said in a note when that differs from the section's."""
+    note = ignored_normalize_note(data, record, repr(args.checkpoint))
+    if note and not sets_key(args.sets, "data.normalize") and is_main_process():
+        print(note, file=sys.stderr)
+    return as_trained(data, record)
 
 
 def _check_epoch_options(args, scheme: str) -> None:

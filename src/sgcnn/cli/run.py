@@ -27,7 +27,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     name, recipe = load_recipe(args.recipe)
-    config = configure(recipe, shortcut_sets(args, {}) + args.sets)
+    config = configure(recipe, shortcut_sets(args, {}) + args.sets, resume=args.resume)
     if config.name is None:
         config.name = name
     return execute_and_print(config, output_dir(args, config, name), args)

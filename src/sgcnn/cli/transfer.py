@@ -120,7 +120,7 @@ def run(args) -> int:
             f"--local-epochs is for LG (the epochs after each pruning step); --scheme "
             f"{args.scheme} has no such steps"
         )
-    config = configure(recipe, sets + args.sets)
+    config = configure(recipe, sets + args.sets, resume=args.resume)
     if not args.recipe and model != "resnet50":
         config.report.paper = []  # the default recipe's figures are ResNet-50's on CUB-200
     default = f"{model}-{config.data.name}-transfer-{args.scheme}"

@@ -85,11 +85,71 @@ def check_same_data(recorded: dict | None, splits: DatasetSplits, what: str) -> 
         if key in recorded
         and not (same_classes if key == "classes" else _same)(recorded[key], now[key])
     ]
-    if changed:
-        raise SgcnnError(
-            f"the data are not those {what} was made with ({'; '.join(changed)}); give the same "
-            "dataset (data.root, data.classes, data.val_fraction as it was)"
+    if not changed:
+        return
+    advice = "give the same dataset (data.root, data.classes, data.val_fraction as it was)"
+    trained = recorded_normalize(recorded)
+    if trained is not None and all(c.split(" ", 1)[0] in ("mean", "std") for c in changed):
+        # Only the normalisation: also what a run started with a data.normalize that an older
+        # sgcnn ignored for its dataset meets when resumed with that value (the CLI replaces
+        # it: sgcnn.engine.rundir.keep_trained_statistics).
+        values = ", ".join("[" + ", ".join(f"{v:.6g}" for v in row) + "]" for row in trained)
+        advice += (
+            "; a run started with a data.normalize that an older sgcnn ignored for its "
+            f"dataset trained with the recorded statistics: resume it with data.normalize="
+            f"[{values}]"
         )
+    shown = "; ".join(changed)
+    raise SgcnnError(f"the data are not those {what} was made with ({shown}); {advice}")
+
+
+def as_trained(data: dict, record: dict | None) -> dict:
+    """A saved ``data`` section (a run's config: the settings as the user wrote them) reused
+    for a checkpoint whose data ``record`` (:func:`data_record`) it carries, with
+    ``normalize`` set to the statistics the weights were really trained with.
+
+    Before ``data.normalize`` applied to every dataset, sgcnn accepted it everywhere but used
+    it only for image folders of small images: a run on mnist, cifar10, synthetic data (...)
+    with ``data.normalize`` set was trained on the data's own statistics, which its record
+    holds. A section without ``normalize`` (the data's own, which the checks compare with the
+    record), or a record without statistics, leaves ``data`` as it is. A ``data.normalize``
+    given on the command that reuses the section is laid over it, and stands."""
+    data = dict(data)
+    trained = recorded_normalize(record)
+    if data.get("normalize") is not None and trained is not None:
+        data["normalize"] = trained
+    return data
+
+
+def ignored_normalize_note(data: dict, record: dict | None, source: str) -> str | None:
+    """A note for the user when :func:`as_trained` changes ``data``'s ``normalize`` (the run
+    of checkpoint ``source`` set one that the sgcnn it ran on ignored); None otherwise."""
+    given, trained = data.get("normalize"), recorded_normalize(record)
+    if given is None or trained is None or same_normalize(given, trained):
+        return None
+    return (
+        f"note: {source} was trained on data normalised with mean {_short(trained[0])} / std "
+        f"{_short(trained[1])} (its data's own): the data.normalize {_short(given)} of its run "
+        "was ignored by the sgcnn that trained it, so those statistics are used (--set "
+        "data.normalize=[MEAN, STD] chooses others)"
+    )
+
+
+def recorded_normalize(record: dict | None) -> list[list[float]] | None:
+    """``[mean, std]`` of a data ``record`` (None without them)."""
+    if not isinstance(record, dict) or not record.get("mean") or not record.get("std"):
+        return None
+    return [[float(m) for m in record["mean"]], [float(s) for s in record["std"]]]
+
+
+def same_normalize(a, b) -> bool:
+    """Whether two ``data.normalize`` values (``[mean, std]`` or None) normalise alike."""
+    if a is None or b is None:
+        return a is None and b is None
+    try:
+        return len(a) == len(b) == 2 and all(_close(x, y) for x, y in zip(a, b, strict=True))
+    except (TypeError, ValueError):  # not [mean, std] lists of numbers: not alike
+        return False
 
 
 # torchvision names MNIST's classes "0 - zero" .. "9 - nine"; sgcnn records both MNIST sets
@@ -108,6 +168,13 @@ def same_classes(recorded: list, now: list) -> bool:
         return [n.split(" - ")[0] for n in names] if names == _MNIST_NAMES else names
 
     return canonical(list(recorded)) == canonical(list(now))
+
+
+def _close(a, b) -> bool:
+    """Lists of numbers equal to 1e-4 (statistics in [0, 1], saved and read back)."""
+    return len(a) == len(b) and all(
+        abs(float(x) - float(y)) <= 1e-4 for x, y in zip(a, b, strict=True)
+    )
 
 
 def _same(a, b) -> bool:

@@ -230,7 +230,10 @@ def resolve_config(
 
     ``check_unused``: refuse a schedule setting the schedule would ignore (see
     :func:`_check_schedule_keys`); off for the configs runs saved (:func:`config_from_yaml`),
-    which record what ran."""
+    which record what ran, and for a command resuming a run (it may have been started before
+    such settings were refused: the run goes on with its saved config, and
+    :func:`sgcnn.engine.rundir.config_differences` accepts the setting, which changes
+    nothing). The CLI checks new runs only (:func:`sgcnn.cli._pipeline.configure`)."""
     defaults = to_dict(Config())
     if recipe is not None:
         if not isinstance(recipe, dict):

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from sgcnn._io import publish_dir, read_text, staging_dir
+from sgcnn.data.config import recorded_normalize, same_normalize
 from sgcnn.engine.config import (
     SCHEDULE_KEYS,
     Config,
@@ -95,14 +96,18 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_differences(saved: dict, config: Config) -> list[str]:
+def config_differences(
+    saved: dict, config: Config, ignored: tuple[list, list] | None = None
+) -> list[str]:
     """``"key: saved -> now"`` for each key that differs and may not (see RESUMABLE_CHANGES).
 
     A key the saved config lacks (added by a later sgcnn) counts as its default: a run started
     before the key existed resumes as long as the key keeps the value that reproduces it.
     ``model.checkpoint`` spelled another way (relative / absolute, from the current folder)
     is the same file, and a schedule setting that neither schedule reads (``milestones`` with
-    ``cosine``) changes nothing."""
+    ``cosine``) changes nothing. ``ignored``: ``(given, trained)`` of a run whose
+    ``data.normalize`` its sgcnn ignored (:func:`ignored_normalize`), where a change between
+    values that all normalise as the run trained changes nothing (see :func:`_kept_statistics`)."""
     old, new = flatten(saved), flatten(config_to_dict(config))
     defaults = flatten(config_to_dict(Config()))
     diffs = []
@@ -114,6 +119,8 @@ def config_differences(saved: dict, config: Config) -> list[str]:
         if key == "model.checkpoint" and same_file(old.get(key), new.get(key)):
             continue
         if _unread_by_schedule(key, old, new):
+            continue
+        if key == "data.normalize" and _kept_statistics(old.get(key), new.get(key), ignored):
             continue
         diffs.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
     return diffs
@@ -143,12 +150,91 @@ def _unread_by_schedule(key: str, old: dict, new: dict) -> bool:
     return schedule == new.get(f"{section}.schedule") and schedule not in SCHEDULE_KEYS[name]
 
 
+def _kept_statistics(old: Any, new: Any, ignored: tuple[list, list] | None) -> bool:
+    """Whether ``data.normalize`` going from ``old`` (the state's config) to ``new`` changes
+    nothing for a run whose ``data.normalize`` its sgcnn ignored (``ignored``: ``(given,
+    trained)``): both are the ignored value (which the CLI replaces: see
+    :func:`keep_trained_statistics`), the statistics the run trained with, or unset (the
+    data's own). What the data are then normalised with is checked against the state's
+    record (:func:`sgcnn.data.config.check_same_data`)."""
+    if ignored is None:
+        return False
+    given, trained = ignored
+
+    def kept(value: Any) -> bool:
+        return value is None or same_normalize(value, trained) or same_normalize(value, given)
+
+    return kept(old) and kept(new)
+
+
+def ignored_normalize(run_dir: Path) -> tuple[list, list] | None:
+    """``(given, trained)`` when ``run_dir`` was started by an sgcnn that ignored its
+    ``data.normalize``: before that setting applied to every dataset, it was used only for
+    image folders of small images, so a run on mnist, cifar10, synthetic data (...) with it
+    set trained on the data's own statistics. Its ``config.yaml`` gives ``given``; its state
+    records ``trained``, what it really used (a run of this sgcnn records what it gives).
+    None for any other run, or when the folder, its config or its state cannot be read
+    (resuming says why)."""
+    try:
+        data = read_run_config(run_dir).get("data")
+    except SgcnnError:
+        return None
+    given = data.get("normalize") if isinstance(data, dict) else None
+    if given is None:
+        return None
+    trained = recorded_normalize(_state_record(run_dir / STATE_FILE))
+    if trained is None or same_normalize(given, trained):
+        return None
+    return given, trained
+
+
+def _state_record(path: Path) -> dict | None:
+    """The data record of the state ``path`` (mapped, not read whole: only the record is
+    needed); None when it cannot be read."""
+    import torch
+
+    for mmap in (True, False):  # mapping needs the zip format every state is saved in
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except Exception:  # unreadable: resuming reads it again and says why
+            continue
+        record = state.get("data") if isinstance(state, dict) else None
+        return record if isinstance(record, dict) else None
+    return None
+
+
+def keep_trained_statistics(run_dir: Path, config: Config) -> str | None:
+    """Before resuming ``run_dir`` with ``config``: a run whose ``data.normalize`` its sgcnn
+    ignored (:func:`ignored_normalize`) goes on with the statistics it trained with, when
+    ``config`` gives the ignored value again (the command that started it): its
+    ``data.normalize`` becomes them. Returns a note saying so (None when nothing changed).
+
+    The same on every process of a distributed run (each reads the same files)."""
+    ignored = ignored_normalize(run_dir)
+    if ignored is None or not same_normalize(config.data.normalize, ignored[0]):
+        return None
+    given, trained = ignored
+    config.data.normalize = [list(trained[0]), list(trained[1])]
+    return (
+        f"note: {str(run_dir)!r} was started with data.normalize {given}, which the sgcnn that "
+        f"started it ignored for {config.data.name!r} data: it trained with the data's own "
+        f"statistics (mean {_rounded(trained[0])} / std {_rounded(trained[1])}), recorded in "
+        "its state, and goes on with them"
+    )
+
+
+def _rounded(values: list) -> list:
+    return [round(float(v), 6) for v in values]
+
+
 def check_resume(run_dir: Path, saved_config: dict, config: Config) -> None:
     """Resuming ``run_dir`` with ``config`` must not change anything that shapes the results.
 
     A changed name or report setting (:data:`COSMETIC`) is noted: the run's report keeps those
     of its ``config.yaml``."""
     diffs = config_differences(saved_config, config)
+    if any(diff.startswith("data.normalize:") for diff in diffs):  # its state tells if harmless
+        diffs = config_differences(saved_config, config, ignored_normalize(run_dir))
     if diffs:
         shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
         raise SgcnnError(
