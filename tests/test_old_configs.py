@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from _shared import stop_after_first_stage
 from sgcnn.cli.main import main
 from sgcnn.data.config import check_same_data, data_record
 from sgcnn.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -87,20 +88,6 @@ def _rows(run: Path) -> list[tuple]:
     return [tuple(r[k] for k in keys[r["event"]]) for r in records if r["event"] in keys]
 
 
-def _stop_after_first_stage(monkeypatch) -> None:
-    """The next run stops (as after Ctrl-C, state saved) once its first stage is done."""
-    original = Runner._check_stop
-    calls = []
-
-    def check_stop(self):
-        calls.append(self.stage)
-        if len(calls) == 1:
-            self._interrupted()
-        original(self)
-
-    monkeypatch.setattr(Runner, "_check_stop", check_stop)
-
-
 @pytest.fixture
 def trained(tmp_path, monkeypatch, capsys) -> Path:
     """A baseline run (``run``) of this sgcnn, data.normalize unset, in the current folder."""
@@ -156,7 +143,7 @@ def test_an_old_run_with_an_ignored_normalize_resumes_with_what_it_trained_with(
     start = ["run", "task.yaml", "--quiet", *_sets(DATA + TRAIN)]
     assert main([*start, "--output", "reference"]) == 0
     with monkeypatch.context() as m:
-        _stop_after_first_stage(m)
+        stop_after_first_stage(m)
         assert main([*start, "--output", "run"]) == 130  # the baseline trained, then stopped
     _edit_saved_configs(tmp_path / "run", "data", normalize=IGNORED)  # as the old run saved
     capsys.readouterr()
@@ -199,7 +186,7 @@ def test_a_run_started_with_a_setting_its_schedule_ignored_resumes_with_its_comm
     sets = _sets(DATA + [s for s in TRAIN if not s.startswith("optim.")])
     assert main(["run", "task.yaml", "--quiet", *sets, "--output", "reference"]) == 0
     with monkeypatch.context() as m:
-        _stop_after_first_stage(m)
+        stop_after_first_stage(m)
         assert main(["run", "task.yaml", "--quiet", *sets, "--output", "run"]) == 130
     _edit_saved_configs(tmp_path / "run", "optim", milestones=[5])  # as the old run saved
     capsys.readouterr()

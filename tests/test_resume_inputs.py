@@ -9,6 +9,7 @@ import torch
 import yaml
 
 import sgcnn
+from _shared import stop_after_first_stage
 from sgcnn.cli.main import main
 from sgcnn.engine.checkpoint import model_payload, save_checkpoint
 from sgcnn.engine.config import config_to_dict, resolve_config
@@ -48,26 +49,12 @@ def _rows(out: Path) -> list[tuple]:
     return [(r["name"], r["top1"], r["flops"]) for r in records if r["event"] == "row"]
 
 
-def _stop_after_first_stage(monkeypatch) -> None:
-    """The next run stops (as after Ctrl-C, state saved) once its first stage is done."""
-    original = Runner._check_stop
-    calls = []
-
-    def check_stop(self):
-        calls.append(self.stage)
-        if len(calls) == 1:
-            self._interrupted()
-        original(self)
-
-    monkeypatch.setattr(Runner, "_check_stop", check_stop)
-
-
 def test_finetune_resumes_without_its_source_checkpoint(task, monkeypatch, capsys):
     _source("src.pt")
     start = ["finetune", "--checkpoint", "src.pt", "--conv", "0.5", "--recipe", "task.yaml"]
     assert main([*start, "--output", "reference", "--quiet"]) == 0
 
-    _stop_after_first_stage(monkeypatch)
+    stop_after_first_stage(monkeypatch)
     assert main([*start, "--output", "run", "--quiet"]) == 130  # stopped before pruning
     Path("src.pt").rename("moved.pt")
     capsys.readouterr()
@@ -141,7 +128,7 @@ def test_name_and_report_title_may_change_on_resume(tmp_path, capsys):
 def test_the_evaluation_batch_may_change_on_resume(monkeypatch, task):
     """As the advice after running out of memory says (see test_evaluation_does_not_depend_on_
     the_batch): the run goes on from its last save with a smaller evaluation batch."""
-    _stop_after_first_stage(monkeypatch)
+    stop_after_first_stage(monkeypatch)
     start = ["train", "--model", "test_convnet", "--recipe", "task.yaml", "--output", "run"]
     assert main([*start, "--quiet", "--set", "train.eval_batch_size=64"]) == 130
     assert main([*start, "--quiet", "--set", "train.eval_batch_size=5", "--resume"]) == 0
