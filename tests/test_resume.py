@@ -88,7 +88,7 @@ def _stop_mid_epoch(recipe: Path, out: Path, sig: int, stage: int, *extra: str):
 
 def _epochs(out: Path) -> list[tuple]:
     return [
-        (r["stage"], r["epoch"], round(r["train_loss"], 10), r["val_top1"])
+        (r["stage"], r["epoch"], r["lr"], round(r["train_loss"], 10), r["val_top1"])
         for r in read_metrics(out / "metrics.jsonl")
         if r["event"] == "epoch"
     ]

@@ -23,7 +23,7 @@ from sgcnn.engine.config import OptimConfig, config_to_dict
 from sgcnn.engine.distributed import all_reduce_sums, sync_buffers_
 from sgcnn.engine.health import FAILED, TrainingDiverged, failure_message, finite, finite_weights
 from sgcnn.engine.loop import masked_layers, train_step
-from sgcnn.engine.optim import build_optimizer, build_scheduler, constant
+from sgcnn.engine.optim import build_optimizer, build_scheduler, constant, lr_factor
 from sgcnn.engine.reporting import write_run_report
 from sgcnn.engine.schemes import Stage, row_slug
 
@@ -56,6 +56,7 @@ class _TrainingPhase:
         steps = self.train_loader.steps_per_epoch
         self.optimizer = build_optimizer(self.model, o, lr)
         self.scheduler = build_scheduler(self.optimizer, o, stage.epochs, steps)
+        peak = self.optimizer.defaults["lr"]
         if pending and pending["optimizer"] is not None:
             self.optimizer.load_state_dict(pending["optimizer"])
             self.scheduler.load_state_dict(pending["scheduler"])
@@ -69,7 +70,8 @@ class _TrainingPhase:
         sums = pending["sums"] if pending and self.batch > 0 and self.d.is_main else None
         for epoch in range(self.epoch, stage.epochs):
             begin = time.monotonic()
-            lr = self.optimizer.param_groups[0]["lr"]  # at the start of the epoch
+            rate = peak * lr_factor(o, epoch, stage.epochs)  # at the epoch's first step,
+            # also when the epoch resumes part-way (the scheduler is then past that step)
             loss, correct, n = self._train_epoch(net, stage, epoch, steps, sums)
             sums = None
             sync_buffers_(self.d, self.model)
@@ -86,7 +88,7 @@ class _TrainingPhase:
                 "step": stage.step,
                 "epoch": epoch + 1,
                 "epochs": stage.epochs,
-                "lr": lr,
+                "lr": rate,
                 "train_loss": loss / max(n, 1),
                 "train_top1": 100 * correct / max(n, 1),
                 "val_loss": val["loss"],
