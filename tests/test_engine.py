@@ -148,6 +148,16 @@ def test_pruned_weights_stay_exactly_zero_while_training(nesterov):
         assert layer.weight[~pruned].abs().sum() > 0
 
 
+def test_evaluate_leaves_each_modules_own_mode():
+    """A BatchNorm frozen (eval) inside a model in train mode stays frozen after evaluation."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(16, 5))
+    model.train()
+    model[1].eval()
+    loader = [(torch.randn(2, 3, 2, 2), torch.tensor([0, 1]))]
+    evaluate(model, loader, Precision(torch.device("cpu")), Dist())
+    assert [m.training for m in model] == [True, False, True, True] and model.training
+
+
 def test_evaluate_counts_top1_and_top5_exactly():
     class Fixed(nn.Module):
         def forward(self, x):

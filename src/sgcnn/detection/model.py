@@ -32,6 +32,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from sgcnn.errors import SgcnnError
+from sgcnn.nn._modes import eval_mode
 from sgcnn.nn.swap import replace_modules_
 
 _HEADS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Linear, nn.Dropout)
@@ -94,19 +95,16 @@ def make_body(model: nn.Module) -> tuple[Body, list[int], list[int]]:
     stages = body_stages(model)
     shapes = []
     x = torch.zeros(1, 3, PROBE_SIZE, PROBE_SIZE, device=next(model.parameters()).device)
-    was_training = model.training
-    model.eval()
     try:
-        for stage in stages.values():
-            x = stage(x)
-            shapes.append(tuple(x.shape))
+        with eval_mode(model):
+            for stage in stages.values():
+                x = stage(x)
+                shapes.append(tuple(x.shape))
     except RuntimeError as err:
         raise SgcnnError(
             f"{type(model).__name__} has no usable backbone for detection: its stages do not run "
             f"on a 3-channel image ({str(err).splitlines()[0][:120]})"
         ) from err
-    finally:
-        model.train(was_training)
     names = list(stages)
     ends = [
         i

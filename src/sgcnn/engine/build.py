@@ -20,6 +20,7 @@ from sgcnn.engine.checkpoint import load_checkpoint, model_from_payload, payload
 from sgcnn.engine.config import Config
 from sgcnn.errors import SgcnnError
 from sgcnn.models.registry import create_model, model_entry
+from sgcnn.nn._modes import eval_mode
 
 
 def build_data(config: Config) -> DatasetSplits:
@@ -111,11 +112,10 @@ def check_fits(model: nn.Module, config: Config, splits: DatasetSplits) -> None:
     name, data = config.model.name, config.data.name
     size = tuple(splits.input_size)
     expected = model_entry(name).input_size
-    was_training = model.training
-    model.eval()
     try:
         param = next(model.parameters())
-        out = model(torch.zeros(2, *size, dtype=param.dtype, device=param.device))
+        with eval_mode(model):
+            out = model(torch.zeros(2, *size, dtype=param.dtype, device=param.device))
     except RuntimeError as err:
         hint = (
             f"set data.image_size={expected[1]}"
@@ -127,8 +127,6 @@ def check_fits(model: nn.Module, config: Config, splits: DatasetSplits) -> None:
             f"{name!r} expects {'x'.join(map(str, expected))}: {hint}, or choose another model "
             f"({str(err).splitlines()[0][:160]})"
         ) from err
-    finally:
-        model.train(was_training)
     if out.dim() != 2 or out.shape[1] != splits.num_classes:
         got = out.shape[1] if out.dim() == 2 else tuple(out.shape[1:])
         source = f"checkpoint {config.model.checkpoint!r}" if config.model.checkpoint else "model"

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sgcnn.engine.distributed import Dist, all_reduce_sums
+from sgcnn.nn._modes import eval_mode
 from sgcnn.nn.masked import is_masked
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -107,30 +108,28 @@ def evaluate(
     numbers of the full split. ``top5`` is None for 5 classes or fewer, where every
     prediction's top five contain its label (it would always be 100).
     """
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=precision.device)
-    classes = 0
-    for batch in loader:
-        x, y = precision.inputs(*batch)
-        with precision.autocast():
-            logits = model(x)
-        logits = logits.float()
-        classes = logits.shape[1]
-        k = min(5, classes)
-        top = logits.topk(k, dim=1).indices
-        hits = top == y[:, None]
-        sums += torch.stack(
-            [
-                F.cross_entropy(logits, y, reduction="sum").double(),
-                hits[:, 0].sum().double(),
-                hits.any(1).sum().double(),
-                torch.tensor(float(y.numel()), dtype=torch.float64, device=sums.device),
-            ]
-        )
-        if progress is not None:
-            progress.update(1)
-    model.train(was_training)
+    with eval_mode(model):  # each module's own mode back afterwards (frozen BN stays)
+        sums = torch.zeros(4, dtype=torch.float64, device=precision.device)
+        classes = 0
+        for batch in loader:
+            x, y = precision.inputs(*batch)
+            with precision.autocast():
+                logits = model(x)
+            logits = logits.float()
+            classes = logits.shape[1]
+            k = min(5, classes)
+            top = logits.topk(k, dim=1).indices
+            hits = top == y[:, None]
+            sums += torch.stack(
+                [
+                    F.cross_entropy(logits, y, reduction="sum").double(),
+                    hits[:, 0].sum().double(),
+                    hits.any(1).sum().double(),
+                    torch.tensor(float(y.numel()), dtype=torch.float64, device=sums.device),
+                ]
+            )
+            if progress is not None:
+                progress.update(1)
     # Ranks agree on the class count even where a shard is empty: the largest any rank saw
     # (as a sum over ranks of "more than 5 classes seen").
     many = 1.0 if classes > 5 else 0.0

@@ -22,6 +22,7 @@ from torch import nn
 from sgcnn.engine import checkpoint as ckpt
 from sgcnn.errors import SgcnnError
 from sgcnn.models.registry import create_model, model_entry
+from sgcnn.nn._modes import eval_mode
 from sgcnn.nn.masked import is_masked
 
 
@@ -37,15 +38,13 @@ def find_classifier(model: nn.Module, input_size: tuple[int, ...], num_classes: 
     for name, module in model.named_modules():
         if _is_scorer(module, num_classes):
             hooks.append(module.register_forward_hook(lambda m, i, o, n=name: executed.append(n)))
-    was_training = model.training
-    model.eval()
     try:
         param = next(model.parameters())
-        model(torch.zeros(1, *input_size, dtype=param.dtype, device=param.device))
+        with eval_mode(model):
+            model(torch.zeros(1, *input_size, dtype=param.dtype, device=param.device))
     finally:
         for hook in hooks:
             hook.remove()
-        model.train(was_training)
     if not executed:
         raise SgcnnError(
             f"{type(model).__name__} has no classifier layer to replace (no Linear or 1x1 Conv2d "
