@@ -370,3 +370,9 @@ def test_rows_distinct_only_in_their_last_bits_leak_no_warning():
     assert run.returncode == 0, run.stderr
     groups, caught = run.stdout.split(" ", 1)
     assert 1 <= int(groups) <= 6 and caught.strip() == "[]"
+
+
+def test_importance_of_a_layer_without_filters_is_empty():
+    from sgcnn.core.importance import importance_vectors
+
+    assert importance_vectors(nn.Conv2d(3, 0, 3)).shape == (0, 3)

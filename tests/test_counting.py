@@ -229,7 +229,7 @@ def test_a_weight_computed_with_otherwise_is_an_error():
         def forward(self, x):
             return self.conv(x).flatten(2).transpose(1, 2) @ self.fc.weight.t()
 
-    with pytest.raises(sgcnn.SgcnnError, match=r"'0\.fc' \(Linear\): its weight is used outside"):
+    with pytest.raises(sgcnn.SgcnnError, match=r"'0\.fc' \(Linear\): its weight is computed"):
         sgcnn.count(nn.Sequential(MatMul()), (3, 2, 2))
 
 
@@ -321,4 +321,64 @@ def test_idle_branches_cost_nothing():
         "aux.0.conv",
         "aux.0.attn",
         "aux.1",
+    }
+
+
+def test_a_transposed_weight_is_still_that_weight():
+    class Transposed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+            self.fc = nn.Linear(4, 5)
+
+        def forward(self, x):
+            return self.conv(x).mean((2, 3)) @ self.fc.weight.T
+
+    with pytest.raises(sgcnn.SgcnnError, match=r"'fc' \(Linear\): its weight is computed"):
+        sgcnn.count(Transposed(), (3, 2, 2))
+
+
+def test_reading_the_weights_of_layers_that_run_is_no_error():
+    """dtype / device idioms and an EMA copy of a layer that is called as usual."""
+
+    class Idioms(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+            self.fc = nn.Linear(4, 5)
+
+        def forward(self, x):
+            x = x.type_as(self.conv.weight).to(self.conv.weight)
+            ema = self.fc.weight.detach().clone().mul_(0.9)
+            bias = self.fc.weight.new_zeros(1, 5) + 0 * ema.sum()
+            return self.fc(self.conv(x).mean((2, 3))) + bias
+
+    assert sgcnn.count(Idioms(), (3, 2, 2))["flops"] == 48 + 20
+
+
+def test_parametrized_layers_count_every_time():
+    """weight_norm makes the weight anew at each read: nothing stale is taken for a use."""
+    from torch.nn.utils import parametrizations
+
+    layers = [parametrizations.weight_norm(nn.Conv2d(3, 3, 1)) for _ in range(6)]
+    model = nn.Sequential(*[m for conv in layers for m in (conv, nn.ReLU())])
+    for _ in range(4):
+        assert sgcnn.count(model, (3, 2, 2))["flops"] == 6 * 9 * 4
+
+
+def test_windows_folded_into_the_first_dimension_all_count():
+    class Windows(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+            self.qkv = nn.Linear(4, 12)
+
+        def forward(self, x):  # [1, 4, 8, 8] -> 4 windows of 16 tokens: [4, 16, 4]
+            y = self.conv(x).permute(0, 2, 3, 1).reshape(1, 2, 4, 2, 4, 4)
+            return self.qkv(y.permute(0, 1, 3, 2, 4, 5).reshape(4, 16, 4))
+
+    c = sgcnn.count(Windows(), (3, 8, 8))
+    assert {layer["name"]: layer["flops"] for layer in c["layers"]} == {
+        "conv": 12 * 64,
+        "qkv": 48 * 64,
     }

@@ -14,6 +14,8 @@ float64 is not available on every accelerator, MPS for one).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -32,7 +34,7 @@ def importance_vectors(layer: nn.Conv2d | nn.Linear, mask: torch.Tensor | None =
             "the layer's weights contain NaN or inf; self-grouping needs finite weights "
             "(check the checkpoint or the training run that produced it)"
         )
-    rows = max(1, _BLOCK // max(1, weight[0].numel()))
+    rows = max(1, _BLOCK // max(1, math.prod(weight.shape[1:])))
     importance = torch.empty(weight.shape[:2], dtype=torch.float64)
     for start in range(0, weight.shape[0], rows):
         _block_importance(weight[start : start + rows], importance[start : start + rows])

@@ -18,9 +18,10 @@
 
 A convolution or linear layer is counted when it is called as a module, or when another
 module applies its weight with ``F.linear`` / ``F.conv2d`` (``F.linear(x, self.fc.weight)``,
-counted as the layer's call). One whose weight is computed with otherwise (``x @
-fc.weight.t()``) outside the attention modules above cannot be counted, and ``count`` raises
-:class:`SgcnnError` rather than report zero for it. A layer never used costs nothing.
+counted as the layer's call). One that never runs while its weight is computed with
+otherwise (``x @ fc.weight.T``) outside the attention modules above cannot be counted, and
+``count`` raises :class:`SgcnnError` rather than report zero for it
+(:mod:`sgcnn.metrics._weight_use`). A layer never used costs nothing.
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ import sys
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
+from torch.nn.utils import parametrize
 
 from sgcnn.errors import SgcnnError
+from sgcnn.metrics._weight_use import WeightUse
 from sgcnn.nn._example import example_image
 from sgcnn.nn._modes import eval_mode
 from sgcnn.nn.masked import is_masked
@@ -65,18 +66,20 @@ def _conv_macs(conv: nn.Conv2d, args, kwargs, out: torch.Tensor) -> int:
 
 
 def _linear_macs(linear: nn.Linear, args, kwargs, out: torch.Tensor) -> int:
-    """``MACs = (unmasked weights) x positions`` per image: the output's elements over its
-    first (batch) and last (feature) dimensions, so ``[N, F]`` is one position per image and
-    ``[N, L, F]`` is ``L``; a sequence-first ``[L, 1, F]`` (the example is one item) is ``L``."""
+    """``MACs = (unmasked weights) x positions`` per image. A 2-D output ``[N, F]`` is one
+    row per image (its first dimension the batch: a detector's box head on its proposals costs
+    one row); a larger one, of the one example image, is every position but the features:
+    ``[1, L, F]`` and a sequence-first ``[L, 1, F]`` are ``L``, windows folded into the first
+    dimension (``[W, L, F]``) ``W x L``."""
     return _unmasked_weights(linear) * _positions(out)
 
 
 def _positions(out: torch.Tensor) -> int:
     if out.dim() <= 1:
         return 1
-    if out.dim() >= 3 and out.shape[0] > 1 and out.shape[1] == 1:  # sequence-first
-        return out.numel() // out.shape[-1]
-    return out.numel() // (out.shape[0] * out.shape[-1])
+    if out.dim() == 2:  # [N, F] rows: the batch first, one row per image
+        return out.numel() // (out.shape[0] * out.shape[-1])
+    return out.numel() // out.shape[-1]  # the example is one image: windows folded in count
 
 
 def _arg(args: tuple, kwargs: dict, index: int, name: str) -> torch.Tensor:
@@ -165,57 +168,6 @@ def _rule(module: nn.Module, rules: dict[type, _Rule]) -> _Rule | None:
     return next((r for t, r in rules.items() if isinstance(module, t)), None)
 
 
-# Tensor methods and properties that read a weight's metadata, not its values.
-_METADATA = {"__get__", "size", "dim", "numel", "is_floating_point", "is_complex", "stride",
-             "element_size", "is_contiguous", "data_ptr", "__len__", "type"}  # fmt: skip
-
-
-class _WeightUse(TorchFunctionMode):
-    """Watches the counted layers' weights (``owners``: weight id -> layer names) through the
-    count's forward pass. A weight a layer's own forward uses (its name in ``running``) is that
-    call, counted by its hook. Applied by anything else through ``F.linear`` / ``F.conv2d``
-    (``F.linear(x, self.fc.weight)``), the call is counted as the layer's, MACs from its
-    output as for a module call; any other computation on it is an uncounted use, recorded in
-    ``uncounted`` (layer names). Reading metadata (dtype, shape, device) is no use."""
-
-    def __init__(self, owners: dict[int, list[str]], running: set[str], count_call) -> None:
-        super().__init__()
-        self.owners = owners
-        self.running = running
-        self.count_call = count_call  # (layer name, output of the call) -> None
-        self.uncounted: set[str] = set()
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        if getattr(func, "__name__", "") in _METADATA:
-            return out
-        weight = args[1] if len(args) > 1 else kwargs.get("weight")
-        for value in (*args, *kwargs.values()):
-            names = self.owners.get(id(value)) if isinstance(value, torch.Tensor) else None
-            if not names or any(n in self.running for n in names):
-                continue
-            if func in (F.linear, F.conv2d) and value is weight:
-                self.count_call(names[0], out)
-            else:
-                self.uncounted.add(names[0])
-        return out
-
-
-def _check_counted(uncounted: set[str], counted: dict[str, nn.Module]) -> None:
-    """Raise for a layer whose weight was computed with outside its own forward other than by
-    ``F.linear`` / ``F.conv2d`` (e.g. ``x @ layer.weight.t()``): its FLOPs were not seen. A
-    layer never called whose weight is not used either (an auxiliary head in eval mode, a
-    spare layer) is idle and rightly costs nothing."""
-    for name in sorted(uncounted):
-        raise SgcnnError(
-            f"cannot count the FLOPs of layer {name!r} ({type(counted[name]).__name__}): its "
-            "weight is used outside its forward other than by F.linear / F.conv2d (e.g. a "
-            "matmul with layer.weight); sgcnn counts layers called as modules or applied with "
-            "F.linear / F.conv2d"
-        )
-
-
 @torch.no_grad()
 def count(model: nn.Module, input_size: int | Sequence[int] | torch.Tensor) -> dict:
     """Count ``model``'s Params and FLOPs (MACs) for one image of ``input_size``.
@@ -240,6 +192,7 @@ def count(model: nn.Module, input_size: int | Sequence[int] | torch.Tensor) -> d
     counted: dict[str, nn.Module] = {}
     layers: dict[str, dict] = {}
     running: set[str] = set()  # layers inside their own forward
+    called: set[str] = set()  # layers called as modules
     handles = []
     for name, m in model.named_modules():
         rule = rule_of[id(m)]
@@ -255,6 +208,7 @@ def count(model: nn.Module, input_size: int | Sequence[int] | torch.Tensor) -> d
         def hook(mod, args, kwargs, out, name=name, macs=macs):
             layers[name]["flops"] += macs(mod, args, kwargs, out)  # reads the weight: running
             running.discard(name)
+            called.add(name)
 
         handles.append(m.register_forward_pre_hook(enter))
         handles.append(m.register_forward_hook(hook, with_kwargs=True))
@@ -264,11 +218,13 @@ def count(model: nn.Module, input_size: int | Sequence[int] | torch.Tensor) -> d
         macs = _conv_macs if isinstance(layer, nn.Conv2d) else _linear_macs
         layers[name]["flops"] += macs(layer, (), {}, out)
 
-    owners: dict[int, list[str]] = {}
-    for name, m in counted.items():
-        if isinstance(weight := getattr(m, "weight", None), torch.Tensor):
-            owners.setdefault(id(weight), []).append(name)
-    uses = _WeightUse(owners, running, functional_call)
+    watched = {  # a parametrized weight is made anew at each read: nothing to watch
+        name: m.weight
+        for name, m in counted.items()
+        if isinstance(getattr(m, "weight", None), torch.Tensor)
+        and not parametrize.is_parametrized(m)
+    }
+    uses = WeightUse(watched, running, functional_call)
     try:
         with eval_mode(model), uses:  # the mode also keeps attention off its fast path
             model(example)
@@ -280,7 +236,7 @@ def count(model: nn.Module, input_size: int | Sequence[int] | torch.Tensor) -> d
     finally:
         for h in handles:
             h.remove()
-    _check_counted(uses.uncounted, counted)
+    uses.check(called, {n: type(m).__name__ for n, m in counted.items()})
 
     params = sum(v["params"] for v in layers.values())
     bn = sum(
