@@ -18,7 +18,7 @@ from torch import nn
 from sgcnn.cli import COMMANDS
 from sgcnn.cli._common import positive_int
 from sgcnn.cli._pipeline import add_set_arg, quote, sets_key
-from sgcnn.data.config import as_trained, ignored_normalize_note, same_classes
+from sgcnn.data.config import as_trained, class_names_text, ignored_normalize_note, same_classes
 from sgcnn.deploy._programs import is_program
 from sgcnn.engine.build import build_data, check_fits
 from sgcnn.engine.checkpoint import FORMAT, load_checkpoint, model_from_payload, payload_record
@@ -149,16 +149,11 @@ def _recorded_splits(config: Config, record: dict | None, path: str):
     if record and "classes" in record and not same_classes(record["classes"], splits.classes):
         subset = " (or data.classes in that order)" if config.data.name == "imagefolder" else ""
         raise SgcnnError(
-            f"{path!r} was trained on classes {_names(record['classes'])}, this data has "
-            f"{_names(splits.classes)}: its labels would not mean the same; give that "
-            f"data{subset}"
+            f"{path!r} was trained on classes {class_names_text(record['classes'])}, this "
+            f"data has {class_names_text(splits.classes)}: its labels would not mean the "
+            f"same; give that data{subset}"
         )
     return splits
-
-
-def _names(classes: list) -> str:
-    shown = ", ".join(map(str, classes[:8]))
-    return f"[{shown}{', ...' if len(classes) > 8 else ''}] ({len(classes)})"
 
 
 def _config(args, recipe: dict) -> Config:

@@ -147,7 +147,7 @@ def same_normalize(a, b) -> bool:
     if a is None or b is None:
         return a is None and b is None
     try:
-        return len(a) == len(b) == 2 and all(_close(x, y) for x, y in zip(a, b, strict=True))
+        return len(a) == len(b) == 2 and all(close_values(x, y) for x, y in zip(a, b, strict=True))
     except (TypeError, ValueError):  # not [mean, std] lists of numbers: not alike
         return False
 
@@ -170,7 +170,13 @@ def same_classes(recorded: list, now: list) -> bool:
     return canonical(list(recorded)) == canonical(list(now))
 
 
-def _close(a, b) -> bool:
+def class_names_text(classes) -> str:
+    """Up to 8 class names and the count, for messages: ``[cat, dog, ...] (10)``."""
+    shown = ", ".join(map(str, list(classes)[:8]))
+    return f"[{shown}{', ...' if len(classes) > 8 else ''}] ({len(classes)})"
+
+
+def close_values(a, b) -> bool:
     """Lists of numbers equal to 1e-4 (statistics in [0, 1], saved and read back)."""
     return len(a) == len(b) and all(
         abs(float(x) - float(y)) <= 1e-4 for x, y in zip(a, b, strict=True)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from sgcnn.data import DatasetSplits, build_datasets
-from sgcnn.data.config import same_classes
+from sgcnn.data.config import class_names_text, close_values, same_classes
 from sgcnn.engine.checkpoint import load_checkpoint, model_from_payload, payload_record
 from sgcnn.engine.config import Config
 from sgcnn.errors import SgcnnError
@@ -69,15 +69,16 @@ def check_checkpoint_data(record: dict | None, config: Config, splits: DatasetSp
     recorded = record.get("classes")
     if recorded is not None and not same_classes(recorded, splits.classes):
         raise SgcnnError(
-            f"{source} was trained on classes {_names(recorded)}, but this data has "
-            f"{_names(splits.classes)}: its classifier would give the scores of other classes. "
+            f"{source} was trained on classes {class_names_text(recorded)}, but this data "
+            f"has {class_names_text(splits.classes)}: its classifier would give the scores of "
+            "other classes. "
             "Use the same classes in the same order (data.classes), or `sgcnn transfer` for a "
             "new task (it replaces the classifier)"
         )
     mean, std = record.get("mean"), record.get("std")
     if config.data.normalize is not None or not mean or not std:
         return  # set by the user: that choice stands
-    if _close(mean, splits.mean) and _close(std, splits.std):
+    if close_values(mean, splits.mean) and close_values(std, splits.std):
         return
     what = (
         f"{source} was trained on images normalised with mean {_values(mean)} / std "
@@ -90,19 +91,8 @@ def check_checkpoint_data(record: dict | None, config: Config, splits: DatasetSp
     )
 
 
-def _close(a, b) -> bool:
-    return len(a) == len(b) and all(
-        abs(float(x) - float(y)) <= 1e-4 for x, y in zip(a, b, strict=True)
-    )
-
-
 def _values(values) -> str:
     return "[" + ", ".join(f"{float(v):.6g}" for v in values) + "]"
-
-
-def _names(classes) -> str:
-    shown = ", ".join(map(str, list(classes)[:8]))
-    return f"[{shown}{', ...' if len(classes) > 8 else ''}] ({len(classes)})"
 
 
 @torch.no_grad()
