@@ -109,6 +109,21 @@ def test_a_linear_subclass_with_its_own_forward_stays_dense():
     assert report.skipped == {"2": why} and why in said[0]
 
 
+def test_timms_linear_is_grouped_like_nn_linear():
+    """timm's Linear overrides forward, but only to cast under TorchScript: it is grouped
+    (GhostNet's classifier), and the masked model computes what ``W * M`` gives."""
+    timm = pytest.importorskip("timm")
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), timm.layers.Linear(8, 8), nn.Linear(8, 2))
+    report, said = _group_warned(model, 0.5)
+    assert isinstance(model[2], MaskedLinear) and not report.skipped and not said
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        hidden, fc = F.relu(model[0](x)), model[2]
+        want = F.linear(hidden, fc.weight * fc.weight_mask(), fc.bias)
+        torch.testing.assert_close(fc(hidden), want)
+    assert fc.sparsity() > 0.3
+
+
 def test_from_dense_refuses_a_layer_it_cannot_stand_in_for():
     with pytest.raises(sgcnn.SgcnnError, match="_StdConv2d has its own forward"):
         MaskedConv2d.from_dense(_StdConv2d(4, 4, 3))

@@ -135,6 +135,11 @@ def is_masked(module: nn.Module) -> bool:
     return isinstance(module, MASKED_TYPES)
 
 
+# Subclasses whose forward is the base's in eager mode (checked against their source):
+# timm's Linear only casts the weight to the input's dtype when TorchScript-scripted.
+_SAME_FORWARD = frozenset({"timm.layers.linear.Linear", "timm.models.layers.linear.Linear"})
+
+
 def why_not_maskable(layer: nn.Module) -> str | None:
     """Why a Conv2d / Linear ``layer`` cannot be masked, or None when it can.
 
@@ -143,7 +148,8 @@ def why_not_maskable(layer: nn.Module) -> str | None:
     ``_conv_forward`` (weight standardisation, padding computed at run time), nor a layer under
     ``torch.nn.utils.parametrize`` (``parametrizations.spectral_norm`` / ``weight_norm``),
     whose weight is computed from other tensors. The old-style ``torch.nn.utils.weight_norm``
-    is maskable: its pre-hook sets ``weight`` before the masked forward reads it.
+    is maskable: its pre-hook sets ``weight`` before the masked forward reads it, and so are
+    the few known subclasses whose forward is the base's in eager mode (timm's ``Linear``).
     """
     if is_masked(layer):
         return None
@@ -151,6 +157,8 @@ def why_not_maskable(layer: nn.Module) -> str | None:
         return "its weight is parametrized (torch.nn.utils.parametrize)"
     base = nn.Conv2d if isinstance(layer, nn.Conv2d) else nn.Linear
     cls = type(layer)
+    if "forward" not in vars(layer) and f"{cls.__module__}.{cls.__qualname__}" in _SAME_FORWARD:
+        return None
     own = "forward" in vars(layer) or cls.forward is not base.forward
     if base is nn.Conv2d and cls._conv_forward is not nn.Conv2d._conv_forward:
         own = True
