@@ -382,3 +382,86 @@ def test_windows_folded_into_the_first_dimension_all_count():
         "conv": 12 * 64,
         "qkv": 48 * 64,
     }
+
+
+class _OwnAttention(nn.Module):
+    """timm-style attention written with torch functions: a ``qkv`` linear layer on the pixels
+    of a 1x1 convolution (``L`` tokens of width ``E = 8``, two heads), then ``Q K^T`` and
+    ``A V`` in the way ``how`` names."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.conv = nn.Conv2d(3, 8, 1)
+        self.qkv = nn.Linear(8, 24)
+
+    def forward(self, x):
+        tokens = self.conv(x).flatten(2).transpose(1, 2)  # [1, L, 8]
+        q, k, v = self.qkv(tokens).unflatten(-1, (3, 2, 4)).permute(2, 0, 3, 1, 4)  # [1, 2, L, 4]
+        if self.how == "sdpa":
+            return nn.functional.scaled_dot_product_attention(q, k, v)
+        if self.how == "einsum":
+            scores = torch.einsum("bhld,bhsd->bhls", q, k).softmax(-1)
+            return torch.einsum("bhls,bhsd->bhld", scores, v)
+        if self.how == "bmm":
+            scores = torch.bmm(q.flatten(0, 1), k.flatten(0, 1).transpose(1, 2)).softmax(-1)
+            return torch.bmm(scores, v.flatten(0, 1))
+        return (q @ k.transpose(-2, -1)).softmax(-1) @ v
+
+
+@pytest.mark.parametrize("how", ["matmul", "sdpa", "einsum", "bmm"])
+def test_products_of_activations_count_once_whatever_function_makes_them(how):
+    c = sgcnn.count(_OwnAttention(how), (3, 2, 3))  # L = 6 tokens, E = 8 over two heads
+    by_name = {layer["name"]: layer["flops"] for layer in c["layers"]}
+    assert by_name == {
+        "conv": 3 * 8 * 6,
+        "qkv": 8 * 24 * 6,
+        "_OwnAttention (products)": 2 * 6 * 6 * 8,  # Q K^T and A V: L x S x E each
+    }
+    assert c["flops"] == sum(by_name.values()) and c["params"] == (3 * 8 + 8) + (8 * 24 + 24)
+
+
+def test_products_are_attributed_to_the_module_that_makes_them_and_not_counted_twice():
+    model = nn.Sequential(_OwnAttention("matmul"), _Attend(batch_first=True))
+    model[1].conv = nn.Conv2d(2, 8, 1)  # fed the first block's [1, 2, 6, 4]: 24 tokens
+    c = sgcnn.count(model, (3, 2, 3))
+    by_name = {layer["name"]: layer["flops"] for layer in c["layers"]}
+    assert by_name["0 (products)"] == 2 * 6 * 6 * 8
+    assert "1 (products)" not in by_name and "1.attn (products)" not in by_name  # MHA's own
+    assert by_name["1.attn"] == 3 * 24 * 8 * 8 + 2 * 24 * 24 * 8 + 24 * 8 * 8
+
+
+def test_product_formulas_for_every_function_form():
+    from sgcnn.metrics._products import product_macs
+
+    a, b = torch.randn(2, 3, 4), torch.randn(2, 4, 5)
+    calls = [
+        (torch.matmul, (a, b), {}, 2 * 3 * 5 * 4),
+        (torch.matmul, (torch.randn(4), b), {}, 2 * 5 * 4),
+        (torch.mv, (a[0], torch.randn(4)), {}, 3 * 4),
+        (torch.dot, (torch.randn(4), torch.randn(4)), {}, 4),
+        (torch.baddbmm, (torch.zeros(2, 3, 5), a, b), {}, 2 * 3 * 5 * 4),
+        (torch.addbmm, (torch.zeros(3, 5), a, b), {}, 2 * 3 * 5 * 4),
+        (torch.einsum, ("...ij,...jk", a, b), {}, 2 * 3 * 5 * 4),
+        (torch.einsum, ("bij,bjk->bik", a, b), {}, 2 * 3 * 5 * 4),
+        (torch.einsum, ("bij->bji", a), {}, 0),  # one operand: no product
+    ]
+    for func, args, kwargs, want in calls:
+        assert product_macs(func, args, kwargs, func(*args, **kwargs)) == want, func
+    q, k, v = torch.randn(1, 2, 6, 4), torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 3)
+    out = nn.functional.scaled_dot_product_attention(q, k, v)
+    sdpa = nn.functional.scaled_dot_product_attention
+    assert product_macs(sdpa, (q,), {"key": k, "value": v}, out) == 2 * 6 * 5 * (4 + 3)
+    assert product_macs(torch.add, (a, a), {}, a + a) is None
+
+
+def test_timms_vit_counts_like_torchvisions_same_network():
+    """timm's attention is torch functions in a plain module; torchvision's is
+    ``nn.MultiheadAttention``: the same ViT-Ti/16 counts the same either way."""
+    timm = pytest.importorskip("timm")
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    ours = sgcnn.count(timm.create_model("vit_tiny_patch16_224"), 224)
+    reference = sgcnn.count(VisionTransformer(224, 16, 12, 3, 192, 768), 224)
+    assert (ours["flops"], ours["params"]) == (reference["flops"], reference["params"])
+    assert sum("(products)" in layer["name"] for layer in ours["layers"]) == 12

@@ -71,6 +71,10 @@ class WeightUse(TorchFunctionMode):
         known.extend(n for n in names if n not in known)
         self.alive.append(tensor)
 
+    def is_watched(self, value: object) -> bool:
+        """Whether ``value`` is a watched weight or a view or copy of one."""
+        return isinstance(value, torch.Tensor) and id(value) in self.owners
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)

@@ -10,6 +10,10 @@
   ``S`` keys and model width ``E``, the scores ``Q K^T`` and the weighted sum ``A V`` cost
   ``L x S x E`` MACs each (summed over the heads; per window for windowed attention).
   Softmax, scaling, LayerNorm and position biases are not counted.
+- **Products of two activations** made with torch functions outside those modules (a model's
+  own attention: ``q @ k.transpose(-2, -1)``, ``bmm``, ``einsum``,
+  ``F.scaled_dot_product_attention``) cost ``(output elements) x (summed size)``, one entry
+  ``"<module> (products)"`` per module that makes them (:mod:`sgcnn.metrics._products`).
 - **Params** are the parameters of convolution and linear layers, and the projection weights
   and biases of the attention modules above: weights minus masked ones, plus biases. This
   (BatchNorm left out) is what reproduces the paper's tables for LeNet, ResNet and DenseNet.
@@ -34,6 +38,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from sgcnn.errors import SgcnnError
+from sgcnn.metrics._products import ActivationProducts
 from sgcnn.metrics._weight_use import WeightUse
 from sgcnn.nn._example import example_image
 from sgcnn.nn._modes import eval_mode
@@ -194,6 +199,14 @@ def count(model: nn.Module, input_size: int | Sequence[int] | torch.Tensor) -> d
     running: set[str] = set()  # layers inside their own forward
     called: set[str] = set()  # layers called as modules
     handles = []
+    stack: list[str] = [""]  # the modules inside their forward, innermost last
+
+    def leave(*_) -> None:
+        stack.pop()
+
+    for name, m in model.named_modules():
+        handles.append(m.register_forward_pre_hook(lambda *_, name=name: stack.append(name)))
+        handles.append(m.register_forward_hook(leave, always_call=True))
     for name, m in model.named_modules():
         rule = rule_of[id(m)]
         if rule is None or id(m) in inside:
@@ -225,8 +238,9 @@ def count(model: nn.Module, input_size: int | Sequence[int] | torch.Tensor) -> d
         and not parametrize.is_parametrized(m)
     }
     uses = WeightUse(watched, running, functional_call)
-    try:
-        with eval_mode(model), uses:  # the mode also keeps attention off its fast path
+    products = ActivationProducts(lambda: stack[-1], running, uses.is_watched)
+    try:  # eval mode also keeps attention off its fast path
+        with eval_mode(model), uses, products:
             model(example)
     except Exception as err:
         raise SgcnnError(
@@ -237,6 +251,9 @@ def count(model: nn.Module, input_size: int | Sequence[int] | torch.Tensor) -> d
         for h in handles:
             h.remove()
     uses.check(called, {n: type(m).__name__ for n, m in counted.items()})
+    for owner, macs in products.macs.items():
+        name = f"{owner or type(model).__name__} (products)"
+        layers[name] = {"name": name, "params": 0, "flops": macs}
 
     params = sum(v["params"] for v in layers.values())
     bn = sum(
