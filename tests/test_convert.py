@@ -434,6 +434,37 @@ def test_memory_planning_between_native_layers_is_exact_and_leaves_input_alone()
     assert torch.equal(x, before)
 
 
+class _OneConvResidual(nn.Module):
+    """``relu(bn(b(x)) + x)`` with ``x`` from another convolution (EDSR's block): ``x`` is
+    read twice by one node, so no padded hand-off may change it; or ``b`` applied twice,
+    ``relu(b(b(x)) + x)``: each call is its own module after fusion, the hand-off between them
+    stays."""
+
+    def __init__(self, twice: bool) -> None:
+        super().__init__()
+        self.twice = twice
+        self.stem, self.a, self.b = (nn.Conv2d(c, 16, 3, padding=1) for c in (3, 16, 16))
+        self.bn = nn.BatchNorm2d(16)
+
+    def forward(self, x):
+        x = torch.relu(self.a(torch.relu(self.stem(x))))
+        y = self.b(self.b(x)) if self.twice else self.bn(self.b(x))
+        return torch.relu(y + x)
+
+
+@pytest.mark.skipif(not _native.available(), reason="native kernel unavailable")
+@pytest.mark.parametrize("twice", [False, True], ids=["residual-is-the-input", "layer-twice"])
+def test_a_producer_read_twice_or_a_layer_run_twice_keeps_its_own_output(twice):
+    model = _OneConvResidual(twice).eval()
+    sgcnn.self_group_(model, 0.5, groups=4, kmeans=FAST_KMEANS, default_exclusions=False)
+    converted = convert(model, torch.randn(2, 3, 16, 16), tune=False, realizations=("native",))
+    assert isinstance(converted.get_submodule("b"), fast.NativeGroupConv2d)
+    assert not converted.get_submodule("b").input_padded
+    if twice:  # the second call reads the first's padded output
+        assert converted.get_submodule("b_1").input_padded
+    _assert_equivalent(converted, model, torch.randn(3, 3, 16, 16))
+
+
 def test_flop_counter_agrees_with_count_apart_from_reported_padding():
     for name, allowed in (("test_resnet", None), ("lenet5", ("grouped", "dense"))):
         masked, x = _grouped(name)

@@ -20,8 +20,13 @@ def _plan_memory(gm: fx.GraphModule) -> None:
       a fast module and every other reader of it runs earlier, the layer accumulates into it
       instead of allocating (and page-faulting in) a new output.
     """
-    modules = dict(gm.named_modules())
+    modules = dict(gm.named_modules())  # (fusion gave every call site its own module)
     order = {node: i for i, node in enumerate(gm.graph.nodes)}
+
+    def only_reader(producer: fx.Node, node: fx.Node) -> bool:
+        """``node`` reads ``producer``'s output once, as its input, and nothing else does."""
+        uses = [a for a in (*node.args, *node.kwargs.values()) if a is producer]
+        return len(producer.users) == 1 and len(uses) == 1 and node.args[0] is producer
 
     def fast_call(node) -> bool:
         return (
@@ -42,7 +47,7 @@ def _plan_memory(gm: fx.GraphModule) -> None:
             and layer.stride == (1, 1)
             and fast_call(producer)
             and isinstance(modules[producer.target], F_.NativeGroupConv2d)
-            and len(producer.users) == 1
+            and only_reader(producer, node)
         ):
             source = modules[producer.target]
             if source.out_pad == (0, 0) and not source.accumulate:
