@@ -1,5 +1,6 @@
 """Converted models compute exactly what the masked models compute."""
 
+import copy
 import operator
 import sys
 
@@ -11,7 +12,9 @@ from torch.utils.flop_counter import FlopCounterMode
 import sgcnn
 from _shared import FAST_KMEANS
 from sgcnn.deploy import _native, fast
+from sgcnn.deploy._convert_checks import check_equivalent
 from sgcnn.deploy.convert import convert, fuse_dense
+from sgcnn.errors import SgcnnError
 from sgcnn.models.registry import model_entry
 
 ATOL, RTOL = 1e-5, 1e-4
@@ -945,3 +948,28 @@ def test_forward_hooks_on_the_model_are_warned_about():
     model.layer1.register_forward_hook(lambda m, i, o: seen.append(o.shape))
     with pytest.warns(UserWarning, match="forward hooks on layer1 may not run"):
         convert(model.eval(), torch.randn(2, 3, 16, 16), tune=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_model_converts_within_its_own_precision(dtype):
+    """Its check allows what two summation orders of one fp16 / bf16 network differ by, and no
+    more: the conversion is as close to the fp64 result as the masked model itself."""
+    masked, x = _grouped("resnet20", size=16)
+    masked = masked.to(dtype)
+    converted = convert(masked, x.to(dtype), tune=False)
+    x_new = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        exact = copy.deepcopy(masked).double()(x_new.to(dtype).double())
+        own = (masked(x_new.to(dtype)).double() - exact).abs().max()
+        ours = (converted(x_new.to(dtype)).double() - exact).abs().max()
+    assert ours <= 4 * own + 1e-3 * exact.abs().max()
+    with torch.no_grad():
+        reference = masked(x.to(dtype))
+    shift = 0.05 * float(reference.abs().max())  # off by 5 % of the scale: still a failure
+
+    class _Off(nn.Module):
+        def forward(self, inputs):
+            return converted(inputs) + shift
+
+    with pytest.raises(SgcnnError, match="differs from the masked model"):
+        check_equivalent(_Off(), reference, x.to(dtype))
