@@ -59,11 +59,21 @@ def test_second_conversion_reuses_every_measurement(cache, model, monkeypatch):
     assert len(calls) > measured
 
 
-def test_corrupt_cache_file_warns_and_is_measured_again_and_rewritten(cache, model, monkeypatch):
+@pytest.mark.parametrize(
+    "damaged",
+    [
+        '{"format": "sgcnn.tuning", "entries": {"x": ',  # cut short
+        '{"format": "sgcnn.tuning", "entries": ' + "[" * 100_000 + "]" * 100_000 + "}",  # deep
+    ],
+    ids=["cut-short", "nested-too-deep"],
+)
+def test_corrupt_cache_file_warns_and_is_measured_again_and_rewritten(
+    cache, model, monkeypatch, damaged
+):
     m, x = model
     convert(m, x)
     (path,) = cache.glob("*.json")
-    path.write_text('{"format": "sgcnn.tuning", "entries": {"x": ')  # cut short
+    path.write_text(damaged)
     calls = _count_timings(monkeypatch)
     with pytest.warns(UserWarning, match="ignoring the tuning cache"):
         convert(m, x)

@@ -267,7 +267,7 @@ def _read(path: Path) -> dict:
         if not isinstance(entries, dict):
             raise ValueError("no entries")
         return entries
-    except (OSError, UnicodeDecodeError, ValueError) as err:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:  # (nested too deep)
         warnings.warn(
             f"ignoring the tuning cache {path} ({err}); its layers are measured again "
             "and the file rewritten",
