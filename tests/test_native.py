@@ -2,6 +2,7 @@
 source, and fast modules give their layer back without keeping a dense copy."""
 
 import io
+import warnings
 from importlib import resources
 
 import pytest
@@ -198,6 +199,29 @@ def test_a_damaged_cached_build_is_rebuilt(tmp_path, monkeypatch):
     monkeypatch.setattr(_native_build, "_error", None)
     assert _native.available(), _native.unavailable_reason()
     assert path.read_bytes()[:4] == b"\x7fELF"
+
+
+def test_kernels_unavailable_for_a_fault_say_so_and_for_the_machine_stay_silent(
+    tmp_path, monkeypatch
+):
+    """A cache folder the build cannot be written to costs the native speed: a warning
+    names it. Kernels turned off with SGCNN_NATIVE=0 (or no compiler, no AVX2) are silent."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("SGCNN_CACHE", str(blocker))  # the build would go under a file
+    monkeypatch.setenv("CC", "cc")
+    monkeypatch.delenv("SGCNN_NATIVE", raising=False)
+    monkeypatch.setattr(_native_build, "_lib", None)
+    monkeypatch.setattr(_native_build, "_error", None)
+    monkeypatch.setattr(_native_build.platform, "machine", lambda: "x86_64")
+    with pytest.warns(UserWarning, match="native kernels are unavailable .*SGCNN_CACHE"):
+        assert not _native.available()
+    monkeypatch.setattr(_native_build, "_error", None)
+    monkeypatch.setenv("SGCNN_NATIVE", "0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not _native.available()
+    assert _native.unavailable_reason() == "disabled by SGCNN_NATIVE=0"
 
 
 # ------------------------------------------------------------------ call plans

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -61,10 +62,16 @@ def _cache_root() -> Path:
     return cache_dir()
 
 
+class _NotHere(RuntimeError):
+    """A reason the kernels cannot run that is the machine's, not a fault: disabled, no
+    x86-64 CPU, no compiler, no AVX2. Any other (a cache folder the build cannot be written
+    to, a failed compile) is told in a warning."""
+
+
 def _compiler() -> str:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
-        raise RuntimeError("no C compiler found (set CC or install gcc)")
+        raise _NotHere("no C compiler found (set CC or install gcc)")
     return compiler
 
 
@@ -125,9 +132,9 @@ def _load() -> ctypes.CDLL | None:
             return _lib
         try:
             if os.environ.get("SGCNN_NATIVE", "1") == "0":
-                raise RuntimeError("disabled by SGCNN_NATIVE=0")
+                raise _NotHere("disabled by SGCNN_NATIVE=0")
             if platform.machine().lower() not in ("x86_64", "amd64"):
-                raise RuntimeError(f"needs an x86-64 CPU, this is {platform.machine()}")
+                raise _NotHere(f"needs an x86-64 CPU, this is {platform.machine()}")
             compiler = _compiler()
             key = _build_key(compiler)
             path = _cache_root() / "kernels" / key / "libsgcnn_dg.so"
@@ -140,7 +147,7 @@ def _load() -> ctypes.CDLL | None:
                 _compile(compiler, path)
                 lib = ctypes.CDLL(str(path))
             if not lib.sg_supported():
-                raise RuntimeError("this CPU lacks the AVX2 + FMA (or AVX-512F) the kernel needs")
+                raise _NotHere("this CPU lacks the AVX2 + FMA (or AVX-512F) the kernel needs")
             i64, p = ctypes.c_int64, ctypes.c_void_p
             for name in ("sg_lanes", "sg_max_block", "sg_max_rows", "sg_geometry_size"):
                 getattr(lib, name).restype = i64
@@ -157,6 +164,13 @@ def _load() -> ctypes.CDLL | None:
             _lib, _key = lib, key
         except (OSError, RuntimeError) as err:
             _error = str(err)
+            if not isinstance(err, _NotHere):
+                warnings.warn(
+                    f"sgcnn's native kernels are unavailable ({err}); conversion uses the "
+                    "slower realizations. Set SGCNN_CACHE to a writable folder (the kernels "
+                    "are built there), or SGCNN_NATIVE=0 to silence this",
+                    stacklevel=2,
+                )
         return _lib
 
 
