@@ -422,6 +422,63 @@ def test_a_traced_program_refuses_an_input_with_fewer_channels(kind):
             traced(torch.randn(1, 8, 6, 6))
 
 
+def _op_call(module, x, **tables):
+    """The operator call a traced program makes for ``module``, with tables replaced."""
+    args = {n: getattr(module, n) for n in ("entries", "weights", "chunks", "rowmap", "bias")}
+    args.update(tables)
+    op = getattr(torch.ops.sgcnn, _native.OPERATORS[module.tile])
+    return op(x, *args.values(), None, *_native.op_args(module.geometry()), module.relu)
+
+
+@needs_native
+@pytest.mark.parametrize("kind", ["native", "winograd"])
+def test_operators_refuse_tables_that_would_index_outside_their_buffers(kind):
+    """A saved program hands the operators its own tables: each one the kernel would follow
+    outside its buffers is refused, also after a table was checked and then written to."""
+    module = fast.CONV_REALIZATIONS[kind].from_masked(_grouped_layer())
+    x = torch.randn(1, 16, 6, 6)
+    with torch.no_grad():
+        _close(_op_call(module, x), module(x))
+        chunks = module.chunks.clone()
+        bad = {
+            "rowmap": module.rowmap.clone().fill_(32),
+            "chunks": chunks.clone().index_fill_(1, torch.tensor([3]), 17),  # rows > RMAX
+            "bias": module.bias[:-1].clone(),
+            "weights": module.weights[:-1].clone(),
+            "entries": module.entries.to(torch.int64),
+        }
+        for name, table in bad.items():
+            with pytest.raises(SgcnnError, match="not written by sgcnn"):
+                _op_call(module, x, **{name: table})
+        _close(_op_call(module, x, chunks=chunks), module(x))  # checked, cached
+        chunks[0, 1] = module.entries.shape[0]  # then edited in place: checked again
+        with pytest.raises(SgcnnError, match="chunks point outside"):
+            _op_call(module, x, chunks=chunks)
+
+
+@needs_native
+def test_pool_operator_refuses_what_its_kernel_cannot_read():
+    x = torch.randn(1, 2, 6, 6)
+    for args in [(x.double(), [3, 3], [2, 2], [0, 0]), (x, [3, -3], [2, 2], [0, 0]),
+                 (x, [3, 3], [0, 2], [0, 0]), (x, [3, 3], [2, 2], [-1, 0])]:  # fmt: skip
+        with pytest.raises(SgcnnError, match="max pooling"):
+            torch.ops.sgcnn.max_pool2d(*args, False)
+    torch.testing.assert_close(
+        torch.ops.sgcnn.max_pool2d(x, [3, 3], [2, 2], [1, 1], False),
+        nn.functional.max_pool2d(x, 3, 2, 1),
+    )
+
+
+def test_a_plane_too_wide_for_the_direct_kernel_is_refused():
+    """The direct kernel keeps a tap's offset in 24 bits: a vertical dilation that large on
+    a wide input would wrap, so a call plan for that shape is refused (before any input
+    memory is read)."""
+    geo = _native.Geometry(8, (3, 3), padding=(1, 1), dilation=(3000, 1))
+    _native.Plan(geo, (1, 2, 6001, 2700))  # offsets up to 2 x 3000 x 2702 + 2: within 2^24
+    with pytest.raises(SgcnnError, match="too large for the native kernel"):
+        _native.Plan(geo, (1, 2, 6001, 2800))
+
+
 @needs_native
 @pytest.mark.parametrize("kind", ["native", "winograd"])
 def test_native_layers_refuse_other_dtypes_and_a_backward_pass(kind):

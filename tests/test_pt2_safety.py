@@ -14,6 +14,7 @@ import sgcnn
 from _shared import FAST_KMEANS
 from sgcnn.cli.main import main
 from sgcnn.deploy import export
+from sgcnn.deploy._native import available as _native_available
 from sgcnn.engine.checkpoint import model_payload, save_checkpoint
 
 
@@ -251,3 +252,45 @@ def test_powers_in_shape_expressions_are_refused():
     assert _safe_expression("Mul(Integer(7), Symbol('s77', positive=True, integer=True))")
     for text in ("9**9**9**9", "Pow(Integer(9), Pow(Integer(9), Integer(9)))", "x" * 5000):
         assert not _safe_expression(text)
+
+
+def _edit_table(table, edit):
+    """Rewrite the values (not the shape) of the table ``table`` of the first direct native
+    layer (``entries`` [E, 3]): ``edit(tensor)`` changes it in place."""
+
+    def change(m):
+        config = json.loads(m["data/weights/model_weights_config.json"])["config"]
+        layer = next(
+            n.removesuffix(".entries")
+            for n, v in config.items()
+            if n.endswith(".entries") and len(v["tensor_meta"]["sizes"]) == 2
+        )
+        entry = config[f"{layer}.{table}"]
+        dtype = {4: torch.int32, 5: torch.int64}[entry["tensor_meta"]["dtype"]]
+        path = "data/weights/" + entry["path_name"]
+        values = torch.frombuffer(bytearray(m[path]), dtype=dtype).clone()
+        edit(values)
+        m[path] = values.numpy().tobytes()
+
+    return change
+
+
+TABLE_EDITS = {  # each one, unguarded, is a read or write outside the kernel's buffers
+    "rowmap-out-of-range": ("rowmap", lambda t: t.fill_(1 << 36)),
+    "entries-negative-channel": ("entries", lambda t: t.view(-1, 3)[:, 0].fill_(-4)),
+    "entries-tap-outside-kernel": ("entries", lambda t: t.view(-1, 3)[:, 1].fill_(9)),
+    "chunk-of-no-rows": ("chunks", lambda t: t.view(-1, 5)[:, 3].fill_(0)),
+    "chunk-weights-beyond": ("chunks", lambda t: t.view(-1, 5)[:, 2].add_(1 << 30)),
+}
+
+
+@pytest.mark.skipif(not _native_available(), reason="native kernel unavailable")
+@pytest.mark.parametrize("edit", list(TABLE_EDITS))
+def test_a_program_with_edited_kernel_tables_is_refused_when_it_runs(edit, genuine, tmp_path):
+    """The archive is well formed, so it loads; its first call refuses instead of letting
+    the native kernel index memory with the file's values."""
+    table, change = TABLE_EDITS[edit]
+    crafted = _rewrite(genuine, tmp_path / "tables.pt2", _edit_table(table, change))
+    module = export.load(crafted)
+    with pytest.raises(sgcnn.SgcnnError, match=r"not written by sgcnn\.convert"):
+        module(torch.randn(2, 3, 16, 16))

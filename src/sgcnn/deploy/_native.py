@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import ctypes
 import math
-import weakref
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +57,7 @@ from sgcnn.deploy._native_build import (
     max_block,
     unavailable_reason,
 )
+from sgcnn.deploy._native_guard import RMAX, SLACK, check_input, check_pool, check_tables
 from sgcnn.errors import SgcnnError
 
 __all__ = [
@@ -87,9 +87,6 @@ __all__ = [
     "wino_conv2d",
     "wino_conv2d_accumulate_",
 ]
-
-RMAX = 16  # filters per chunk, at most
-SLACK = 80  # floats readable past the end of an output, zeros (see conv2d)
 
 
 @dataclass(frozen=True)
@@ -159,6 +156,12 @@ class Plan:
         b, n, h, w = self.shape  # a residual is the output without its border
         self.residual_shape = (b, n, h - 2 * geo.border[0], w - 2 * geo.border[1])
         self.numel = math.prod(self.shape)
+        if _largest_shift(geo, x_shape) >= 1 << 24:  # the direct kernel packs it in 24 bits
+            raise SgcnnError(
+                f"an input of {x_shape[2]}x{x_shape[3]} is too large for the native kernel with "
+                f"a {geo.kernel[0]}x{geo.kernel[1]} kernel and dilation {geo.dilation}; "
+                "convert with realizations=('dense',) for such inputs"
+            )
         self.c_geo = geo.c_struct(x_shape)
         self.c_ref = ctypes.byref(self.c_geo)
         self._static = None  # the kernel and the layer's own arguments (see call)
@@ -198,6 +201,17 @@ class Plan:
         size = flat.element_size()
         ctypes.memset(flat.data_ptr() + self.numel * size, 0, SLACK * size)
         return out
+
+
+def _largest_shift(geo: Geometry, x_shape) -> int:
+    """The largest distance, in floats, between a tap's run and its channel's row in the
+    direct kernel's source (the input itself, or its padded polyphase split)."""
+    w = x_shape[3]
+    (kh, kw), (sh, sw), (dh, dw) = geo.kernel, geo.stride, geo.dilation
+    if geo.stride == (1, 1) and geo.padding == (0, 0) and (kh * kw == 1 or geo.input_padded):
+        return (kh - 1) * dh * w + (kw - 1) * dw
+    wq = -(-(w + 2 * geo.padding[1]) // sw)
+    return (kh - 1) * dh // sh * wq + (kw - 1) * dw // sw
 
 
 def _check_layer_tensors(weights: torch.Tensor, bias: torch.Tensor) -> None:
@@ -331,37 +345,11 @@ _GEOMETRY = (
 )
 
 
-_MAX_CHANNEL: dict[int, tuple[weakref.ref, int]] = {}  # id(entries) -> (entries, its largest)
-
-
-def _max_channel(entries: torch.Tensor, tile: int) -> int:
-    """The largest input channel a layer's ``entries`` read (-1: none), computed once per
-    entries tensor (a saved program passes the same constant on every call; the reduction
-    took about 16 us on a large layer)."""
-    hit = _MAX_CHANNEL.get(id(entries))
-    if hit is not None and hit[0]() is entries:
-        return hit[1]
-    channels = entries if tile else entries[:, 0]
-    value = int(channels.max()) if channels.numel() else -1
-    if len(_MAX_CHANNEL) > 4096:  # forget dead layers' entries now and then
-        for key in [k for k, (ref, _) in _MAX_CHANNEL.items() if ref() is None]:
-            del _MAX_CHANNEL[key]
-    _MAX_CHANNEL[id(entries)] = (weakref.ref(entries), value)
-    return value
-
-
-def _check_channels(x: torch.Tensor, entries: torch.Tensor, tile: int) -> None:
-    """The operators' guard (a traced or saved program calls them without the fast module's
-    own check of the input): a float32 CPU input with every channel the kernel reads."""
-    if x.dim() != 4:
-        raise SgcnnError(f"expected a 4-D input [batch, channels, height, width]: {x.shape}")
-    if x.dtype != torch.float32 or x.device.type != "cpu":
-        raise SgcnnError(f"the native kernel computes float32 on the CPU: {x.dtype} on {x.device}")
-    if _max_channel(entries, tile) >= x.shape[1]:
-        raise SgcnnError(
-            f"this layer reads input channel {_max_channel(entries, tile)}, but the input has "
-            f"{x.shape[1]} channels; run the program on inputs shaped like its example"
-        )
+def _guard(x, entries, weights, chunks, rowmap, bias, geo: Geometry, tile: int) -> None:
+    """The operators' checks (a traced or saved program calls them without the fast module's
+    own): :mod:`sgcnn.deploy._native_guard`."""
+    largest = check_tables(entries, weights, chunks, rowmap, bias, geo, tile)
+    check_input(x, largest, geo)
 
 
 def _register(tile: int, flops_per_weight) -> tuple:
@@ -376,7 +364,7 @@ def _register(tile: int, flops_per_weight) -> tuple:
     )
     def op(x, entries, weights, chunks, rowmap, bias, residual, *geo_relu) -> torch.Tensor:
         geo, relu = _geo(*geo_relu[:-1]), geo_relu[-1]
-        _check_channels(x, entries, tile)
+        _guard(x, entries, weights, chunks, rowmap, bias, geo, tile)
         return conv2d(x, entries, weights, chunks, rowmap, bias, residual, geo, relu, tile=tile)
 
     @op.register_fake
@@ -390,7 +378,7 @@ def _register(tile: int, flops_per_weight) -> tuple:
     )
     def op_acc(residual, x, entries, weights, chunks, rowmap, bias, *geo_relu) -> None:
         geo, relu = _geo(*geo_relu[:-1]), geo_relu[-1]
-        _check_channels(x, entries, tile)
+        _guard(x, entries, weights, chunks, rowmap, bias, geo, tile)
         accumulate_(residual, x, entries, weights, chunks, rowmap, bias, geo, relu, tile)
 
     @op_acc.register_fake
@@ -478,6 +466,7 @@ def max_pool2d_op(
     x: torch.Tensor, kernel: list[int], stride: list[int], padding: list[int], ceil_mode: bool
 ) -> torch.Tensor:
     """:func:`max_pool2d` as the operator ``sgcnn::max_pool2d``."""
+    check_pool(x, kernel, stride, padding)
     return max_pool2d(x, kernel, stride, padding, ceil_mode)
 
 
