@@ -23,6 +23,8 @@ from sgcnn.data import imagefolder as imagefolder_module
 from sgcnn.data.cache import archive_key
 from sgcnn.data.splits import stratified_split
 from sgcnn.data.tensor_dataset import Augment, _augment
+from sgcnn.engine.build import build_data
+from sgcnn.engine.config import Config
 from sgcnn.errors import SgcnnError
 
 CIFAR_ARCHIVE = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.tar.gz"
@@ -243,6 +245,25 @@ def test_imagefolder_grayscale_images_have_one_channel(tmp_path):
     root = _tree(tmp_path / "tree", {"train": 4, "test": 1}, mode="L")
     splits = build_datasets(DataConfig(name="imagefolder", root=str(root), image_size=16))
     assert splits.input_size == (1, 16, 16) and splits.train[0][0].shape == (1, 16, 16)
+
+
+def test_grayscale_images_are_rgb_for_a_model_of_three_channels(tmp_path):
+    """Small gray images had one channel whatever the model (large ones are always RGB): a
+    ResNet, or a transfer from one, could not use them, whatever the user set."""
+    root = _tree(tmp_path / "tree", {"train": 4, "test": 1}, mode="L")
+    config = DataConfig(name="imagefolder", root=str(root), augment=False)
+    gray = build_datasets(config, model_channels=1)
+    rgb = build_datasets(config, model_channels=3)
+    assert gray.input_size == (1, 12, 12) and rgb.input_size == (3, 12, 12)
+    x_gray, label = gray.test[0]
+    x_rgb, same = rgb.test[0]
+    assert label == same and x_rgb.shape == (3, 12, 12)
+    for c in range(3):  # the gray plane in every channel, normalised alike
+        torch.testing.assert_close(_denormalise(x_rgb, rgb)[c], _denormalise(x_gray, gray)[0])
+    for model, channels in (("test_resnet", 3), ("lenet5", 1)):  # the pipeline's choice
+        cfg = Config()
+        cfg.model.name, cfg.data = model, config
+        assert build_data(cfg).input_size[0] == channels
 
 
 def test_an_rgb_tree_whose_first_image_is_grayscale_stays_rgb(tmp_path):

@@ -26,15 +26,20 @@ def list_datasets() -> list[str]:
     return sorted(_BUILDERS)
 
 
-def build_datasets(config: DataConfig) -> DatasetSplits:
+def build_datasets(config: DataConfig, model_channels: int | None = None) -> DatasetSplits:
     """Train / validation / test splits of the dataset ``config`` describes.
 
     Items are ``(float32 [C, H, W] normalised, int label)``; the validation split never comes
     from the test data and is never augmented. Every user mistake (unknown name, bad fraction,
-    missing or corrupt data) raises :class:`SgcnnError` saying what to do.
+    missing or corrupt data) raises :class:`SgcnnError` saying what to do. ``model_channels``:
+    the channels of the model the data is for; an image folder of grayscale images is given
+    as RGB to a model of 3 channels (as large images always are).
     """
     _check(config)
-    splits = _BUILDERS[config.name](config)
+    if config.name == "imagefolder":
+        splits = build_imagefolder(config, model_channels)
+    else:
+        splits = _BUILDERS[config.name](config)
     return splits if config.normalize is None else _normalised(splits, config.normalize)
 
 

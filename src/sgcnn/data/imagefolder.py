@@ -12,7 +12,8 @@ Class names are the subfolders of ``train/`` (sorted; label = position), or the 
 images may sit in nested folders below them. Small images (both sides <= 64 px, like CIFAR) are
 decoded once into a uint8 tensor, cached on disk, and served with CIFAR-style augmentation
 (random crop with padding 4 + flip) and per-channel mean / std measured on the training split
-(``train/`` less any validation images carved from it). Larger
+(``train/`` less any validation images carved from it); they are one channel when every
+image is grayscale, unless the model takes 3 (``model_channels``). Larger
 images are decoded per item with ImageNet-style transforms
 (:func:`~sgcnn.data.file_dataset.imagenet_transforms`).
 """
@@ -59,8 +60,9 @@ _DECODED_KEYS = {"images", "labels", "mean", "std"}
 Sample = tuple[str, int, int, int]  # (path, label, size in bytes, mtime in ns)
 
 
-def build_imagefolder(config: DataConfig) -> DatasetSplits:
-    """The three splits of the tree at ``config.root`` (see the module docstring)."""
+def build_imagefolder(config: DataConfig, model_channels: int | None = None) -> DatasetSplits:
+    """The three splits of the tree at ``config.root`` (see the module docstring); grayscale
+    images are given as RGB when the model takes 3 channels (``model_channels``)."""
     tree = find_tree(config)
     classes = _class_names(tree / "train")
     skip: set[str] = set()
@@ -83,6 +85,8 @@ def build_imagefolder(config: DataConfig) -> DatasetSplits:
             "folders (validation is then carved from train/)."
         )
     width, height, channels = _probe(train)
+    if channels == 1 and model_channels == 3:  # gray images for a model of colour images
+        channels = 3
     if max(width, height) <= SMALL_IMAGE_MAX:
         return _small_splits(config, tree, classes, train, held, (channels, height, width))
     return _large_splits(config, classes, train, held)

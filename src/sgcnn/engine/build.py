@@ -24,8 +24,14 @@ from sgcnn.nn._modes import eval_mode
 
 
 def build_data(config: Config) -> DatasetSplits:
-    """The train / validation / test splits of ``config.data``; an empty split is an error."""
-    splits = build_datasets(config.data)
+    """The train / validation / test splits of ``config.data`` for ``config.model`` (an image
+    folder of grayscale images is given as RGB to a registered model of 3 channels); an empty
+    split is an error."""
+    try:
+        model_channels = model_entry(config.model.name).input_size[0]
+    except SgcnnError:  # an unknown model is reported where the model is built
+        model_channels = None
+    splits = build_datasets(config.data, model_channels)
     if len(splits.train) == 0:
         raise SgcnnError(f"dataset {config.data.name!r} has an empty training split")
     if len(splits.test) == 0:
