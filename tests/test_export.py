@@ -120,6 +120,24 @@ def test_export_errors_are_clear(tmp_path):
         sgcnn.load(garbage)
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+def test_an_unwritable_path_is_refused_before_any_conversion(fmt, tmp_path, monkeypatch):
+    """An existing file (overwrite=False) or a folder as path is refused before the model is
+    converted and traced, in the words of the API."""
+    from sgcnn.deploy import export as export_module
+
+    model, x = _grouped_local()
+    monkeypatch.setattr(export_module, "_converted", lambda *a, **k: pytest.fail("converted"))
+    existing = tmp_path / f"m.{fmt}"
+    existing.write_bytes(b"keep me")
+    with pytest.raises(sgcnn.SgcnnError, match=r"already exists; pass overwrite=True"):
+        sgcnn.export(model, existing, x, overwrite=False)
+    assert existing.read_bytes() == b"keep me"
+    (tmp_path / f"d.{fmt}").mkdir()
+    with pytest.raises(sgcnn.SgcnnError, match="is a folder"):
+        sgcnn.export(model, tmp_path / f"d.{fmt}", x)
+
+
 class ReadsValues(nn.Module):
     """Self-grouped LocalNet whose head goes through Python floats: a tracer records the
     values of the example as constants, so the exported program ignores its input."""

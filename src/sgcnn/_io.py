@@ -60,14 +60,17 @@ def _check_parent(path: Path, flag: str) -> None:
     os.unlink(probe)
 
 
-def check_output_path(path: str | os.PathLike, overwrite: bool, flag: str = "--output") -> Path:
-    """Fail early unless ``path`` can be written as a file (see the module docstring)."""
+def check_output_path(
+    path: str | os.PathLike, overwrite: bool, flag: str = "--output", switch: str = "--overwrite"
+) -> Path:
+    """Fail early unless ``path`` can be written as a file (see the module docstring);
+    ``switch`` is what the caller sets to replace an existing file."""
     path = Path(path)
     if path.is_dir():
         raise SgcnnError(f"{flag} {str(path)!r} is a folder; give the name of a file to write")
     if path.exists() and not overwrite:
         raise SgcnnError(
-            f"{flag} {str(path)!r} already exists; pass --overwrite to replace it, or choose "
+            f"{flag} {str(path)!r} already exists; pass {switch} to replace it, or choose "
             "another name"
         )
     _check_parent(path, flag)

@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sgcnn._io import atomic_write
+from sgcnn._io import atomic_write, check_output_path
 from sgcnn.deploy import fast
 from sgcnn.deploy._convert_checks import example_tensor, output_tensors, run_checked
 from sgcnn.deploy._pt2_check import check_pt2
@@ -185,7 +185,7 @@ def save(
     "dynamic_batch"}``; the difference is the reloaded program's output against the model's
     on a new input.
     """
-    path = Path(path)
+    path = check_output_path(path, overwrite, "path", "overwrite=True")  # before the work
     record = _checked_record(data)
     x = example_tensor(example_input, _device_of(model))
     if dynamic_batch and x.shape[0] > MAX_BATCH:
@@ -367,7 +367,7 @@ def export_onnx(
     ``{"path", "max_abs_diff"}``, the difference of onnxruntime's output from PyTorch's on a
     new input of another batch size (``None`` when ``verify`` is false). ``verify`` needs
     onnxruntime: without it nothing is converted or written."""
-    path = Path(path)
+    path = check_output_path(path, overwrite, "path", "overwrite=True")  # before the work
     ort = _onnxruntime() if verify else None
     record = _checked_record(data)
     onnx = _onnx_package() if record is not None else None  # before any work
