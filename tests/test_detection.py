@@ -387,3 +387,79 @@ def test_a_shape_hidden_by_later_ones_gets_no_box():
     ]
     _, boxes = _paint(Image.new("RGB", (64, 64)), shapes)
     assert boxes == [(1, (40, 40, 56, 56)), (2, (5, 5, 40, 40)), (2, (48, 48, 64, 64))]
+
+
+def test_16_bit_grayscale_images_are_scaled_not_clipped(shapes, tmp_path):
+    """A 16-bit PNG (PIL mode I;16) loads as its 8-bit picture, as in classification (a plain
+    convert("RGB") clipped it at 255: all white); a 32-bit float image is one clear error."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "val16"
+    folder.mkdir()
+    gray = {}
+    for path in (shapes / "val").iterdir():
+        gray[path.name] = np.asarray(Image.open(path).convert("L"))
+        Image.fromarray(gray[path.name].astype(np.uint16) * 257).save(folder / path.name)
+    data = load_coco(folder, shapes / "val.json")
+    assert Image.open(data.images[0]["path"]).mode.startswith("I")
+    x, _ = data[0]
+    expected = torch.from_numpy(gray[Path(data.images[0]["path"]).name].copy()).float() / 255
+    assert torch.equal(x, expected.expand(3, -1, -1))
+    Image.fromarray(gray[Path(data.images[0]["path"]).name].astype(np.float32)).save(
+        data.images[0]["path"], format="TIFF"
+    )
+    with pytest.raises(sgcnn.SgcnnError, match=r"cannot read image .*32-bit float"):
+        data[0]
+
+
+def _renumbered(shapes, tmp_path, names=True):
+    """val.json as another tool exports it: circle 1 -> 3, square 2 -> 1, triangle 3 -> 2."""
+    data = json.loads((shapes / "val.json").read_text())
+    new = {1: 3, 2: 1, 3: 2}
+    data["categories"] = [{"id": new[c["id"]], "name": c["name"]} for c in data["categories"]]
+    if not names:
+        for c in data["categories"]:
+            c.pop("name")
+    for a in data["annotations"]:
+        a["category_id"] = new[a["category_id"]]
+    path = tmp_path / ("renumbered.json" if names else "nameless.json")
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_category_ids_that_name_other_classes_are_refused(shapes, tmp_path):
+    """The detector's predictions for an id must not be scored against another class: ids are
+    checked with their names, in evaluation and against the training set; a checkpoint that
+    recorded no names (or a file without them) is not checked by name."""
+    from sgcnn.detection.run import evaluate_checkpoint, run_detection
+    from sgcnn.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    renumbered = _renumbered(shapes, tmp_path)
+    model = {1: "circle", 2: "square", 3: "triangle"}
+    message = r"category id 1 is 'square' here but 'circle' for the detector.*match the detector"
+    with pytest.raises(sgcnn.SgcnnError, match=message):
+        load_coco(shapes / "val", renumbered, category_ids=[1, 2, 3], category_names=model)
+    load_coco(shapes / "val", shapes / "val.json", category_ids=[1, 2, 3], category_names=model)
+    nameless = _renumbered(shapes, tmp_path, names=False)
+    load_coco(shapes / "val", nameless, category_ids=[1, 2, 3], category_names=model)
+
+    categories = load_coco(shapes / "train", shapes / "train.json").categories
+    assert {c["id"]: c["name"] for c in categories} == model
+    detector, payload = build(_config(shapes, name="test_resnet", train_bn="true"), categories)
+    save_detector(tmp_path / "det.pt", detector, payload)
+    with pytest.raises(sgcnn.SgcnnError, match=message):
+        evaluate_checkpoint(str(tmp_path / "det.pt"), str(shapes / "val"), str(renumbered))
+    old = load_checkpoint(tmp_path / "det.pt")
+    for c in old["categories"]:
+        c.pop("name")  # a checkpoint that recorded ids only
+    save_checkpoint(tmp_path / "old.pt", old)
+    report = evaluate_checkpoint(str(tmp_path / "old.pt"), str(shapes / "val"), str(renumbered),
+                                 "cpu", runs=1)  # fmt: skip
+    assert "ap50" in report["map"]
+
+    config = _config(shapes, name="test_resnet", train_bn="true")
+    config.data.val_annotations = str(renumbered)
+    with pytest.raises(sgcnn.SgcnnError, match=message):
+        run_detection(config, tmp_path / "run", {}, quiet=True)
+    assert not (tmp_path / "run").exists()

@@ -5,10 +5,11 @@ rejects, with one line naming the file, the entry and the fix: a file that is no
 sections or fields, images missing from the folder, duplicate ids, annotations of unknown
 images, boxes with negative width or height or reaching more than one pixel outside their
 image, an ``area`` that is not a number >= 0, an ``iscrowd`` other than 0 / 1, and category ids
-the model was not built for. Crowd annotations (``iscrowd: 1``) and boxes with no area once
-clipped to their image (COCO-2014's train set has some: ``[x, y, w, 0.0]``) are left out of
-training targets, as in torchvision's references (:attr:`CocoDetection.dropped` counts the
-latter), and kept in the file that COCO evaluation reads.
+the model was not built for or that name other categories than the model's. Crowd annotations
+(``iscrowd: 1``) and boxes with no area once clipped to their image (COCO-2014's train set has
+some: ``[x, y, w, 0.0]``) are left out of training targets, as in torchvision's references
+(:attr:`CocoDetection.dropped` counts the latter), and kept in the file that COCO evaluation
+reads. 16-bit grayscale images are scaled to 8 bits, as in classification.
 
 Items are ``(image, target)``: ``image`` float32 ``[3, H, W]`` in ``[0, 1]``, ``target``
 ``{"boxes": float32 [n, 4] (x0, y0, x1, y1) in pixels, "labels": int64 [n] (1..K; 0 is the
@@ -21,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from sgcnn.data.file_dataset import convert_8bit
 from sgcnn.data.imagefolder import UNREADABLE
 from sgcnn.errors import SgcnnError
 
@@ -64,8 +67,9 @@ class CocoDetection(Dataset):
         info, target = self.images[index], self.targets[index]
         try:
             with Image.open(info["path"]) as image:
-                pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
-        except UNREADABLE as err:  # also decompression bombs and modes PIL cannot convert
+                # 16-bit grayscale scaled v / 257 (a plain convert clips it at 255: all white)
+                pixels = np.asarray(convert_8bit(image, "RGB"), dtype=np.uint8)
+        except UNREADABLE as err:  # also decompression bombs, float images, odd modes
             raise SgcnnError(
                 f"cannot read image {info['path']}: {err}; replace the file or remove its "
                 "entry from the annotations"
@@ -98,11 +102,16 @@ def load_coco(
     annotation_file: str | os.PathLike,
     category_ids: list[int] | None = None,
     flip: bool = False,
+    category_names: Mapping[int, str] | None = None,
 ) -> CocoDetection:
     """Read and check a COCO annotation file whose ``file_name`` s live in ``images_dir``.
 
     ``category_ids``: the categories a trained model was built for; the file may use a subset
     of them, any other id is an error. ``None``: the file's own categories.
+    ``category_names``: the model's ``{id: name}``; a category of the file whose id is in it
+    must have that name (else the file numbers the categories differently and the model's
+    predictions would be scored against other classes). Ids it lacks, and categories of the
+    file without a ``name``, are not checked.
     """
     path, folder = Path(annotation_file), Path(images_dir)
     data = _read_json(path)
@@ -125,6 +134,9 @@ def load_coco(
                 f"{where} has category ids {unknown[:10]} that the model was not built for "
                 f"(it knows {sorted(category_ids)[:20]}); train a detector on these categories"
             )
+        if category_names:
+            named = {c["id"] for c in data["categories"] if "name" in c}  # all checked above
+            _check_names(categories, named, category_names, where)
         known = {c["id"]: c for c in categories}
         categories = [known.get(i, {"id": i, "name": str(i)}) for i in sorted(category_ids)]
     images, index = [], {}
@@ -191,6 +203,30 @@ def load_coco(
         "categories": categories,
     }
     return CocoDetection(images, targets, categories, path, ground_truth, flip, dropped)
+
+
+def _check_names(
+    categories: list[dict], named: set[int], model: Mapping[int, str], where: str
+) -> None:
+    """Refuse categories of the file whose name differs from the model's for the same id."""
+    differ = [c for c in categories if c["id"] in named & model.keys()]
+    differ = [c for c in differ if c["name"] != model[c["id"]]]
+    if differ:
+        shown = ", ".join(
+            f"{c['id']} is {c['name']!r} here but {model[c['id']]!r} for the detector"
+            for c in differ[:5]
+        )
+        more = f" (and {len(differ) - 5} more)" if len(differ) > 5 else ""
+        raise SgcnnError(
+            f"{where} numbers its categories differently from the detector: category id {shown}"
+            f"{more}; use annotations whose category ids and names match the detector's "
+            f"({_listing(model)})"
+        )
+
+
+def _listing(model: Mapping[int, str]) -> str:
+    pairs = [f"{i}: {model[i]!r}" for i in sorted(model)]
+    return ", ".join(pairs[:10]) + (", ..." if len(pairs) > 10 else "")
 
 
 def _read_json(path: Path) -> dict:

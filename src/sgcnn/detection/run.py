@@ -142,7 +142,12 @@ def run_detection(
     device = resolve_device(t.device)
     _pycocotools()  # the mAP at the end needs it: say so before training, not after
     train = load_coco(d.train_images, d.train_annotations, flip=d.flip)
-    val = load_coco(d.val_images, d.val_annotations, category_ids=train.category_ids)
+    val = load_coco(
+        d.val_images,
+        d.val_annotations,
+        category_ids=train.category_ids,
+        category_names=_category_names(train.categories),
+    )
     if not any(len(x["category_ids"]) for x in train.targets):
         raise SgcnnError(f"{d.train_annotations} has no (non-crowd) boxes to train on")
     _require_boxes(val)
@@ -280,17 +285,30 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _category_names(categories: list[dict]) -> dict[int, str]:
+    """``{id: name}`` of a model's categories; a checkpoint that recorded no name for an id
+    (hand-made or older) leaves that id out, so its name is not checked."""
+    return {c["id"]: c["name"] for c in categories if isinstance(c.get("name"), str)}
+
+
 def evaluate_checkpoint(
     path: str, images: str, annotations: str, device: str = "auto", runs: int = 20
 ) -> dict:
     """mAP, counts and latency of a saved detector (and of its converted backbone) on a
-    COCO-format set; the set's category ids must be among the detector's."""
+    COCO-format set; the set's category ids must be among the detector's, with the names the
+    detector recorded for them."""
     from sgcnn.detection.engine import load_detector
 
     dev = resolve_device(device)
     _pycocotools()
     detector, payload = load_detector(path)
-    data = load_coco(images, annotations, category_ids=[c["id"] for c in payload["categories"]])
+    categories = payload["categories"]
+    data = load_coco(
+        images,
+        annotations,
+        category_ids=[c["id"] for c in categories],
+        category_names=_category_names(categories),
+    )
     _require_boxes(data)
     masked = masks_of(detector)
     report = {
