@@ -290,7 +290,7 @@ def test_checkpoint_of_another_model(tmp_path):
     plain = tmp_path / "plain.pt"
     torch.save(other.state_dict(), plain)
     recipe = tiny(model={"checkpoint": str(plain)}, train={"epochs": 0})
-    _fails_without_a_folder(tmp_path, recipe, "does not fit model")
+    _fails_without_a_folder(tmp_path, recipe, r"does not fit model .*Check model\.name \(--model\)")
 
 
 def test_class_count_mismatch(tmp_path):

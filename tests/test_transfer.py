@@ -208,6 +208,59 @@ def test_scheme_l_needs_grouping_outside_the_classifier(tmp_path, capsys):
     assert [r["name"] for r in rows] == ["dense transfer"]
 
 
+def test_a_data_parallel_state_dict_loads_and_a_mismatch_is_short(tmp_path, capsys):
+    """A state_dict saved from nn.DataParallel ("module." on every key) loads without the
+    prefix; another model's weights fail in one short line naming transfer's own option, before
+    any note on image size or run folder."""
+    trained = sgcnn.create_model("test_resnet", num_classes=7)
+    wrapped = tmp_path / "wrapped.pt"
+    torch.save({f"module.{k}": v for k, v in trained.state_dict().items()}, wrapped)
+    code, out = _transfer(tmp_path, str(wrapped), "dense", "--model", "test_resnet")
+    assert code == 0, capsys.readouterr().err
+    model, _, _, _ = load_transferred(str(wrapped), "test_resnet", 3)
+    assert torch.equal(model.conv1.weight, trained.conv1.weight)
+    other = tmp_path / "vgg.pt"
+    torch.save(sgcnn.create_model("test_vgg").state_dict(), other)
+    (tmp_path / "again").mkdir()
+    code, out = _transfer(
+        tmp_path / "again", str(other), "dense", "--model", "test_resnet",
+        "--set", "data.image_size=24",
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and len(err) < 600, err
+    assert "missing keys (38): conv1.weight" in err and "and 33 more" in err
+    assert "--model" in err and "--num-classes" not in err
+    assert "resized" not in err and not out.exists()
+
+
+def test_a_resumed_transfer_whose_source_was_replaced_notes_it(tmp_path, capsys):
+    """The source path now holds another grouping of the same model (the user ran `sgcnn group`
+    again): the results are not compared with its masks. With the source untouched, a result
+    that lost a mask is still an error."""
+    import os
+
+    source = _source(tmp_path, grouped=True)
+    code, out = _transfer(tmp_path, source, "L")
+    assert code == 0 and "masks kept" in capsys.readouterr().out
+    row = out / "baseline" / "model.pt"
+    kept = row.read_bytes()
+    payload = torch.load(row, weights_only=True)
+    payload["state_dict"]["layer1.0.conv1.sg_mask"].fill_(True)  # the mask is lost
+    save_checkpoint(row, payload)
+    assert _transfer(tmp_path, source, "L", "--resume")[0] == 2
+    assert "layer1.0.conv1 lost its self-grouping mask" in capsys.readouterr().err
+    row.write_bytes(kept)
+    model = sgcnn.create_model("test_resnet")
+    sgcnn.self_group_(model, 0.5, 0.5, groups=4, seed=1)  # another grouping, at the same path
+    save_checkpoint(source, model_payload(model, "test_resnet", {"num_classes": 10}))
+    later = (out / "config.yaml").stat().st_mtime + 10
+    os.utime(source, (later, later))
+    code, _ = _transfer(tmp_path, source, "L", "--resume")
+    out_text, err = capsys.readouterr()
+    assert code == 0, err
+    assert "changed since the run started" in err and "masks kept" not in out_text
+
+
 def test_class_names_yaml_would_read_as_other_types_stay_strings():
     """--classes 0 1 yes null: each item is quoted, so data.classes holds the folder names."""
     import argparse

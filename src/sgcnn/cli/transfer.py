@@ -21,6 +21,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import torch
+
 from sgcnn.cli import COMMANDS
 from sgcnn.cli._pipeline import (
     SPARSITY_SHORTCUTS,
@@ -36,7 +38,7 @@ from sgcnn.cli._pipeline import (
     section,
     shortcut_sets,
 )
-from sgcnn.engine.checkpoint import FORMAT, load_checkpoint, plain_state_dict
+from sgcnn.engine.checkpoint import FORMAT, plain_state_dict
 from sgcnn.engine.recipes import load_recipe
 from sgcnn.errors import SgcnnError
 from sgcnn.models.registry import model_entry
@@ -133,10 +135,7 @@ def run(args) -> int:
         _note_resizing(model, payload, config.data.image_size)
 
     def masks(rows: list[dict]) -> None:
-        if started is None:
-            _report_masks(args.checkpoint, model, run_dir, rows)
-        else:
-            _report_masks_if_there(args.checkpoint, model, run_dir, rows)
+        _report_masks_if_there(args.checkpoint, model, run_dir, rows, bool(grouped))
 
     return execute_and_print(config, run_dir, args, after=masks if grouped or started else None)
 
@@ -167,12 +166,14 @@ def _note_resizing(model: str, payload: dict, image_size: int | None) -> None:
 def _kept_grouping(path: str, payload: dict, model: str, scheme: str) -> list[str]:
     """The self-grouped layers the transfer keeps (all but the classifier, which it replaces);
     ``--scheme L`` needs at least one."""
+    from sgcnn.engine.transfer import grouping_kept, load_source
+
     grouped = _grouped_layers(path, payload)
     classifier = None
     if grouped:
-        from sgcnn.engine.transfer import grouping_kept
-
         classifier, grouped = grouping_kept(path, model)
+    else:  # it must load: its error now, before a run folder or a note on the image size
+        load_source(path, model)
     if scheme == "L" and not grouped:
         where = f" outside its classifier ({classifier}, replaced by the transfer)"
         raise SgcnnError(
@@ -191,35 +192,79 @@ def _grouped_layers(path: str, payload: dict) -> list[str]:
     return sorted({k.rsplit(".", 1)[0] for k in state if str(k).endswith(".sg_mask")})
 
 
-def _report_masks_if_there(checkpoint: str, model: str, run_dir: Path, rows: list[dict]) -> None:
-    """After a resumed run: :func:`_report_masks` when the source is still there and keeps
-    self-grouped layers (the resumed run never read it); a note when it is gone."""
+def _report_masks_if_there(
+    checkpoint: str, model: str, run_dir: Path, rows: list[dict], grouped: bool
+) -> None:
+    """After the run: :func:`_report_masks` against the source checkpoint as it is now, when
+    it keeps self-grouped layers (a resumed run never read it: ``grouped`` is what a new run
+    found). A note instead when it is gone or no longer loads (a resumed run holds its model
+    in its own state), or when it was replaced since the run started (:func:`_replaced`)."""
+    from sgcnn.engine.transfer import load_source, model_classifier
+
+    unchecked = "the results are not checked against its masks"
     if not Path(checkpoint).is_file():
         print(
-            f"note: {checkpoint!r} is not there any more: the results are not checked against "
-            "its masks (the run resumed from its own state)",
+            f"note: {checkpoint!r} is not there any more: {unchecked} (the run holds its own "
+            "copy of the model)",
             file=sys.stderr,
         )
         return
-    from sgcnn.engine.transfer import grouping_kept
-
     try:
-        payload = load_checkpoint(checkpoint)
-        kept = _grouped_layers(checkpoint, payload) and grouping_kept(checkpoint, model)[1]
+        source, _, kwargs = load_source(checkpoint, model)
+        classifier = model_classifier(source, model, kwargs)
     except SgcnnError as err:  # replaced since by another file: the run did not need it
         print(f"note: the results are not checked against {checkpoint!r}: {err}", file=sys.stderr)
         return
-    if kept:
-        _report_masks(checkpoint, model, run_dir, rows)
+    changed = f"note: {checkpoint!r} changed since the run started: {unchecked}"
+    if not _kept_masks(source, classifier):
+        if grouped:  # it was self-grouped when the run started
+            print(changed, file=sys.stderr)
+        return
+    try:
+        _report_masks(source, classifier, model, run_dir, rows)
+    except SgcnnError:
+        if not _replaced(checkpoint, source, classifier, model, run_dir, rows):
+            raise  # the same source: a result really lost its masks
+        print(changed, file=sys.stderr)
 
 
-def _report_masks(checkpoint: str, model: str, run_dir: Path, rows: list[dict]) -> None:
-    """Check that every result kept the source's masks (pruned weights exactly zero)."""
+def _replaced(
+    checkpoint: str, source, classifier: str, model: str, run_dir: Path, rows: list[dict]
+) -> bool:
+    """Whether ``checkpoint`` (loaded as ``source``) is no longer the file the run started
+    from: written after the run folder was made (its config.yaml, written once), with other
+    masks than the run's first row, the transfer fine-tune, which keeps its source's masks."""
     from sgcnn.engine.checkpoint import load_model
-    from sgcnn.engine.transfer import check_masks_kept, load_source, model_classifier
+    from sgcnn.engine.state import CONFIG_FILE
 
-    source, _, kwargs = load_source(checkpoint, model)
-    classifier = model_classifier(source, model, kwargs)
+    try:
+        if Path(checkpoint).stat().st_mtime <= (run_dir / CONFIG_FILE).stat().st_mtime:
+            return False
+        first, _, _ = load_model(str(run_dir / rows[0]["checkpoint"]), model)
+    except (OSError, SgcnnError, IndexError, KeyError):
+        return False
+    kept, started = _kept_masks(source, classifier), _kept_masks(first, classifier)
+    return kept.keys() != started.keys() or any(
+        not torch.equal(mask, started[name]) for name, mask in kept.items()
+    )
+
+
+def _kept_masks(model, classifier: str) -> dict:
+    """``{layer: mask}`` of the self-grouped layers of ``model`` outside its ``classifier``."""
+    from sgcnn.nn.masked import is_masked
+
+    return {
+        n: m.sg_mask.cpu()
+        for n, m in model.named_modules()
+        if is_masked(m) and n != classifier and not n.startswith(classifier + ".")
+    }
+
+
+def _report_masks(source, classifier: str, model: str, run_dir: Path, rows: list[dict]) -> None:
+    """Check that every result kept the ``source``'s masks (pruned weights exactly zero)."""
+    from sgcnn.engine.checkpoint import load_model
+    from sgcnn.engine.transfer import check_masks_kept
+
     for row in rows:
         result, _, _ = load_model(str(run_dir / row["checkpoint"]), model)
         check_masks_kept(result, source, classifier)

@@ -39,6 +39,11 @@ def build_data(config: Config) -> DatasetSplits:
     return splits
 
 
+# What a checkpoint that does not fit asks to check, in the words of every pipeline command
+# (recipes and --set); `sgcnn train` / `finetune` spell model.name as --model too.
+_PIPELINE_HINT = "Check model.name (--model) and model.num_classes match the checkpoint."
+
+
 def build_model(config: Config, splits: DatasetSplits) -> tuple[nn.Module, dict[str, Any]]:
     """``(model, kwargs)``: from ``model.checkpoint`` when given (with a fresh classifier for
     this dataset when ``model.reset_classifier``), else freshly initialised (``torch``'s global
@@ -51,7 +56,9 @@ def build_model(config: Config, splits: DatasetSplits) -> tuple[nn.Module, dict[
         model, _, kwargs, _ = load_transferred(m.checkpoint, m.name, classes)
     elif m.checkpoint:
         payload = load_checkpoint(m.checkpoint)
-        model, name, kwargs = model_from_payload(payload, m.checkpoint, m.name, classes)
+        model, name, kwargs = model_from_payload(
+            payload, m.checkpoint, m.name, classes, hint=_PIPELINE_HINT
+        )
         if name != m.name:  # pragma: no cover - model_from_payload refuses this
             raise SgcnnError(f"checkpoint {m.checkpoint!r} holds {name!r}, not {m.name!r}")
         check_checkpoint_data(payload_record(payload), config, splits)

@@ -104,20 +104,64 @@ def attach_masks_(model: nn.Module, names: list[str]) -> None:
         )
 
 
-def load_state_dict_(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """``model.load_state_dict(state_dict)`` with an error that explains a mismatch; weights
-    that are not finite (NaN, infinity) are refused: nothing trained or grouped from them means
-    anything."""
+# What a mismatch asks the user to check; callers whose command lacks these options pass theirs.
+CHECK_OPTIONS = "Check --model and --num-classes match the checkpoint."
+WRAPPER_PREFIX = "module."  # nn.DataParallel / DistributedDataParallel's, on every key
+LISTED = 5  # names of missing / unexpected keys an error lists
+
+
+def load_state_dict_(
+    model: nn.Module,
+    state_dict: dict[str, torch.Tensor],
+    source: str,
+    hint: str | None = None,
+) -> None:
+    """``model.load_state_dict(state_dict)`` with an error that explains a mismatch (the first
+    few missing, unexpected and misshapen keys, with their counts, then ``hint``: what to
+    check, default :data:`CHECK_OPTIONS`); weights that are not finite (NaN, infinity) are
+    refused: nothing trained or grouped from them means anything."""
     check_finite(state_dict, source)
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as err:
-        detail = str(err).split("\n\t")
         raise SgcnnError(
             f"checkpoint {source!r} does not fit model {type(model).__name__}: "
-            f"{'; '.join(d.strip() for d in detail[1:4]) or detail[0][:300]}. "
-            "Check --model and --num-classes match the checkpoint."
+            f"{_mismatch(model, state_dict) or str(err).splitlines()[0][:300]}. "
+            f"{CHECK_OPTIONS if hint is None else hint}"
         ) from err
+
+
+def _mismatch(model: nn.Module, state_dict: dict[str, Any]) -> str:
+    """``"missing keys (62): a, b, ... and 57 more; unexpected keys ...; ..."``."""
+    own = model.state_dict()
+    shaped = [
+        f"{k} {list(v.shape)} (the model's {list(own[k].shape)})"
+        for k, v in state_dict.items()
+        if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape
+    ]
+    lists = (
+        ("missing keys", [k for k in own if k not in state_dict]),
+        ("unexpected keys", [k for k in state_dict if k not in own]),
+        ("keys of another shape", shaped),
+    )
+    return "; ".join(f"{what} ({len(keys)}): {_first(keys)}" for what, keys in lists if keys)
+
+
+def _first(names: list[str]) -> str:
+    more = len(names) - LISTED
+    return ", ".join(names[:LISTED]) + (f" and {more} more" if more > 0 else "")
+
+
+def unwrapped(state_dict: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """``state_dict`` without the ``module.`` prefix a model wrapped in ``nn.DataParallel``
+    or ``DistributedDataParallel`` saves on every key, when every key has it and none of
+    ``model``'s keys does (so that only the stripped keys can match); else as it is."""
+    n = len(WRAPPER_PREFIX)
+    if not state_dict or not all(str(k).startswith(WRAPPER_PREFIX) for k in state_dict):
+        return state_dict
+    if any(k.startswith(WRAPPER_PREFIX) for k in model.state_dict()):
+        return state_dict
+    return {k[n:]: v for k, v in state_dict.items()}
 
 
 def check_finite(state_dict: dict[str, Any], source: str) -> None:
@@ -136,8 +180,11 @@ def check_finite(state_dict: dict[str, Any], source: str) -> None:
         )
 
 
-def build_model(payload: dict[str, Any], source: str = "checkpoint") -> tuple[nn.Module, str, dict]:
-    """Rebuild ``(model, name, kwargs)`` from a :func:`model_payload` dict."""
+def build_model(
+    payload: dict[str, Any], source: str = "checkpoint", hint: str | None = None
+) -> tuple[nn.Module, str, dict]:
+    """Rebuild ``(model, name, kwargs)`` from a :func:`model_payload` dict (``hint``: see
+    :func:`load_state_dict_`)."""
     if payload.get("format") != FORMAT:
         raise SgcnnError(
             f"{source!r} is not an sgcnn model checkpoint (no 'format: {FORMAT}' entry); "
@@ -153,7 +200,7 @@ def build_model(payload: dict[str, Any], source: str = "checkpoint") -> tuple[nn
         raise not_a_model_error(source, payload)
     model = create_model(spec["name"], **spec.get("kwargs", {}))
     attach_masks_(model, payload.get("masked", []))
-    load_state_dict_(model, payload["state_dict"], source)
+    load_state_dict_(model, payload["state_dict"], source, hint)
     return model, spec["name"], dict(spec.get("kwargs", {}))
 
 
@@ -236,10 +283,13 @@ def model_from_payload(
     name: str | None = None,
     num_classes: int | None = None,
     user_classes: bool = False,
+    hint: str | None = None,
 ) -> tuple[nn.Module, str, dict]:
-    """:func:`load_model` of a checkpoint already read from ``path`` (named in errors)."""
+    """:func:`load_model` of a checkpoint already read from ``path`` (named in errors; ``hint``
+    says what to check when the weights do not fit, see :func:`load_state_dict_`). A plain
+    state_dict saved from a wrapped model loads without the wrapper's prefix (:func:`unwrapped`)."""
     if payload.get("format") == FORMAT:
-        model, saved, kwargs = build_model(payload, str(path))
+        model, saved, kwargs = build_model(payload, str(path), hint)
         if name is not None and name != saved:
             raise SgcnnError(
                 f"checkpoint {str(path)!r} holds a {saved!r} model, not {name!r}; "
@@ -256,7 +306,8 @@ def model_from_payload(
         raise SgcnnError(f"{str(path)!r} is a plain state_dict: pass --model NAME to say whose")
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     model = create_model(name, **kwargs)
+    state = unwrapped(state, model)
     masked = sorted({k.rsplit(".", 1)[0] for k in state if k.endswith(".sg_mask")})
     attach_masks_(model, masked)
-    load_state_dict_(model, state, str(path))
+    load_state_dict_(model, state, str(path), hint)
     return model, name, kwargs

@@ -81,17 +81,22 @@ def _plain_classes(path: str, payload: dict[str, Any], name: str | None) -> int 
     source trained on another number of classes than the model's default loads."""
     if payload.get("format") == ckpt.FORMAT or name is None:
         return None
-    state = ckpt.plain_state_dict(str(path), payload)
     default = create_model(name)
+    state = ckpt.unwrapped(ckpt.plain_state_dict(str(path), payload), default)
     weight = state.get(f"{model_classifier(default, name, {})}.weight")
     return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.dim() else None
+
+
+# A source's class count is read from its classifier: only the model name can be wrong.
+CHECK_MODEL = "Check that --model names the model the checkpoint was saved from."
 
 
 def load_source(path: str, name: str | None) -> tuple[nn.Module, str, dict[str, Any]]:
     """``(model, name, kwargs)`` of a transfer's source checkpoint, as trained: a plain
     ``state_dict`` is built for the class count its classifier holds."""
     payload = ckpt.load_checkpoint(path)
-    return ckpt.model_from_payload(payload, path, name, _plain_classes(path, payload, name))
+    classes = _plain_classes(path, payload, name)
+    return ckpt.model_from_payload(payload, path, name, classes, hint=CHECK_MODEL)
 
 
 def load_transferred(
