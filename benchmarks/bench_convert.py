@@ -102,7 +102,7 @@ def markdown(results: list[dict], command: str, env: dict, native: str, clock: s
         "",
         f"- command: `{command}`",
         f"- date: {env['date']}; CPU: {env['host_cpu']} ({env['cpu_count']} cores); "
-        f"threads: {env['threads']}",
+        f"threads: {env['threads']}; sgcnn commit: {env.get('sgcnn_commit', 'unknown')}",
         f"- torch {env['torch']}, torchvision {env.get('torchvision')}, numpy {env['numpy']}, "
         f"python {env['python']}; native kernel: {native}",
         f"- load average at start: {env.get('load_average')}; at end: "

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -508,6 +509,8 @@ def test_cli_bench_writes_json_and_csv_with_provenance(tmp_path, capsys):
     result = json.loads(out.read_text())
     env = result["environment"]
     assert env["threads"] == 1 and env["torch"] == torch.__version__ and env["host_cpu"]
+    if (Path(sgcnn.__file__).parents[2] / ".git").exists():  # a checkout: the code is named
+        assert len(env["sgcnn_commit"].removesuffix("+changes")) >= 7
     assert [b["batch"] for b in result["batches"]] == [1, 2]
     for entry in result["batches"]:
         models = entry["models"]
@@ -554,6 +557,21 @@ def test_channel_pruned_peer_reaches_the_budget_and_runs(name):
     assert pruned(torch.randn(2, 3, 32, 32)).shape == (2, 1000)
     assert "ResNeXt" in peer_unavailable(torchvision.models.resnext50_32x4d())
     assert "not a torchvision ResNet" in peer_unavailable(sgcnn.create_model("resnet20"))
+
+
+def test_interleaved_rounds_change_which_model_runs_after_which():
+    """Each model's predecessor varies from round to round (a model that leaves threads
+    spinning would otherwise always slow the same neighbour)."""
+    from sgcnn.metrics.latency import compare_latency
+
+    calls = []
+    models = {name: (lambda x, name=name: calls.append(name)) for name in "abcde"}
+    timings = compare_latency(models, torch.zeros(1), runs=12, warmup=0)
+    assert all(t["runs"] == 12 for t in timings.values())
+    rounds = [calls[i : i + 5] for i in range(0, len(calls), 5)]
+    assert all(sorted(r) == list("abcde") for r in rounds)
+    before_a = {r[r.index("a") - 1] for r in rounds if r.index("a") > 0}
+    assert len(before_a) >= 3
 
 
 def test_cli_bench_shows_the_channel_pruned_peer_of_a_resnet(capsys):

@@ -7,7 +7,9 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import random
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -26,6 +28,24 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def _source_commit() -> str | None:
+    """The git commit of the sgcnn source being run (``+changes`` when its tracked files
+    differ from it), or None outside a git checkout."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(
+            ["git", "-C", root, "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+        changes = subprocess.run(
+            ["git", "-C", root, "status", "--porcelain", "--untracked-files=no", "--", "."],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+changes" if changes else "") if head else None
 
 
 def environment(device: torch.device | str = "cpu") -> dict:
@@ -52,6 +72,9 @@ def environment(device: torch.device | str = "cpu") -> dict:
         pass
     if hasattr(os, "getloadavg"):
         info["load_average"] = [round(v, 2) for v in os.getloadavg()]
+    commit = _source_commit()
+    if commit:
+        info["sgcnn_commit"] = commit
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
@@ -146,7 +169,8 @@ def compare_latency(
     warmup: int = 3,
     clock: str = "wall",
 ) -> dict[str, dict[str, float]]:
-    """Median latency of each model on ``x`` over ``runs`` interleaved rounds.
+    """Median latency of each model on ``x`` over ``runs`` interleaved rounds, each round in
+    a new (seeded) random order.
 
     Returns ``{name: {"median_ms", "min_ms", "p10_ms", "p90_ms", "images_per_s", "runs"}}``;
     images/s is the batch size over the median latency. ``clock="cpu"`` measures the calling
@@ -165,8 +189,10 @@ def compare_latency(
             models[name](x)
     synchronize(device)
     times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(runs):
-        order = names[r % len(names) :] + names[: r % len(names)]
+    shuffle = random.Random(0).shuffle
+    for _ in range(runs):
+        order = list(names)
+        shuffle(order)  # a new order every round: no model always follows the same one
         for name in order:
             t0 = now()
             models[name](x)

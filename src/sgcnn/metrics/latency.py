@@ -1,8 +1,10 @@
 """Wall-clock latency of models, measured side by side, with the machine it was measured on.
 
 :func:`compare_latency` runs several models on the same input in rounds — one forward pass of
-each model per round, in rotating order — so that a slow drift of the machine (another
-process, thermal state) reaches all of them alike; it reports the median over the rounds after
+each model per round, in a new random order every round — so that a slow drift of the machine
+(another process, thermal state) reaches all of them alike, and no model always runs right
+after the same other one (in a rotating order, the model that always followed onnxruntime
+took longer than its own per-layer times add up to); it reports the median over the rounds after
 warm-up, and the spread. :func:`deploy` gives the standard ways to run a plain model that a
 fair comparison takes the best of (channels-last, ``torch.jit.optimize_for_inference``,
 onnxruntime), :func:`layer_times` the per-layer breakdown of one model, :func:`environment`
