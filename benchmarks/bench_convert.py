@@ -13,16 +13,18 @@ runs interleaved on the same input in one process (:func:`sgcnn.metrics.latency.
 - ``dense_jit``: ``torch.jit.optimize_for_inference`` on the traced model (PyTorch's own CPU
   inference pass: BatchNorm folding, oneDNN layouts, fused ReLU);
 - ``dense_onnxruntime``: the dense model exported to ONNX and run by onnxruntime (CPU
-  provider, intra-op threads = ``--threads``); the *best dense* is the fastest of these four,
-  and every speedup is also given against it;
+  provider, intra-op threads = ``--threads``);
+- ``dense_compile`` (unless ``--no-compile``): ``torch.compile`` (Inductor) with frozen
+  weights, compiled for each batch size; the *best dense* is the fastest of these five, and
+  every speedup is also given against it;
 - ``dense_fused``: dense through sgcnn's own compiler (BatchNorm / ReLU / residual fusion, no
   grouping) — what grouping itself adds is ``converted`` over this;
 - ``masked``: the self-grouped model as trained (weights times masks: no faster);
 - ``converted``: :func:`sgcnn.convert`, tuned at that batch size;
 - ``channel_pruned`` (ResNet-50 only): L1 channel pruning to 1.76 GMACs at 224 px (the budget
   scales with the input area), see ``sgcnn/metrics/_channel_peer.py``, deployed the same ways
-  (eager, ``_channels_last``, ``_jit``, ``_onnxruntime``, and ``_fused`` through sgcnn's
-  fusion); the table names its best.
+  (eager, ``_channels_last``, ``_jit``, ``_onnxruntime``, ``_compile``, and ``_fused`` through
+  sgcnn's fusion); the table names its best.
 
 Writes ``<out>.json`` (everything, with provenance) and ``<out>.md`` (the tables).
 """
@@ -42,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import sgcnn
 from sgcnn.deploy import _native
-from sgcnn.metrics.latency import benchmark, environment
+from sgcnn.metrics.latency import COMPILE, DEPLOYMENTS, benchmark, environment
 
 CONFIGS = {
     # name: (conv sparsity, fc sparsity, input size)
@@ -62,6 +64,7 @@ def run_model(
     clock: str,
     tune: bool,
     size=None,
+    deployments=DEPLOYMENTS,
 ) -> dict:
     conv_p, fc_p, default_size = CONFIGS[name]
     size = size or default_size
@@ -78,7 +81,7 @@ def run_model(
         from sgcnn.metrics._channel_peer import build_peer
 
         budget = int(CHANNEL_PRUNED_MACS * size[1] * size[2] / 224**2)
-        info["channel_pruning"], peer = build_peer(dense_copy, budget, size, tune)
+        info["channel_pruning"], peer = build_peer(dense_copy, budget, size, tune, deployments)
         extra.update(peer)
     result = benchmark(
         model,
@@ -91,6 +94,7 @@ def run_model(
         breakdown=breakdown,
         progress=lambda msg: print(f"[{name}] {msg}", flush=True),
         clock=clock,
+        deployments=deployments,
     )
     result.update(model=name, **info)
     return result
@@ -109,8 +113,8 @@ def markdown(results: list[dict], command: str, env: dict, native: str, clock: s
         f"{[round(v, 2) for v in os.getloadavg()]}",
         "- fp32, random weights, self-grouped with g = 16; median over interleaved runs after "
         "warm-up; speedup = dense median / model median; *vs best dense* = the fastest of dense "
-        "eager, channels-last, torch.jit.optimize_for_inference and onnxruntime (named below "
-        "each table) / model median",
+        "eager, channels-last, torch.jit.optimize_for_inference, onnxruntime and (unless "
+        "--no-compile) torch.compile (named below each table) / model median",
         "- clock: "
         + (
             "CPU time of the single compute thread (immune to preemption by other processes)"
@@ -217,6 +221,12 @@ def main() -> int:
     parser.add_argument("--no-breakdown", action="store_true")
     parser.add_argument("--no-tune", action="store_true", help="convert without timing")
     parser.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="leave torch.compile (Inductor, frozen weights) out of the dense deployments "
+        "(it compiles each network and batch size for a minute or more)",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="smoke test of every code path: resnet50 at 64 px and lenet5, batches 1 and 2, "
@@ -227,7 +237,7 @@ def main() -> int:
     size = None
     if args.quick:
         args.models, args.batch_sizes, args.runs, args.warmup = "resnet50,lenet5", "1,2", 3, 1
-        args.no_breakdown = args.no_tune = True
+        args.no_breakdown = args.no_tune = args.no_compile = True
         size = (3, 64, 64)
     if args.clock == "cpu" and args.threads != 1:
         parser.error("--clock cpu measures one thread: use --threads 1")
@@ -248,6 +258,7 @@ def main() -> int:
                 clock=args.clock,
                 tune=not args.no_tune,
                 size=size if name == "resnet50" else None,
+                deployments=DEPLOYMENTS if args.no_compile else (*DEPLOYMENTS, COMPILE),
             )
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from sgcnn.cli.main import main
 from sgcnn.deploy import export as exporting
 from sgcnn.deploy import fast
 from sgcnn.engine.checkpoint import model_payload, save_checkpoint
+from sgcnn.models.registry import model_entry
 
 
 class LocalNet(nn.Module):
@@ -629,3 +630,23 @@ def test_a_model_with_several_outputs_exports_and_is_checked_output_by_output(fm
             "input": x.numpy()})]  # fmt: skip
     for g, w in zip(leaves, [want["a"], *want["pair"]], strict=True):
         torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_torch_compile_is_a_dense_deployment_bench_can_add(tmp_path, capsys):
+    """``--compile`` adds torch.compile (Inductor, frozen weights) to the dense deployments
+    the converted model is measured against; it computes what the model computes."""
+    from sgcnn.metrics.latency import deploy
+
+    model = sgcnn.create_model("test_convnet").eval()
+    x = torch.randn(2, *model_entry("test_convnet").input_size)
+    compiled = deploy(model, x, "compile")
+    new = torch.randn_like(x)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(new), model(new), atol=1e-4, rtol=1e-4)
+    out = tmp_path / "bench.json"
+    args = ["bench", "--model", "test_convnet", "--batch-sizes", "2", "--runs", "2"]
+    args += ["--threads", "1", "--no-tune", "--compile", "--output", str(out)]
+    assert main(args) == 0
+    (entry,) = json.loads(out.read_text())["batches"]
+    assert "dense_compile" in entry["models"] and "dense_compile" not in entry.get("skipped", {})

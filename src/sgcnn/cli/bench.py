@@ -24,7 +24,7 @@ from sgcnn.cli._common import (
 from sgcnn.core.grouper import self_group_
 from sgcnn.deploy._convert_checks import resolve_device
 from sgcnn.errors import SgcnnError
-from sgcnn.metrics.latency import benchmark
+from sgcnn.metrics.latency import COMPILE, DEPLOYMENTS, benchmark
 from sgcnn.nn.masked import is_masked
 
 
@@ -62,6 +62,12 @@ def register(subparsers) -> None:
         "--groups", type=positive_int, help="without --checkpoint: self-groups (default 16)"
     )
     p.add_argument("--no-tune", action="store_true", help="pick realizations without timing")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also deploy the dense model (and the channel-pruned peer) with torch.compile "
+        "(Inductor, frozen weights; a minute or more per network and batch size)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--breakdown", action="store_true", help="add per-layer times")
     p.add_argument("--output", type=path_arg, help="write the results as JSON here")
@@ -104,7 +110,8 @@ def run(args) -> int:
         if not args.quiet:
             say(msg)
 
-    peer, extra = _channel_pruned_peer(model.eval(), size, not args.no_tune, note)
+    deployments = (*DEPLOYMENTS, COMPILE) if args.compile else DEPLOYMENTS
+    peer, extra = _channel_pruned_peer(model.eval(), size, not args.no_tune, note, deployments)
     result = benchmark(
         model,
         size,
@@ -116,6 +123,7 @@ def run(args) -> int:
         extra=extra,
         breakdown=args.breakdown,
         progress=None if args.quiet else say,
+        deployments=deployments,
     )
     result.update(model=name, grouping=grouping, command=" ".join(["sgcnn", *sys.argv[1:]]))
     result["channel_pruning"] = peer
@@ -131,7 +139,7 @@ def run(args) -> int:
     return 0
 
 
-def _channel_pruned_peer(masked, size, tune: bool, say) -> tuple[dict, dict]:
+def _channel_pruned_peer(masked, size, tune: bool, say, deployments) -> tuple[dict, dict]:
     """``(description, extra models)``: the model's dense version L1 channel-pruned to the
     self-grouped model's MACs, deployed every way the dense model is; none (and why) for
     models other than torchvision ResNets."""
@@ -150,7 +158,7 @@ def _channel_pruned_peer(masked, size, tune: bool, say) -> tuple[dict, dict]:
         return {"skipped": why}, {}
     target = count(masked, size)["flops"]
     say(f"channel-pruning the dense model to {target / 1e6:.1f} MMACs (the self-grouped MACs)")
-    return build_peer(dense, target, size, tune)
+    return build_peer(dense, target, size, tune, deployments)
 
 
 def format_table(result: dict) -> str:

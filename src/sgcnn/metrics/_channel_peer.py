@@ -160,26 +160,29 @@ def prune_to_macs(model: ResNet, target_macs: int, input_size=(3, 224, 224)) -> 
     return prune_resnet(model, ratio), ratio
 
 
-def build_peer(dense: ResNet, target_macs: int, input_size, tune: bool = True):
+def build_peer(dense: ResNet, target_macs: int, input_size, tune: bool = True, deployments=None):
     """``(info, models)``: ``dense`` channel-pruned to ``target_macs`` (:func:`prune_to_macs`),
     described (method, ratio, MACs, params), and deployed every way the dense model is, for
     :func:`sgcnn.metrics.latency.benchmark`'s ``extra``: eager (``channel_pruned``), each of
-    :data:`~sgcnn.metrics.latency.DEPLOYMENTS` and sgcnn's fusion (``_fused``), the latter two
-    built per batch size (callables of the batch's input)."""
+    ``deployments`` (default :data:`~sgcnn.metrics.latency.DEPLOYMENTS`) and sgcnn's fusion
+    (``_fused``), the latter built per batch size (callables of the batch's input)."""
     from sgcnn.deploy.convert import fuse_dense
     from sgcnn.metrics._timing import DEPLOYMENTS, deploy
+
+    deployments = DEPLOYMENTS if deployments is None else tuple(deployments)
 
     pruned, ratio = prune_to_macs(dense, target_macs, input_size)
     counts = count(pruned, input_size)
     info = {
         "method": "L1 channel pruning, one ratio over coupled channel groups "
-        "(sgcnn/metrics/_channel_peer.py; equivalent to Torch-Pruning MagnitudePruner L1)",
+        "(sgcnn/metrics/_channel_peer.py; importance: the L1 norm of the filters producing a "
+        "channel, in the manner of Torch-Pruning's MagnitudePruner L1)",
         "ratio": round(ratio, 4),
         "macs": counts["flops"],
         "params": counts["params"],
     }
     models = {"channel_pruned": pruned}
-    for how in DEPLOYMENTS:
+    for how in deployments:
         models[f"channel_pruned_{how}"] = lambda x, how=how: deploy(pruned, x, how)
     models["channel_pruned_fused"] = lambda x: fuse_dense(pruned, x, tune=tune)
     return info, models

@@ -82,8 +82,10 @@ def environment(device: torch.device | str = "cpu") -> dict:
 
 
 # The ways to deploy a plain model besides eager NCHW PyTorch; the fair dense baseline is the
-# fastest of all of them on the same machine and threads.
+# fastest of all of them on the same machine and threads. "compile" (torch.compile, Inductor,
+# frozen weights) takes a minute or more per network and shape, so it is asked for by name.
 DEPLOYMENTS = ("channels_last", "jit", "onnxruntime")
+COMPILE = "compile"
 
 
 class _ChannelsLast(nn.Module):
@@ -123,12 +125,31 @@ class _OnnxRuntime:
         return self.session.run(None, {"input": x.numpy()})[0]
 
 
+class _Compiled:
+    """``torch.compile(model)`` (Inductor) with frozen weights (``freezing``: constants folded
+    and, on the CPU, convolution weights prepacked for oneDNN), the setting PyTorch recommends
+    for CPU inference; compiled for ``x``'s shape in inference mode, as it is timed."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor) -> None:
+        import torch._inductor.config as inductor
+
+        self._patch = lambda: inductor.patch(freezing=True)
+        self.compiled = torch.compile(model, dynamic=False)
+        self(x)  # compile now, not in the first timed round
+
+    def __call__(self, x: torch.Tensor):
+        with self._patch(), torch.inference_mode():
+            return self.compiled(x)
+
+
 def deploy(model: nn.Module, x: torch.Tensor, how: str):
     """``model`` (plain PyTorch, eval mode) prepared to run on inputs shaped like ``x`` in one
     of the :data:`DEPLOYMENTS`: ``"channels_last"`` (eager, channels-last memory), ``"jit"``
     (``torch.jit.optimize_for_inference`` of the traced, frozen model: BatchNorm folding and
-    oneDNN layouts on the CPU) or ``"onnxruntime"`` (CPU only). Returns a callable; raises
-    ``RuntimeError`` where that way is unavailable (no onnxruntime, a GPU for onnxruntime)."""
+    oneDNN layouts on the CPU), ``"onnxruntime"`` (CPU only) or, asked for by name,
+    ``"compile"`` (``torch.compile`` with frozen weights, :class:`_Compiled`). Returns a
+    callable; raises ``RuntimeError`` where that way is unavailable (no onnxruntime, a GPU for
+    onnxruntime)."""
     import copy
     import warnings
 
@@ -148,7 +169,9 @@ def deploy(model: nn.Module, x: torch.Tensor, how: str):
             return _OnnxRuntime(model, x)
         except ImportError as err:
             raise RuntimeError("onnxruntime is not installed") from err
-    raise ValueError(f"unknown deployment {how!r}; choose from {DEPLOYMENTS}")
+    if how == COMPILE:
+        return _Compiled(model, x)
+    raise ValueError(f"unknown deployment {how!r}; choose from {(*DEPLOYMENTS, COMPILE)}")
 
 
 def _clock(name: str):

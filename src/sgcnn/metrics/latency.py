@@ -25,6 +25,7 @@ from torch import nn
 from sgcnn.deploy import _tuning as tuning
 from sgcnn.deploy._tuning import synchronize
 from sgcnn.metrics._timing import (
+    COMPILE,
     DEPLOYMENTS,
     _ChannelsLast,
     _clock,
@@ -34,6 +35,7 @@ from sgcnn.metrics._timing import (
 )
 
 __all__ = [
+    "COMPILE",
     "DEPLOYMENTS",
     "benchmark",
     "compare_latency",
