@@ -17,6 +17,7 @@ The measuring itself (:func:`compare_latency`, :func:`deploy`, :func:`environmen
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Callable, Iterable
 
 import torch
@@ -145,8 +146,10 @@ def benchmark(
     compiled ones: what really runs, padding included), speedup over ``dense`` and over the
     best dense deployment; for
     ``converted`` the fraction of the MAC reduction the speedup realises:
-    ``(1 - t_conv / t_dense) / (1 - macs_grouped / macs_dense)``. ``clock="cpu"`` (one
-    thread) measures CPU time, for tuning and timing alike (see :func:`compare_latency`).
+    ``(1 - t_conv / t_dense) / (1 - macs_grouped / macs_dense)``, and per batch size
+    ``convert_s``, the seconds :func:`sgcnn.convert` took (tuning, or reading its cache, and
+    the equivalence check). ``clock="cpu"`` (one thread) measures CPU time, for tuning and
+    timing alike (see :func:`compare_latency`).
     """
 
     import copy
@@ -178,7 +181,9 @@ def benchmark(
         x = torch.randn(bs, *input_size, device=dev)
         say(f"batch {bs}: converting (tune={tune})")
         with tuning.clock("cpu" if clock == "cpu" else "wall"):
+            began = time.perf_counter()
             converted = convert(masked, x, device=dev, tune=tune)
+            convert_s = time.perf_counter() - began  # tuning (or its cache) and check included
             say(f"batch {bs}: compiling the dense baseline")
             fused = fuse_dense(dense, x, device=dev, tune=tune)
             makers = {
@@ -238,6 +243,7 @@ def benchmark(
             "macs_ratio": macs["dense"] / macs["masked_counted"],
             "realised_fraction": time_cut / mac_cut if mac_cut > 0 else None,
             "realizations": _realization_counts(converted),
+            "convert_s": round(convert_s, 2),
         }
         if breakdown:
             say(f"batch {bs}: per-layer breakdown")
