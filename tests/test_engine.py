@@ -351,3 +351,18 @@ def test_precision_on_cpu_keeps_channels_last_and_drops_autocast():
     x, _ = p.inputs(torch.zeros(2, 3, 8, 8), torch.zeros(2, dtype=torch.long))
     assert x.is_contiguous(memory_format=torch.channels_last)
     assert not Precision.create(torch.device("cpu"), "none", channels_last=False).channels_last
+
+
+def test_cuda_without_mixed_precision_computes_in_full_fp32():
+    """PyTorch lets cuDNN use TF32 by default: a run with amp none on a GPU is full fp32, so
+    `sgcnn eval` on a CPU reproduces what it measured; with bf16 the flags are left alone."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        Precision.create(torch.device("cuda"), "bf16", channels_last=False)
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        p = Precision.create(torch.device("cuda"), "none", channels_last=False)
+        assert p.amp_dtype is None
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

@@ -170,7 +170,7 @@ def _evaluate(model: nn.Module, splits, config: Config, args, device: torch.devi
         raise SgcnnError(f"the {args.split} split of {config.data.name!r} is empty")
     loader = eval_loader(dataset, Dist(), args.batch_size, 0, device.type == "cuda")
     with torch.inference_mode():
-        return evaluate(model, loader, Precision(device), Dist())
+        return evaluate(model, loader, Precision.create(device, "none", False), Dist())
 
 
 def _print(args, name: str, config: Config, result: dict, counts: dict) -> int:

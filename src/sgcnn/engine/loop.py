@@ -37,10 +37,13 @@ class Precision:
     @classmethod
     def create(cls, device: torch.device, amp: str, channels_last: bool) -> Precision:
         """Mixed precision only on CUDA (ignored on CPU); channels-last on any device (faster
-        on the CPU too: ``results/train_layout_epyc.md``)."""
+        on the CPU too: ``results/train_layout_epyc.md``). Without mixed precision a CUDA
+        device computes in full fp32 (:func:`full_fp32`), as the CPU does."""
         if device.type != "cuda":
             return cls(device, None, channels_last)
         dtype = AMP_DTYPES.get(amp)
+        if dtype is None:
+            full_fp32()
         scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
         return cls(device, dtype, channels_last, scaler)
 
@@ -56,6 +59,14 @@ class Precision:
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y.to(self.device, non_blocking=non_blocking)
+
+
+def full_fp32() -> None:
+    """Turn TF32 off for this process: PyTorch lets cuDNN convolutions use TF32 (10-bit
+    mantissa) by default, so a run asked for without mixed precision would train and be
+    evaluated otherwise than ``sgcnn eval`` on a CPU reproduces its checkpoint."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def masked_layers(model: nn.Module) -> list[nn.Module]:
