@@ -6,8 +6,11 @@ import os
 import platform
 import subprocess
 from datetime import datetime, timezone
+from pathlib import Path
 
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository these benchmarks belong to
 
 
 def cpu_name() -> str:
@@ -22,18 +25,32 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def source_commit(root: Path = ROOT) -> str:
+    """The repository's commit (``git -C root``, whatever the current folder), ``+changes``
+    when tracked files differ from it; ``""`` outside a git checkout."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=30, check=False,
+        ).stdout.strip()  # fmt: skip
+        if not commit:
+            return ""
+        changes = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=30, check=False,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return commit + ("+changes" if changes else "")
+
+
 def describe() -> dict:
     """Hardware, versions, threads and date, for results' provenance."""
     import numpy
     import sklearn
     import torchvision
 
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-    except OSError:
-        commit = ""
+    commit = source_commit()
     return {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu_name(),

@@ -11,7 +11,8 @@ sparsity with one method (``grouping.method``), and is fine-tuned with the same 
     python benchmarks/cifar10_study.py lenet --out runs/lenet --jobs 2
     # (from a machine that returns few files: pack the runs, unpack them where you collect)
     python benchmarks/cifar10_study.py pack --runs runs/study --out packed
-    # 3. tables, plot and checkpoints into results/evidence (latency measured here, on CPU)
+    # 3. tables, plot and checkpoints into results/evidence (latency measured here, on CPU;
+    #    the dense networks also with torch.compile, which takes minutes: --no-compile skips it)
     python benchmarks/cifar10_study.py collect --runs runs/study --lenet runs/lenet \\
         --out results/evidence --latency --threads 2 --batch 1
 
@@ -33,6 +34,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -40,25 +42,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # the checkout's sgcnn, installed or not
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _study_rows import SPARSITIES, STUDY_FILE, Row, diverged, finished, study_rows  # noqa: E402
+from _study_rows import (  # noqa: E402
+    FINETUNE_RECIPE,
+    LG_STEP,
+    LOCAL_EPOCHS,
+    SPARSITIES,
+    START_FILE,
+    STUDY_FILE,
+    budget_sets,
+    diverged,
+    finished,
+    launches,
+    study_rows,
+)
 
 QUICK_SETS = ["train.limit_batches=4", "grouping.global_epochs=1", "grouping.local_epochs=1"]
-LG_STEP, LOCAL_EPOCHS = 0.1, 1  # LG rows: pruning step, and local epochs after each step
-
-
-def budget_sets(row: Row, ft_epochs: int) -> list[str]:
-    """Every row trains ``ft_epochs`` epochs after pruning: a G row all in its global fine-tune,
-    an LG row ``LOCAL_EPOCHS`` after each of its steps and the rest in its global fine-tune."""
-    if row.scheme != "LG":
-        return [f"grouping.global_epochs={ft_epochs}"]
-    from sgcnn.engine.schemes import lg_steps
-
-    local = len(lg_steps(row.conv, 0.0, LG_STEP)) * LOCAL_EPOCHS
-    return [
-        f"grouping.lg_step={LG_STEP}",
-        f"grouping.local_epochs={LOCAL_EPOCHS}",
-        f"grouping.global_epochs={ft_epochs - local}",
-    ]
 
 
 def smallest_budget() -> int:
@@ -77,9 +75,11 @@ def sgcnn_command(recipe: str, out: Path, sets: list[str], extra: list[str]) -> 
 
 
 class Study:
-    """Launches the runs, at most ``jobs`` at a time, and records each one's outcome."""
+    """Launches the runs, at most ``jobs`` at a time, and records each one's outcome and, with
+    ``host`` (a function returning this machine's record, commit included), where and at which
+    commit each launch (start or resume) ran: the ``machines`` list of its entry."""
 
-    def __init__(self, out: Path, jobs: int, host: dict | None = None) -> None:
+    def __init__(self, out: Path, jobs: int, host: Callable[[], dict] | None = None) -> None:
         self.out, self.jobs, self.host = out, jobs, host
         self.file = out / STUDY_FILE
         self._lock = _lock_study(out)  # held while this driver lives
@@ -113,7 +113,8 @@ class Study:
             else:
                 print(f"  {name}: done already, skipped", flush=True)
             return None
-        if run_dir.exists():
+        resume = run_dir.exists()
+        if resume:
             command = [*command, "--resume"]
         log = open(self.out / "logs" / f"{name}.log", "a")  # noqa: SIM115 - closed in wait()
         log.write(f"$ {' '.join(command)}\n")
@@ -123,8 +124,12 @@ class Study:
         proc.sgcnn_log, proc.sgcnn_name, proc.sgcnn_start = log, name, time.monotonic()
         entry = self.record["runs"].setdefault(name, {})
         entry.update({"status": "running", "command": command, "log": f"logs/{name}.log"})
-        if self.host is not None:  # where it ran (a baseline may train on another machine)
-            entry["machine"] = self.host
+        if self.host is not None:  # where and at which commit this launch runs, in a history
+            history = launches(entry)
+            entry.pop("machine", None)  # an older study's record of its last launch: moved
+            driver = len(self.record.get("drivers", [])) - 1
+            event = {"event": "resume" if resume else "start", "driver": driver}
+            entry["machines"] = [*history, {**event, **self.host()}]
         self.save()
         print(f"  {name}: started", flush=True)
         return proc
@@ -209,8 +214,19 @@ def _pythonpath() -> list[str]:
     return [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
 
 
-def machine() -> dict:
-    """The training machine, recorded next to the runs."""
+def resolved_device(spec: str) -> str:
+    """The device the runs train on for ``--device`` (``auto``: cuda where there is one)."""
+    if spec != "auto":
+        return spec
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def machine(device: str = "cpu") -> dict:
+    """This machine now, recorded next to the runs: hardware, versions, the repository's commit
+    (``+changes`` with uncommitted edits of tracked files) and the runs' ``device``; the GPU
+    only when that device is cuda."""
     import platform
 
     import torch
@@ -219,16 +235,31 @@ def machine() -> dict:
 
     info = describe()
     info["platform"] = platform.platform()
-    if torch.cuda.is_available():
+    info["device"] = device
+    if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda
     return info
 
 
+def _record_driver(study: Study, session: dict, argv: list[str]) -> None:
+    """Append this driver's invocation (command line and machine record) to the study's
+    ``drivers``; an older study's single ``driver`` / ``machine`` becomes its first entry.
+    ``driver`` and ``machine`` keep the latest, as before."""
+    argv = ["benchmarks/cifar10_study.py", *argv]
+    record = study.record
+    drivers = record.setdefault("drivers", [])
+    if not drivers and record.get("driver"):
+        drivers.append({"argv": record["driver"], "machine": record.get("machine")})
+    drivers.append({"argv": argv, "machine": session})
+    record["machine"], record["driver"] = session, argv
+
+
 def cmd_run(args) -> int:
     out = args.out.resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    study = Study(out, 1, machine())
+    device = resolved_device(args.device)
+    study = Study(out, 1, lambda: machine(device))
     try:
         return _run_study(args, out, study)
     finally:
@@ -244,8 +275,7 @@ def _run_study(args, out: Path, study: Study) -> int:
     }
     if not _same_settings(study, settings):
         return 2
-    study.record["machine"] = study.host
-    study.record["driver"] = ["benchmarks/cifar10_study.py", *sys.argv[1:]]
+    _record_driver(study, study.host(), args.argv)
     study.record["archive"] = str(args.archive)
     study.record["quick"] = args.quick
     study.save()
@@ -307,9 +337,7 @@ def _run_study(args, out: Path, study: Study) -> int:
             *protocol,
         ]
         sets += quick or budget_sets(row, args.ft_epochs)
-        commands.append(
-            (row.name, sgcnn_command("resnet20_cifar10_finetune", out / row.name, sets, common))
-        )
+        commands.append((row.name, sgcnn_command(FINETUNE_RECIPE, out / row.name, sets, common)))
         study.record["runs"].setdefault(row.name, {}).update(asdict(row))
     print(
         f"{len(commands)} fine-tune runs, {args.jobs} at a time, {threads} threads each", flush=True
@@ -325,7 +353,7 @@ def _run_study(args, out: Path, study: Study) -> int:
 def cmd_lenet(args) -> int:
     out = args.out.resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    study = Study(out, args.jobs)
+    study = Study(out, args.jobs, machine)
     try:
         return _run_lenet(args, out, study)
     finally:
@@ -333,7 +361,7 @@ def cmd_lenet(args) -> int:
 
 
 def _run_lenet(args, out: Path, study: Study) -> int:
-    study.record["machine"] = machine()
+    _record_driver(study, machine(), args.argv)
     sets = ["grouping.conv=[0.95, 0.96, 0.97, 0.98, 0.99]", "train.device=cpu"]
     if args.quick:
         sets += [*QUICK_SETS, "train.epochs=1", "grouping.conv=[0.95]"]
@@ -356,7 +384,10 @@ def cmd_pack(args) -> int:
     """The study in a few ``.tar.gz`` files of at most ``--max-mb`` each (for machines that
     return few, bounded files): the small files, then the result checkpoints, then (with
     ``--state``) the resume state of the runs not finished. Left out: the data cache, the
-    fine-tune runs' copies of the baseline, and ``state.pt`` unless asked for."""
+    fine-tune runs' copies of the baseline, and ``state.pt`` unless asked for. In their place
+    each run gets a ``start_weights.json`` (written into the archive only): the digest of its
+    ``baseline/model.pt`` that ``collect`` checks the rows' common start with."""
+    import io
     import tarfile
 
     runs, out = args.runs.resolve(), args.out.resolve()
@@ -373,6 +404,7 @@ def cmd_pack(args) -> int:
             small.append(rel)
         elif len(rel.parts) < 3 or rel.parts[0] == "baseline" or rel.parts[1] != "baseline":
             models.append(rel)
+    starts = _start_digests(runs)
     parts = [("runs-meta", small)]
     for kind, files in (("models", models), ("state", states)):
         parts += [(f"{kind}-{i + 1}", c) for i, c in enumerate(_chunks(runs, files, args.max_mb))]
@@ -380,9 +412,30 @@ def cmd_pack(args) -> int:
         with tarfile.open(out / f"{name}.tar.gz", "w:gz") as tar:
             for rel in files:
                 tar.add(runs / rel, arcname=str(rel))
-        print(f"{out / name}.tar.gz: {len(files)} files")
+            for rel, text in starts.items() if name == "runs-meta" else ():
+                info = tarfile.TarInfo(str(rel))
+                info.size, info.mtime = len(text), int(time.time())
+                tar.addfile(info, io.BytesIO(text))
+        count = len(files) + (len(starts) if name == "runs-meta" else 0)
+        print(f"{out / name}.tar.gz: {count} files")
     print(f"unpack with: for f in {out}/*.tar.gz; do tar xzf $f -C STUDY_DIR; done")
     return 0
+
+
+def _start_digests(runs: Path) -> dict[Path, bytes]:
+    """``{RUN/start_weights.json: json}`` for every run folder with a ``baseline/model.pt``:
+    the digest of the weights it started from (or, the baseline run, trained), as ``collect``
+    computes it from that file, which ``pack`` leaves out of the fine-tune runs."""
+    from _study_collect import _weights_digest
+
+    out = {}
+    for model in sorted(runs.glob("*/baseline/model.pt")):
+        run = model.parent.parent.relative_to(runs)
+        if run.parts[0] == "cache":
+            continue
+        record = {"file": "baseline/model.pt", "weights_digest": _weights_digest(model)}
+        out[run / START_FILE] = (json.dumps(record, indent=2) + "\n").encode()
+    return out
 
 
 def _chunks(root: Path, files: list[Path], max_mb: float) -> list[list[Path]]:
@@ -403,7 +456,16 @@ def cmd_collect(args) -> int:
 
     if args.notes is not None and not args.notes.is_file():
         raise SystemExit(f"--notes {args.notes}: no such file")
-    collect(args.runs, args.lenet, args.out, args.latency, args.threads, args.batch, args.notes)
+    collect(
+        args.runs,
+        args.lenet,
+        args.out,
+        args.latency,
+        args.threads,
+        args.batch,
+        args.notes,
+        compile=not args.no_compile,
+    )
     return 0
 
 
@@ -459,9 +521,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency", action="store_true", help="measure CPU latency here")
     p.add_argument("--threads", type=int, default=1, help="torch threads for latency")
     p.add_argument("--batch", type=int, default=1, help="batch size for latency")
+    p.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="leave torch.compile out of the dense deployments timed (it takes minutes)",
+    )
     p.add_argument("--notes", type=Path, help="markdown appended to cifar10.md (how it went)")
     p.set_defaults(func=cmd_collect)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as recorded in study.json
     _exit_on_sigterm()
     if getattr(args, "ft_epochs", None) is not None and args.ft_epochs < smallest_budget():
         parser.error(
