@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,20 +27,9 @@ def cpu_name() -> str:
 def source_commit(root: Path = ROOT) -> str:
     """The repository's commit (``git -C root``, whatever the current folder), ``+changes``
     when tracked files differ from it; ``""`` outside a git checkout."""
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, timeout=30, check=False,
-        ).stdout.strip()  # fmt: skip
-        if not commit:
-            return ""
-        changes = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=30, check=False,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return commit + ("+changes" if changes else "")
+    from sgcnn.metrics._timing import source_commit as commit_of
+
+    return commit_of(root) or ""
 
 
 def describe() -> dict:

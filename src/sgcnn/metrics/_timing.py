@@ -30,18 +30,19 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _source_commit() -> str | None:
-    """The git commit of the sgcnn source being run (``+changes`` when its tracked files
-    differ from it), or None outside a git checkout."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+def source_commit(root: str | os.PathLike | None = None) -> str | None:
+    """The git commit of the checkout holding ``root`` (default: the sgcnn source being run),
+    with ``+changes`` when tracked files below ``root`` differ from it; None outside a git
+    checkout."""
+    root = str(root or os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
         head = subprocess.run(
             ["git", "-C", root, "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True, text=True, timeout=30, check=True,
         ).stdout.strip()  # fmt: skip
         changes = subprocess.run(
             ["git", "-C", root, "status", "--porcelain", "--untracked-files=no", "--", "."],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True, text=True, timeout=30, check=True,
         ).stdout.strip()  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return None
@@ -72,7 +73,7 @@ def environment(device: torch.device | str = "cpu") -> dict:
         pass
     if hasattr(os, "getloadavg"):
         info["load_average"] = [round(v, 2) for v in os.getloadavg()]
-    commit = _source_commit()
+    commit = source_commit()
     if commit:
         info["sgcnn_commit"] = commit
     if device.type == "cuda":
