@@ -403,13 +403,16 @@ class _OwnAttention(nn.Module):
         if self.how == "einsum":
             scores = torch.einsum("bhld,bhsd->bhls", q, k).softmax(-1)
             return torch.einsum("bhls,bhsd->bhld", scores, v)
+        if self.how == "einsum_sublists":  # einsum(op, [dims], op, [dims], [output dims])
+            scores = torch.einsum(q, [0, 1, 2, 3], k, [0, 1, 4, 3], [0, 1, 2, 4]).softmax(-1)
+            return torch.einsum(scores, [..., 2, 4], v, [..., 4, 3])
         if self.how == "bmm":
             scores = torch.bmm(q.flatten(0, 1), k.flatten(0, 1).transpose(1, 2)).softmax(-1)
             return torch.bmm(scores, v.flatten(0, 1))
         return (q @ k.transpose(-2, -1)).softmax(-1) @ v
 
 
-@pytest.mark.parametrize("how", ["matmul", "sdpa", "einsum", "bmm"])
+@pytest.mark.parametrize("how", ["matmul", "sdpa", "einsum", "einsum_sublists", "bmm"])
 def test_products_of_activations_count_once_whatever_function_makes_them(how):
     c = sgcnn.count(_OwnAttention(how), (3, 2, 3))  # L = 6 tokens, E = 8 over two heads
     by_name = {layer["name"]: layer["flops"] for layer in c["layers"]}

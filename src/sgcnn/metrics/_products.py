@@ -90,7 +90,7 @@ def product_macs(func, args: tuple, kwargs: dict, out) -> int | None:
         return out.numel() * b1.shape[0] * b1.shape[-1]
     if func is torch.Tensor.__rmatmul__:  # b.__rmatmul__(a) is a @ b
         return out.numel() * args[1].shape[-1]
-    if func is torch.einsum and isinstance(args[0], str):  # (the sublist form is not read)
+    if func is torch.einsum and isinstance(args[0], str):  # torch turns sublists into a string
         return _einsum_macs(args[0], out, _operands(func, args, kwargs))
     if func is F.scaled_dot_product_attention:
         q, k, v = _operands(func, args, kwargs)
