@@ -355,6 +355,14 @@ def test_messages_name_the_file_and_the_fix(files, tmp_path, capsys):
                            "--output", str(tmp_path / "c.pt2")])  # fmt: skip
     msg = error(["bench", "--model", "test_convnet", "--batch-sizes", "-1,2"])
     assert "give positive integers" in msg
+    # the folder `sgcnn group` / `train` write, or a run folder, passed as the checkpoint
+    grouped = tmp_path / "grouped"
+    grouped.mkdir()
+    (grouped / "model.pt").write_bytes((files / "g.pt").read_bytes())
+    msg = error(["convert", "--checkpoint", str(grouped), "--output", str(tmp_path / "c.pt2")])
+    assert f"the checkpoint in it is {str(grouped / 'model.pt')!r}" in msg
+    assert str(tmp_path / "grouped" / "model.pt") in error(["eval", str(tmp_path)])
+    assert not (tmp_path / "c.pt2").exists()
     msg = error(["demo", "--set", "data.name=cifar10", "--set", f"data.root={tmp_path}",
                  "--output", str(tmp_path / "d")])  # fmt: skip
     assert "--download" not in msg and "data.download=true" in msg

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import time
 import warnings
+from pathlib import Path
 
 from sgcnn._io import publish_dir, staging_dir
 from sgcnn.cli import COMMANDS
@@ -111,6 +112,7 @@ def run(args) -> int:
     print(
         f"{name}: params {b['params']:,} -> {g['params']:,} ({b['params'] / g['params']:.2f}x), "
         f"FLOPs {b['flops']:,} -> {g['flops']:,} ({b['flops'] / g['flops']:.2f}x); "
-        f"self-grouped {len(report.layers)} layers in {seconds:.1f} s; wrote {args.output}"
+        f"self-grouped {len(report.layers)} layers in {seconds:.1f} s; wrote "
+        f"{Path(args.output) / 'model.pt'} and summary.json"
     )
     return 0

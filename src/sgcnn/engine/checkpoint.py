@@ -41,6 +41,8 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``; user-facing errors for bad files."""
     path = Path(path)
+    if path.is_dir():
+        raise SgcnnError(_folder_not_checkpoint(path))
     if not path.is_file():
         raise SgcnnError(f"checkpoint {str(path)!r} does not exist (or is not a file)")
     if path.stat().st_size == 0:
@@ -52,6 +54,21 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise SgcnnError(f"checkpoint {str(path)!r} holds a {type(payload).__name__}, not a dict")
     return payload
+
+
+def _folder_not_checkpoint(path: Path) -> str:
+    """What to pass instead of a folder: the ``model.pt`` in it (``sgcnn group``, ``train``,
+    ``finetune`` write one there), or those of its row folders (a run folder)."""
+    inside = path / "model.pt"
+    if inside.is_file():
+        return f"checkpoint {str(path)!r} is a folder; the checkpoint in it is {str(inside)!r}"
+    rows = sorted(str(p) for p in path.glob("*/model.pt"))
+    if rows:
+        listed = ", ".join(repr(r) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+        return (
+            f"checkpoint {str(path)!r} is a folder (a run?); pass one of its checkpoints: {listed}"
+        )
+    return f"checkpoint {str(path)!r} is a folder, not a checkpoint file, and holds no model.pt"
 
 
 def _unreadable(path: Path, err: BaseException) -> str:
