@@ -82,6 +82,14 @@ def test_legacy_onnx_export_of_native_layers_is_a_clear_error(tmp_path):
         torch.onnx.export(converted, (x,), str(tmp_path / "m.onnx"), dynamo=False)
 
 
+def test_jit_script_of_a_converted_model_is_a_clear_error():
+    masked, x = _grouped()
+    for allowed in (("grouped",), ("dense",)):
+        converted = convert(masked, x, tune=False, realizations=allowed)
+        with pytest.raises(SgcnnError, match=r"torch.jit.trace\(model, x\)"):
+            torch.jit.script(converted)
+
+
 def test_jit_trace_of_standard_realizations_follows_a_new_input():
     masked, x = _grouped()
     for allowed in (("grouped",), ("loop",), ("dense",)):

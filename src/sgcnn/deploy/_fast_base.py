@@ -198,6 +198,16 @@ class _Fast(nn.Module):
         self._kept = spec.kept_kernels
         self._weight_shape = tuple(spec.weight.shape)
 
+    def __prepare_scriptable__(self):
+        """``torch.jit.script`` calls this on every module before compiling: a fast module's
+        forward (call plans, arena, kernels reached from Python) is not TorchScript, so say
+        what records it instead of failing inside the compiler."""
+        raise SgcnnError(
+            f"torch.jit.script cannot compile sgcnn's converted layers ({type(self).__name__}); "
+            "use torch.jit.trace(model, x) or torch.export.export(model, (x,)), or write the "
+            'model with sgcnn.export(model, path, x, format="pt2" or "onnx")'
+        )
+
     def spec(self) -> LayerSpec:
         """The layer back, with its masked weight rebuilt from what this module computes
         with (no copy of the dense weight is kept)."""
