@@ -66,7 +66,8 @@ def _folder_not_checkpoint(path: Path) -> str:
     if rows:
         listed = ", ".join(repr(r) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
         return (
-            f"checkpoint {str(path)!r} is a folder (a run?); pass one of its checkpoints: {listed}"
+            f"checkpoint {str(path)!r} is a folder (a run folder?); pass one of the checkpoints "
+            f"in it: {listed}"
         )
     return f"checkpoint {str(path)!r} is a folder, not a checkpoint file, and holds no model.pt"
 
