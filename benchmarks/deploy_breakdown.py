@@ -37,6 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sgcnn
 from _env import describe
+from sgcnn.metrics._timing import _OnnxRuntime
 from sgcnn.metrics.latency import layer_times
 
 CATEGORIES = ("stem", "shortcut", "3x3", "1x1", "rest")
@@ -68,21 +69,6 @@ def ort_layer(node: str) -> str:
         if op == "downsample":
             return f"{block}.downsample.0"
     return node
-
-
-def onnxruntime_session(model, x: torch.Tensor, threads: int, folder: str):
-    """An onnxruntime session of ``model`` (dense, exported to ONNX) that profiles its nodes."""
-    import onnxruntime as ort
-
-    path = os.path.join(folder, "model.onnx")
-    if not os.path.exists(path):
-        torch.onnx.export(model, x, path, dynamo=False, input_names=["x"])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.enable_profiling = True
-    options.profile_file_prefix = os.path.join(folder, f"profile_{threads}")
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
 def node_medians(session, runs: int) -> dict[str, float]:
@@ -123,7 +109,6 @@ def measure(threads: list[int], batch: int, runs: int) -> dict:
     dense.load_state_dict(model.state_dict())
     sgcnn.self_group_(model, 0.6, 0.6, groups=16, seed=0, input_size=size)
     x = torch.randn(batch, *size)
-    feed = {"x": x.numpy()}
     converted, sessions, convert_s = {}, {}, {}
     samples = {t: {"layers": [], "onnxruntime": []} for t in threads}
     with tempfile.TemporaryDirectory() as folder:
@@ -132,21 +117,22 @@ def measure(threads: list[int], batch: int, runs: int) -> dict:
             began = time.perf_counter()
             converted[t] = sgcnn.convert(model, x)
             convert_s[t] = time.perf_counter() - began
-            sessions[t] = onnxruntime_session(dense, x, t, folder)
-            sessions[t].run(None, feed)  # warm-up (its profile entry is dropped below)
+            # the deployment bench_convert.py times, profiling its nodes
+            sessions[t] = _OnnxRuntime(dense, x, os.path.join(folder, f"profile_{t}"))
+            sessions[t](x)  # warm-up (its profile entry is dropped below)
         for r in range(runs):
             for t in threads if r % 2 == 0 else threads[::-1]:
                 torch.set_num_threads(t)
                 samples[t]["layers"].append(layer_times(converted[t], x, runs=1))
                 began = time.perf_counter()
-                sessions[t].run(None, feed)
+                sessions[t](x)
                 samples[t]["onnxruntime"].append((time.perf_counter() - began) * 1e3)
                 time.sleep(0.05)  # onnxruntime's threads spin a while after a run
         out = {}
         for t in threads:
             layers = samples[t]["layers"]
             ours = {k: statistics.median(s[k] for s in layers) for k in layers[0]}
-            theirs = node_medians(sessions[t], runs)
+            theirs = node_medians(sessions[t].session, runs)
             out[t] = {
                 "convert_s": convert_s[t],
                 "converted_ms": ours,

@@ -102,9 +102,12 @@ class _ChannelsLast(nn.Module):
 
 class _OnnxRuntime:
     """A model exported to ONNX (fixed shape) run by onnxruntime's CPU provider with as many
-    intra-op threads as torch uses."""
+    intra-op threads as torch uses; with ``profile_prefix``, onnxruntime also profiles every
+    node (``session.end_profiling()`` writes the JSON there)."""
 
-    def __init__(self, model: nn.Module, x: torch.Tensor) -> None:
+    def __init__(
+        self, model: nn.Module, x: torch.Tensor, profile_prefix: str | None = None
+    ) -> None:
         import io
         import warnings
 
@@ -118,6 +121,9 @@ class _OnnxRuntime:
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if profile_prefix:
+            options.enable_profiling = True
+            options.profile_file_prefix = profile_prefix
         self.session = ort.InferenceSession(
             buffer.getvalue(), options, providers=["CPUExecutionProvider"]
         )
