@@ -801,11 +801,24 @@ def test_unknown_realization_is_an_error():
 
 @pytest.mark.parametrize(
     ("kernel", "stride", "padding", "ceil"),
-    [(3, 2, 1, False), (3, 2, 0, True), (2, 2, 0, False), (3, 1, 1, False), (5, 3, 2, True)],
+    [
+        (3, 2, 1, False),
+        (3, 2, 0, True),
+        (2, 2, 0, False),
+        (3, 1, 1, False),
+        (5, 3, 2, True),
+        ((2, 3), (1, 2), (1, 1), True),
+        ((3, 2), (2, 1), (0, 1), False),
+        (4, 2, 2, True),
+    ],
 )
-def test_native_max_pool_is_exact_with_nan_and_ceil_mode(kernel, stride, padding, ceil):
-    x = torch.randn(2, 5, 15, 17)
-    x[0, 1, 3, 4] = float("nan")
+@pytest.mark.parametrize("shape", [(2, 5, 15, 17), (1, 3, 33, 70)])
+def test_native_max_pool_is_exact_with_nan_and_ceil_mode(kernel, stride, padding, ceil, shape):
+    x = torch.randn(shape) - 3  # mostly negative: the padding (-inf) must never win
+    h, w = shape[2:]
+    for i, j in [(3, 4), (0, 0), (h - 1, w - 1), (h // 2, 8), (1, w - 2)]:
+        x[0, 1 % shape[1], i, j] = float("nan")
+    x[0, 0, 2, 5] = float("-inf")
     pool = fast.MaxPool2d(kernel, stride, padding, ceil)
     want = nn.functional.max_pool2d(x, kernel, stride, padding, ceil_mode=ceil)
     torch.testing.assert_close(pool(x), want, equal_nan=True, atol=0, rtol=0)

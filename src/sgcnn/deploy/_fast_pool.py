@@ -13,9 +13,11 @@ from sgcnn.deploy._fast_native import _plain
 
 class MaxPool2d(nn.Module):
     """``F.max_pool2d`` (dilation 1, no indices) computed by the native kernel for float32
-    NCHW tensors on the CPU: one pass over memory, where PyTorch's NCHW kernel is about 8x
-    slower (its channels-last one is not). Exact, NaN included; other inputs fall back to
-    ``F.max_pool2d``."""
+    NCHW tensors on the CPU: per output row, the maximum of the window's input rows, then of
+    the window's columns, on whole vectors (strides 1 and 2; a scalar loop for others).
+    ResNet's stem pooling at batch 16 on 2 threads: 3.9 ms against PyTorch's 67 ms in NCHW
+    and 5.9 ms in channels-last (``benchmarks/bench_max_pool.py``). Exact, NaN included;
+    other inputs fall back to ``F.max_pool2d``."""
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False) -> None:
         super().__init__()

@@ -457,7 +457,8 @@ def max_pool2d(
         return F.max_pool2d(x, kernel, stride, padding, ceil_mode=ceil_mode)
     flat = take(numel) if take is not None else torch.empty(numel, dtype=x.dtype)
     y = flat.view(b, c, ho, wo)
-    lib.sg_max_pool2d(_ptr(x), _ptr(y), b * c, h, w, *kernel, *stride, *padding, ho, wo)
+    if lib.sg_max_pool2d(_ptr(x), _ptr(y), b * c, h, w, *kernel, *stride, *padding, ho, wo):
+        raise MemoryError("sgcnn native kernel: out of memory for max pooling's row buffer")
     return y
 
 

@@ -160,7 +160,7 @@ def _load() -> ctypes.CDLL | None:
             lib.sg_wino_conv2d.argtypes = [*lib.sg_dg_conv2d.argtypes, ctypes.c_int]
             lib.sg_wino_conv2d.restype = ctypes.c_int
             lib.sg_max_pool2d.argtypes = [p, p] + [i64] * 11
-            lib.sg_max_pool2d.restype = None
+            lib.sg_max_pool2d.restype = ctypes.c_int
             _lib, _key = lib, key
         except (OSError, RuntimeError) as err:
             _error = str(err)

@@ -255,11 +255,79 @@ int sg_dg_conv2d(const float* x, const sg_geometry* geo, const int32_t* ent, int
   return failed ? -1 : 0;
 }
 
+/* Max pooling of one plane row by row for strides 1 and 2: t[pw + c] = the maximum of the
+   window's input rows at column c (-inf in the padding and past it), then
+   y[i, j] = max_b t[j sw + b] over whole vectors of outputs (stride 2: even and odd columns
+   split by a deinterleave). t holds (Wo + VL) sw + kw + 2 VL floats. */
+static void max_pool_plane(const float* xp, float* yp, float* t, int64_t H, int64_t W,
+                           int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+                           int64_t pw, int64_t Ho, int64_t Wo) {
+  const float ninf = -__builtin_inff();
+  const int64_t tlen = (Wo + VL) * sw + kw + 2 * VL;
+  for (int64_t c = 0; c < tlen; c++) t[c] = ninf;
+  float* tc = t + pw;
+  for (int64_t i = 0; i < Ho; i++) {
+    int64_t r0 = i * sh - ph, r1 = r0 + kh;
+    if (r0 < 0) r0 = 0;
+    if (r1 > H) r1 = H;
+    int64_t c = 0;
+    for (; c + VL <= W; c += VL) {
+      vf m = V_LOAD(xp + r0 * W + c);
+      for (int64_t r = r0 + 1; r < r1; r++) m = v_max_nan(V_LOAD(xp + r * W + c), m);
+      _mm_storeu_ps_any(tc + c, m);
+    }
+    for (; c < W; c++) {
+      float m = xp[r0 * W + c];
+      for (int64_t r = r0 + 1; r < r1; r++) {
+        const float v = xp[r * W + c];
+        m = (v > m || v != v) ? v : m;
+      }
+      tc[c] = m;
+    }
+    float* yr = yp + i * Wo;
+    for (int64_t j = 0; j < Wo; j += VL) {
+      const float* q = t + j * sw;
+      vf m = V_SET1(ninf);
+      for (int64_t b = 0; b < kw; b++) {
+        vf v = V_ZERO(), odd;
+        if (sw == 1)
+          v = V_LOAD(q + b);
+        else if (b % 2 == 0)
+          v_deinterleave(q + b, &v, &odd);
+        else
+          v_deinterleave(q + b - 1, &odd, &v);
+        m = v_max_nan(v, m);
+      }
+      if (Wo - j >= VL)
+        _mm_storeu_ps_any(yr + j, m);
+      else
+        V_STOREM(yr + j, v_mask(Wo - j), m);
+    }
+  }
+}
+
 /* y[p, i, j] = max over the kernel window of x[p] (implicit -inf padding, NaN propagates);
-   x: [BC][H][W], y: [BC][Ho][Wo]; every window overlaps the input (PyTorch's rule). */
-void sg_max_pool2d(const float* x, float* y, int64_t BC, int64_t H, int64_t W, int64_t kh,
-                   int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t Ho,
-                   int64_t Wo) {
+   x: [BC][H][W], y: [BC][Ho][Wo]; every window overlaps the input (PyTorch's rule). Returns 0,
+   or -1 when memory ran out. */
+int sg_max_pool2d(const float* x, float* y, int64_t BC, int64_t H, int64_t W, int64_t kh,
+                  int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t Ho,
+                  int64_t Wo) {
+  int failed = 0;
+  if (sw <= 2) { /* vectors of outputs */
+#pragma omp parallel
+    {
+      float* t = (float*)malloc(sizeof(float) * (size_t)((Wo + VL) * sw + kw + 2 * VL));
+      if (!t) {
+#pragma omp atomic write
+        failed = 1;
+      }
+#pragma omp for schedule(static)
+      for (int64_t p = 0; p < BC; p++)
+        if (t) max_pool_plane(x + p * H * W, y + p * Ho * Wo, t, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo);
+      free(t);
+    }
+    return failed ? -1 : 0;
+  }
 #pragma omp parallel for schedule(static)
   for (int64_t p = 0; p < BC; p++) {
     const float* xp = x + p * H * W;
@@ -286,4 +354,5 @@ void sg_max_pool2d(const float* x, float* y, int64_t BC, int64_t H, int64_t W, i
       }
     }
   }
+  return 0;
 }

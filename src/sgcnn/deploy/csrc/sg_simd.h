@@ -37,6 +37,18 @@ typedef __mmask16 vmask;
 static inline vmask v_mask(int64_t n) {
   return (vmask)(n >= 16 ? 0xFFFF : ((1u << n) - 1));
 }
+/* even[t] = p[2 t], odd[t] = p[2 t + 1] for t < VL */
+static inline void v_deinterleave(const float* p, vf* even, vf* odd) {
+  const vf a = V_LOAD(p), b = V_LOAD(p + VL);
+  const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  *even = _mm512_permutex2var_ps(a, ie, b);
+  *odd = _mm512_permutex2var_ps(a, io, b);
+}
+/* max(a, b), NaN where either is NaN (max_ps alone returns b when either is) */
+static inline vf v_max_nan(vf a, vf b) {
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), _mm512_max_ps(a, b), a);
+}
 #elif defined(__AVX2__) && defined(__FMA__)
 #define ISA "avx2"
 #define VL 8
@@ -56,6 +68,17 @@ typedef __m256i vmask;
 static inline vmask v_mask(int64_t n) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n > 8 ? 8 : n)),
                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+/* even[t] = p[2 t], odd[t] = p[2 t + 1] for t < VL */
+static inline void v_deinterleave(const float* p, vf* even, vf* odd) {
+  const vf a = V_LOAD(p), b = V_LOAD(p + VL);
+  const __m256d e = _mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88));
+  const __m256d o = _mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xDD));
+  *even = _mm256_castpd_ps(_mm256_permute4x64_pd(e, 0xD8));
+  *odd = _mm256_castpd_ps(_mm256_permute4x64_pd(o, 0xD8));
+}
+static inline vf v_max_nan(vf a, vf b) {
+  return _mm256_blendv_ps(_mm256_max_ps(a, b), a, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
 }
 #else
 #error "sgcnn's native kernels need AVX-512F or AVX2 with FMA"

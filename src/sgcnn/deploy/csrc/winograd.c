@@ -15,14 +15,6 @@
 #if VL == 16
 #define V_SUB(a, b) _mm512_sub_ps((a), (b))
 #define V_MUL(a, s) _mm512_mul_ps((a), V_SET1(s))
-/* even[t] = p[2 t], odd[t] = p[2 t + 1] for t < VL */
-static inline void v_deinterleave(const float* p, vf* even, vf* odd) {
-  const vf a = V_LOAD(p), b = V_LOAD(p + VL);
-  const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-  *even = _mm512_permutex2var_ps(a, ie, b);
-  *odd = _mm512_permutex2var_ps(a, io, b);
-}
 /* lo = (a0 b0 a1 b1 ...), hi = the rest: a and b interleaved over 2 VL floats */
 static inline void v_interleave(vf a, vf b, vf* lo, vf* hi) {
   const __m512i i0 = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
@@ -49,13 +41,6 @@ static inline vf v_to_lanes(vf v) { return v_from_lanes(v); } /* the permutation
 #else
 #define V_SUB(a, b) _mm256_sub_ps((a), (b))
 #define V_MUL(a, s) _mm256_mul_ps((a), V_SET1(s))
-static inline void v_deinterleave(const float* p, vf* even, vf* odd) {
-  const vf a = V_LOAD(p), b = V_LOAD(p + VL);
-  const __m256d e = _mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88));
-  const __m256d o = _mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xDD));
-  *even = _mm256_castpd_ps(_mm256_permute4x64_pd(e, 0xD8));
-  *odd = _mm256_castpd_ps(_mm256_permute4x64_pd(o, 0xD8));
-}
 static inline void v_interleave(vf a, vf b, vf* lo, vf* hi) {
   const vf l = _mm256_unpacklo_ps(a, b), h = _mm256_unpackhi_ps(a, b);
   *lo = _mm256_permute2f128_ps(l, h, 0x20);
