@@ -323,7 +323,9 @@ int sg_max_pool2d(const float* x, float* y, int64_t BC, int64_t H, int64_t W, in
       }
 #pragma omp for schedule(static)
       for (int64_t p = 0; p < BC; p++)
-        if (t) max_pool_plane(x + p * H * W, y + p * Ho * Wo, t, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo);
+        if (t)
+          max_pool_plane(x + p * H * W, y + p * Ho * Wo, t, H, W, kh, kw, sh, sw, ph, pw, Ho,
+                         Wo);
       free(t);
     }
     return failed ? -1 : 0;
