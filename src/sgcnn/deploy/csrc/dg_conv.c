@@ -255,6 +255,9 @@ int sg_dg_conv2d(const float* x, const sg_geometry* geo, const int32_t* ent, int
   return failed ? -1 : 0;
 }
 
+/* max(v, m), NaN where either is NaN (as PyTorch's max pooling) */
+static inline float max_nan(float v, float m) { return (v > m || v != v) ? v : m; }
+
 /* Max pooling of one plane row by row for strides 1 and 2: t[pw + c] = the maximum of the
    window's input rows at column c (-inf in the padding and past it), then
    y[i, j] = max_b t[j sw + b] over whole vectors of outputs (stride 2: even and odd columns
@@ -278,10 +281,7 @@ static void max_pool_plane(const float* xp, float* yp, float* t, int64_t H, int6
     }
     for (; c < W; c++) {
       float m = xp[r0 * W + c];
-      for (int64_t r = r0 + 1; r < r1; r++) {
-        const float v = xp[r * W + c];
-        m = (v > m || v != v) ? v : m;
-      }
+      for (int64_t r = r0 + 1; r < r1; r++) m = max_nan(xp[r * W + c], m);
       tc[c] = m;
     }
     float* yr = yp + i * Wo;
@@ -289,7 +289,7 @@ static void max_pool_plane(const float* xp, float* yp, float* t, int64_t H, int6
       const float* q = t + j * sw;
       vf m = V_SET1(ninf);
       for (int64_t b = 0; b < kw; b++) {
-        vf v = V_ZERO(), odd;
+        vf v, odd;
         if (sw == 1)
           v = V_LOAD(q + b);
         else if (b % 2 == 0)
@@ -348,10 +348,7 @@ int sg_max_pool2d(const float* x, float* y, int64_t BC, int64_t H, int64_t W, in
           if (W - 1 + pw - b < 0) jhi = 0;
           if (jhi > Wo) jhi = Wo;
           const float* xc = xr - pw + b;
-          for (int64_t j = jlo; j < jhi; j++) {
-            const float v = xc[j * sw], m = yr[j];
-            yr[j] = (v > m || v != v) ? v : m;
-          }
+          for (int64_t j = jlo; j < jhi; j++) yr[j] = max_nan(xc[j * sw], yr[j]);
         }
       }
     }
